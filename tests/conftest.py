@@ -1,0 +1,59 @@
+"""Shared fixtures: a real nats-server for the session, clients, unique names."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import windshift
+from windshift.embedded import EmbeddedNats
+
+_counter = itertools.count(1)
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session")
+async def nats_server() -> AsyncIterator[EmbeddedNats]:
+    """One nats-server with JetStream for the whole session (free port, temp store)."""
+    server = EmbeddedNats(sync_always=os.environ.get("WINDSHIFT_TEST_SYNC", "0") == "1")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def client(nats_server: EmbeddedNats) -> AsyncIterator[windshift.Client]:
+    async with windshift.connect(nats_server.url) as connected:
+        yield connected
+
+
+@pytest.fixture
+def name() -> str:
+    """A stream/consumer name no other test uses."""
+    return f"t{os.getpid()}x{next(_counter)}"
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """An in-memory exporter behind the global tracer provider (installed once)."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    return _EXPORTER
+
+
+@pytest.fixture
+def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    span_exporter.clear()
+    yield span_exporter
+    span_exporter.clear()

@@ -1,0 +1,161 @@
+"""publish: ids, idempotency, optimistic concurrency, errors, the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from google.protobuf.any_pb2 import Any
+from google.protobuf.wrappers_pb2 import StringValue
+
+import windshift
+from windshift.embedded import EmbeddedNats
+from windshift.errors import ConflictError, NotFoundError, ValidationError
+
+
+async def test_publish_returns_the_stream_sequence(client: windshift.Client, name: str) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    first = await client.publish(f"{name}.a", StringValue(value="1"))
+    second = await client.publish(f"{name}.b", StringValue(value="2"))
+    assert (first.id, second.id) == (1, 2)
+    assert first.stream == name
+    assert not first.duplicate
+
+
+async def test_idempotency_key_deduplicates_within_the_window(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    original = await client.publish(f"{name}.a", StringValue(value="1"), idempotency_key="k")
+    await client.publish(f"{name}.a", StringValue(value="other"))
+    again = await client.publish(f"{name}.a", StringValue(value="1"), idempotency_key="k")
+    assert again.duplicate
+    assert again.id == original.id
+    assert (await client.stream_info(name)).events == 2
+
+
+async def test_idempotency_key_is_forgotten_after_the_window(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(
+        name, subjects=[f"{name}.>"], deduplication_window=timedelta(milliseconds=100)
+    )
+    original = await client.publish(f"{name}.a", StringValue(value="1"), idempotency_key="k")
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        later = await client.publish(f"{name}.a", StringValue(value="1"), idempotency_key="k")
+        if not later.duplicate:
+            assert later.id > original.id
+            return
+    raise AssertionError("the idempotency key was never forgotten")
+
+
+async def test_expected_last_id_checks_the_subject(client: windshift.Client, name: str) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    first = await client.publish(f"{name}.a", StringValue(value="1"), expected_last_id=0)
+    await client.publish(f"{name}.b", StringValue(value="elsewhere"))
+    with pytest.raises(ConflictError):
+        await client.publish(f"{name}.a", StringValue(value="x"), expected_last_id=0)
+    second = await client.publish(f"{name}.a", StringValue(value="2"), expected_last_id=first.id)
+    with pytest.raises(ConflictError):
+        await client.publish(f"{name}.a", StringValue(value="x"), expected_last_id=first.id)
+    assert second.id == 3
+
+
+async def test_expected_last_stream_id_checks_the_whole_stream(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    first = await client.publish(f"{name}.a", StringValue(value="1"), expected_last_stream_id=0)
+    with pytest.raises(ConflictError):
+        await client.publish(f"{name}.b", StringValue(value="x"), expected_last_stream_id=0)
+    second = await client.publish(
+        f"{name}.b", StringValue(value="2"), expected_last_stream_id=first.id
+    )
+    with pytest.raises(ConflictError):
+        await client.publish(f"{name}.a", StringValue(value="x"), expected_last_stream_id=first.id)
+    assert second.id == 2
+
+
+async def test_unbound_subject_is_not_found_at_once(client: windshift.Client, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NotFoundError, match=f"{name}.nowhere"):
+        await client.publish(f"{name}.nowhere", StringValue(value="x"))
+    # a no-responders answer, not the 5 s request timeout
+    assert loop.time() - started < client.settings.request_timeout.total_seconds()
+
+
+async def test_event_larger_than_max_event_size_is_refused(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"], max_event_size=300)
+    with pytest.raises(ValidationError, match="size"):
+        await client.publish(f"{name}.a", StringValue(value="x" * 500))
+    await client.publish(f"{name}.a", StringValue(value="small"))
+
+
+@pytest.mark.parametrize(
+    ("subject", "message", "options", "match"),
+    [
+        ("a.*", StringValue(), {}, "wildcards"),
+        ("a..b", StringValue(), {}, "empty token"),
+        ("a.b", Any(), {}, "type_url"),
+        ("a.b", b"bytes", {}, "protobuf message"),
+        ("a.b", StringValue(), {"idempotency_key": ""}, "idempotency_key"),
+        ("a.b", StringValue(), {"idempotency_key": "a\nb"}, "line breaks"),
+        ("a.b", StringValue(), {"expected_last_id": -1}, "expected_last_id"),
+        ("a.b", StringValue(), {"expected_last_stream_id": "3"}, "expected_last_stream_id"),
+    ],
+)
+async def test_bad_publish_input_is_refused(
+    client: windshift.Client,
+    subject: str,
+    message: object,
+    options: dict[str, object],
+    match: str,
+) -> None:
+    with pytest.raises(ValidationError, match=match):
+        await client.publish(subject, message, **options)  # type: ignore[arg-type]
+
+
+async def test_concurrent_publishes_share_a_bounded_pipeline(
+    nats_server: EmbeddedNats, name: str
+) -> None:
+    async with windshift.connect(nats_server.url, publish_max_pending=8) as client:
+        await client.ensure_stream(name, subjects=[f"{name}.>"])
+        slots = client._publish_slots
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, 8 - slots._value)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            results = await asyncio.gather(
+                *(client.publish(f"{name}.a", StringValue(value=str(i))) for i in range(500))
+            )
+        finally:
+            watcher.cancel()
+        assert sorted(r.id for r in results) == list(range(1, 501))
+        assert most == 8, "publishes should overlap up to the limit, and never beyond it"
+        assert (await client.stream_info(name)).events == 500
+
+
+async def test_connect_refuses_bad_options() -> None:
+    with pytest.raises(ValidationError, match="publish_max_pending"):
+        windshift.connect("nats://127.0.0.1:1", publish_max_pending=0)
+    with pytest.raises(ValidationError, match="request_timeout"):
+        windshift.connect("nats://127.0.0.1:1", request_timeout=timedelta(0))
+
+
+async def test_connect_to_nothing_is_unavailable() -> None:
+    from windshift.embedded import free_port
+    from windshift.errors import UnavailableError
+
+    with pytest.raises(UnavailableError, match="cannot connect"):
+        await windshift.connect(f"nats://127.0.0.1:{free_port()}")

