@@ -29,9 +29,7 @@ async def _publish_until_stored(
     # Retrying with the same idempotency key never stores an event twice.
     while True:
         try:
-            return (
-                await client.publish(subject, StringValue(value=value), idempotency_key=key)
-            ).id
+            return (await client.publish(subject, StringValue(value=value), idempotency_key=key)).id
         except UnavailableError:
             await asyncio.sleep(0.05)
 
@@ -61,9 +59,7 @@ async def test_idle_subscription_resumes_within_a_second(
 
 async def test_no_event_lost_when_the_server_dies_mid_stream(own_server: EmbeddedNats) -> None:
     total = 1500
-    async with windshift.connect(
-        own_server.url, request_timeout=timedelta(seconds=2)
-    ) as client:
+    async with windshift.connect(own_server.url, request_timeout=timedelta(seconds=2)) as client:
         await client.ensure_stream("orders", subjects=["orders.>"])
         consumer = await client.ensure_consumer(
             "orders", "worker", start=StreamPointer.start(), processing_timeout=timedelta(seconds=5)

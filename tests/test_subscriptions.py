@@ -265,6 +265,19 @@ async def test_idle_subscription_sees_no_status_messages(
         await event.ack()
 
 
+async def test_expiring_pull_requests_never_surface(client: windshift.Client, name: str) -> None:
+    consumer = await _setup(client, name)
+    subscription = client.subscribe(name, consumer)
+    subscription.pull_expires = 0.4  # JetStream answers each request with 408 when it expires
+    subscription.heartbeat = 0.1
+    async with subscription as events:
+        await asyncio.sleep(2)  # several requests expire meanwhile
+        published = await client.publish(f"{name}.a", StringValue(value="after expiry"))
+        [event] = await take(events, 1)
+        assert event.id == published.id
+        await event.ack()
+
+
 async def test_deleting_the_consumer_ends_the_subscription_clearly(
     client: windshift.Client, name: str
 ) -> None:

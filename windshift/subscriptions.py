@@ -45,8 +45,6 @@ DEFAULT_MAX_PENDING_EVENTS = 50
 # proves it is alive with a heartbeat this often.
 _PULL_EXPIRES = 30.0
 _HEARTBEAT = 1.0
-# Requests are taken as dead when nothing (event or heartbeat) arrived for this long.
-_SILENCE_LIMIT = 2 * _HEARTBEAT + 0.5
 # Back-off after the server refuses a pull request.
 _REFUSED_BACKOFF = 0.25
 
@@ -110,6 +108,10 @@ class Subscription:
         self._next_subject = f"{api.prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = ""
         self._sub: NatsSubscription | None = None
+        # How long the server holds a pull request, and how often an idle one
+        # sends a heartbeat (seconds; tests shorten them).
+        self.pull_expires = _PULL_EXPIRES
+        self.heartbeat = _HEARTBEAT
         self._tokens = itertools.count(1)
         self._requests: dict[str, _PullRequest] = {}
         self._credit = 0  # events the live pull requests may still bring
@@ -272,12 +274,12 @@ class Subscription:
         if free <= 0 or (self._credit and free < max(1, self.max_pending_events // 2)):
             return
         token = str(next(self._tokens))
-        self._requests[token] = _PullRequest(free, self.clock() + _PULL_EXPIRES)
+        self._requests[token] = _PullRequest(free, self.clock() + self.pull_expires)
         self._credit += free
         request = {
             "batch": free,
-            "expires": int(_PULL_EXPIRES * 1e9),
-            "idle_heartbeat": int(_HEARTBEAT * 1e9),
+            "expires": int(self.pull_expires * 1e9),
+            "idle_heartbeat": int(self.heartbeat * 1e9),
         }
         await self.nc.publish(
             self._next_subject,
@@ -319,7 +321,8 @@ class Subscription:
             if now > request.expires_at + 1.0:
                 self._credit -= request.remaining
                 del self._requests[token]
-        if self._requests and now - self._last_activity > _SILENCE_LIMIT:
+        # Requests are taken as dead when nothing (event or heartbeat) came for a while.
+        if self._requests and now - self._last_activity > 2 * self.heartbeat + 0.5:
             logger.debug("pull requests of %s/%s went silent", self.stream, self.consumer)
             self._drop_requests()
             self._last_activity = now
