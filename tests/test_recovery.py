@@ -50,9 +50,15 @@ async def test_idle_subscription_resumes_within_a_second(
             await own_server.restart(kill=kill)
             listening_at = loop.time()
             after_id = await _publish_until_stored(client, "orders.a", "after", "after")
-            [after] = await take(events, 1, timeout=30)
+            # At-least-once: a crash may forget the ack of "before", which then
+            # comes again; the first event after the restart is what counts.
+            [first] = await take(events, 1, timeout=30)
             resumed_in = loop.time() - listening_at
-            assert after.id == after_id
+            after = first
+            while after.id != after_id:
+                assert after.id == before.id
+                await after.ack()
+                [after] = await take(events, 1, timeout=30)
             await after.ack()
     assert resumed_in < 1.0, f"first event {resumed_in:.2f}s after NATS was back"
 
@@ -67,7 +73,6 @@ async def test_no_event_lost_when_the_server_dies_mid_stream(own_server: Embedde
         published: dict[str, int] = {}
         received: set[int] = set()
         halfway = asyncio.Event()
-        all_received = asyncio.Event()
 
         async def publisher() -> None:
             for i in range(total):
@@ -83,18 +88,20 @@ async def test_no_event_lost_when_the_server_dies_mid_stream(own_server: Embedde
                     received.add(event.id)
                     await event.ack()
                     if len(published) == total and received >= set(published.values()):
-                        all_received.set()
                         return
 
         tasks = [asyncio.create_task(publisher()), asyncio.create_task(subscriber())]
         await asyncio.wait_for(halfway.wait(), 60)
         await own_server.restart(kill=True)
         await asyncio.wait_for(tasks[0], 120)
-        await asyncio.wait_for(all_received.wait(), 60)
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.wait_for(tasks[1], 60)  # the subscriber ends once it has all
+        except TimeoutError:
+            missing = sorted(set(published.values()) - received)
+            state = await client.consumer_info("orders", consumer.id)
+            raise AssertionError(f"missing {len(missing)}: {missing[:20]}; {state}") from None
 
         ids = list(published.values())
         assert len(set(ids)) == total, "an idempotent retry stored an event twice"
-        info = await client.stream_info("orders")
-        assert info.events == total
+        assert (await client.stream_info("orders")).events == total
         assert received == set(ids)

@@ -148,6 +148,17 @@ class Event:
         return tracing.extract_context(self.headers)
 
     @property
+    def span(self) -> Span | None:
+        """The OpenTelemetry span of this delivery (a child of the publish).
+
+        Opened when the subscription hands the event out and ended when it is
+        settled; None before and after. Its context is what to hand on to
+        whoever processes the event (the gRPC façade sends it as the event's
+        ``trace_parent``).
+        """
+        return self._span
+
+    @property
     def settled(self) -> Settlement | None:
         """None while unsettled, else "acknowledged" or "rejected"."""
         return self._settled

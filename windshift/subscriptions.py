@@ -47,6 +47,8 @@ _PULL_EXPIRES = 30.0
 _HEARTBEAT = 1.0
 # Back-off after the server refuses a pull request.
 _REFUSED_BACKOFF = 0.25
+# How long a consumer must stay missing before the subscription gives up on it.
+_MISSING_GRACE = 3.0
 
 ReconnectListener = Callable[[], Awaitable[None]]
 
@@ -122,6 +124,7 @@ class Subscription:
         self._not_before = 0.0
         self._maintainer: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
+        self._missing_since: float | None = None
         self._error: WindshiftError | None = None
         self._started = False
         self._closed = False
@@ -248,7 +251,14 @@ class Subscription:
                 f"CONSUMER.INFO.{self.stream}.{self.consumer}", timeout=_REFUSED_BACKOFF * 4
             )
         except ApiError as exc:
-            if exc.code == 404:
+            if exc.code != 404:
+                return
+            # A restarting server answers "not found" until it has loaded the
+            # consumer again: only a consumer missing for a while is gone.
+            now = self.clock()
+            if self._missing_since is None:
+                self._missing_since = now
+            elif now - self._missing_since >= _MISSING_GRACE:
                 self._fail(
                     NotFoundError(
                         f"consumer {self.consumer!r} on stream {self.stream!r} no longer exists"
@@ -257,6 +267,7 @@ class Subscription:
             return
         except WindshiftError:
             return  # JetStream not answering yet: the maintenance loop asks again
+        self._missing_since = None
         self._not_before = 0.0
         await self._pull()
 

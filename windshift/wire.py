@@ -38,6 +38,9 @@ HEADER_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
+# A protobuf full message name: dot-separated identifiers.
+_MESSAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
 )
@@ -47,12 +50,21 @@ def encode_message(message: Message) -> tuple[str, bytes]:
     """Return the data type name and the body for a protobuf message or an ``Any``.
 
     Raises:
-        ValidationError: an ``Any`` without a type URL, or not a protobuf message.
+        ValidationError: an ``Any`` without a type URL or whose type URL does not
+            end in a protobuf message name, or not a protobuf message.
     """
     if isinstance(message, Any):
         if not message.type_url:
             raise ValidationError("event data is missing: the Any has no type_url")
-        return message.type_url.rpartition("/")[2], message.value
+        data_type = message.type_url.rpartition("/")[2]
+        if len(data_type) > 1024 or not _MESSAGE_NAME.fullmatch(data_type):
+            shown = (
+                message.type_url if len(message.type_url) <= 80 else message.type_url[:77] + "..."
+            )
+            raise ValidationError(
+                f"event data type URL {shown!r} does not end in a protobuf message name"
+            )
+        return data_type, message.value
     if not isinstance(message, Message):
         raise ValidationError(
             f"event data must be a protobuf message, got {type(message).__name__}"
