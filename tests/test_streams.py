@@ -103,9 +103,18 @@ async def test_discard_new_per_subject_refuses_new_events(
         discard_new_per_subject=True,
     )
     await client.publish(f"{name}.a", StringValue(value="first"))
-    with pytest.raises(windshift.WindshiftError):
+    with pytest.raises(ConfigurationConflictError, match="per subject exceeded"):
         await client.publish(f"{name}.a", StringValue(value="second"))
     await client.publish(f"{name}.b", StringValue(value="other subject"))
+
+
+async def test_full_stream_with_discard_new_refuses_clearly(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"], max_events=1, discard="new")
+    await client.publish(f"{name}.a", StringValue(value="first"))
+    with pytest.raises(ConfigurationConflictError, match="discards new events"):
+        await client.publish(f"{name}.b", StringValue(value="second"))
 
 
 async def test_discard_new_per_subject_needs_a_per_subject_limit(

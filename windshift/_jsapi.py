@@ -24,6 +24,7 @@ SUBJECTS_OVERLAP = 10065
 WRONG_LAST_SEQUENCE = 10071
 CONSUMER_ALREADY_EXISTS = 10148
 MESSAGE_TOO_LARGE = 10054
+STREAM_STORE_FULL = 10077  # a limit with discard "new" refuses the event
 
 _DEFAULT_PREFIX = "$JS.API"
 
@@ -40,6 +41,10 @@ class ApiError(Exception):
     def to_windshift(self, context: str) -> WindshiftError:
         """The windshift error for this answer, with ``context`` saying what was attempted."""
         message = f"{context}: {self.description}"
+        if self.err_code == STREAM_STORE_FULL:
+            return ConfigurationConflictError(
+                f"{message} (the stream discards new events at its limit)"
+            )
         if self.code == 404:
             return NotFoundError(message)
         if self.code == 503:

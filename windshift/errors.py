@@ -48,8 +48,9 @@ class AlreadyExistsError(WindshiftError):
 class ConfigurationConflictError(WindshiftError):
     """JetStream refuses a change.
 
-    For example a stream's storage type cannot change, and a subject can be
-    bound to only one stream.
+    For example a stream's storage type cannot change, a subject can be
+    bound to only one stream, and a stream with ``discard="new"`` refuses
+    events once it is full.
     """
 
 

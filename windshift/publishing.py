@@ -149,8 +149,6 @@ class PublishingMixin(ClientBase):
             except ApiError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     raise ConflictError(f"publish to {subject!r}: {exc.description}") from None
-                if exc.code == 503:
-                    raise UnavailableError(f"publish to {subject!r}: {exc.description}") from None
                 raise exc.to_windshift(f"publish to {subject!r}") from None
         return PublishedEvent(
             id=int(reply["seq"]), stream=reply["stream"], duplicate=bool(reply.get("duplicate"))
