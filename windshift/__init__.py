@@ -26,6 +26,7 @@ from windshift.errors import (
 from windshift.events import Event
 from windshift.pointers import StreamPointer
 from windshift.publishing import PublishedEvent
+from windshift.state import StateChange, StateEntry, StateStore, StateWatch
 from windshift.streams import StreamInfo, StreamSource
 from windshift.subscriptions import Subscription
 
@@ -41,6 +42,10 @@ __all__ = [
     "EventSettledError",
     "NotFoundError",
     "PublishedEvent",
+    "StateChange",
+    "StateEntry",
+    "StateStore",
+    "StateWatch",
     "StreamInfo",
     "StreamPointer",
     "StreamSource",

@@ -19,7 +19,7 @@ from windshift._core import ClientSettings
 from windshift._jsapi import JetStreamApi
 from windshift.consumers import ConsumersMixin
 from windshift.errors import UnavailableError, ValidationError
-from windshift.publishing import PublishingMixin
+from windshift.state import StoresMixin
 from windshift.streams import StreamsMixin
 from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
 
@@ -28,7 +28,7 @@ logger = logging.getLogger("windshift.client")
 _INITIAL_ATTEMPTS = 3
 
 
-class Client(StreamsMixin, ConsumersMixin, PublishingMixin):
+class Client(StreamsMixin, ConsumersMixin, StoresMixin):
     """A connection to NATS JetStream and the Windshift API on top of it.
 
     Get one from :func:`connect`. Close it with :meth:`close`, or use it
