@@ -57,3 +57,7 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
     span_exporter.clear()
     yield span_exporter
     span_exporter.clear()
+
+
+# gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers.
+pytest_plugins = ["grpc_fixtures"]

@@ -19,6 +19,7 @@ from windshift._core import ClientSettings
 from windshift._jsapi import JetStreamApi
 from windshift.consumers import ConsumersMixin
 from windshift.errors import UnavailableError, ValidationError
+from windshift.names import _describe
 from windshift.state import StoresMixin
 from windshift.streams import StreamsMixin
 from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
@@ -108,7 +109,9 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
             await self._nc.drain()
         if not self._nc.is_closed:
-            await self._nc.close()
+            # a connection that broke (a server going away) closes all the same
+            with contextlib.suppress(OSError):
+                await self._nc.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -230,20 +233,22 @@ def connect(
     """
     urls = [servers] if isinstance(servers, str) else list(servers)
     if not urls or not all(isinstance(url, str) and url for url in urls):
-        raise ValidationError(f"servers must be one or more NATS URLs, got {servers!r}")
+        raise ValidationError(f"servers must be one or more NATS URLs, got {_describe(servers)}")
     if (
         isinstance(publish_max_pending, bool)
         or not isinstance(publish_max_pending, int)
         or (publish_max_pending < 1)
     ):
-        raise ValidationError(f"publish_max_pending must be 1 or more, got {publish_max_pending!r}")
+        raise ValidationError(
+            f"publish_max_pending must be 1 or more, got {_describe(publish_max_pending)}"
+        )
     for what, value in (
         ("request_timeout", request_timeout),
         ("connect_timeout", connect_timeout),
         ("reconnect_wait", reconnect_wait),
     ):
         if not isinstance(value, timedelta) or value <= timedelta(0):
-            raise ValidationError(f"{what} must be a positive timedelta, got {value!r}")
+            raise ValidationError(f"{what} must be a positive timedelta, got {_describe(value)}")
     if (user is None) != (password is None):
         raise ValidationError("user and password go together")
     options: dict[str, Any] = {

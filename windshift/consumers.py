@@ -11,7 +11,7 @@ from typing import Any
 from windshift._core import ClientBase
 from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, ApiError
 from windshift.errors import NotFoundError, ValidationError
-from windshift.names import validate_name, validate_subjects
+from windshift.names import _describe, validate_name, validate_subjects
 from windshift.pointers import StreamPointer
 from windshift.wire import duration_to_nanos, nanos_to_duration
 
@@ -98,7 +98,7 @@ def build_consumer_config(
     if start is None:
         start = StreamPointer.end()
     if not isinstance(start, StreamPointer):
-        raise ValidationError(f"start must be a StreamPointer, got {start!r}")
+        raise ValidationError(f"start must be a StreamPointer, got {_describe(start)}")
     ack_wait = duration_to_nanos(processing_timeout, "processing_timeout")
     if ack_wait < 1_000_000:
         raise ValidationError(
@@ -110,7 +110,7 @@ def build_consumer_config(
         or max_delivery_attempts < 1
     ):
         raise ValidationError(
-            f"max_delivery_attempts must be 1 or more, got {max_delivery_attempts!r}"
+            f"max_delivery_attempts must be 1 or more, got {_describe(max_delivery_attempts)}"
         )
     config: dict[str, Any] = {
         "ack_policy": "explicit",

@@ -245,6 +245,12 @@ class Event:
             raise UnavailableError(
                 f"cannot settle event {self.id}: the NATS connection is closed"
             ) from None
+        except nats.errors.OutboundBufferLimitError:
+            # Disconnected, and nats-py's reconnect buffer is full.
+            raise UnavailableError(
+                f"cannot settle event {self.id}: NATS is unreachable and the reconnect "
+                "buffer is full"
+            ) from None
 
 
 __all__ = ["Event"]

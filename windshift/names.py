@@ -100,7 +100,12 @@ def validate_subjects(
             f"{what}s must be a list of strings, got the string {_describe(subjects)}"
         )
     else:
-        values = list(subjects)
+        try:
+            values = list(subjects)
+        except TypeError:  # not iterable: one value where a list belongs
+            raise ValidationError(
+                f"{what}s must be a list of strings, got {_describe(subjects)}"
+            ) from None
     if required and not values:
         raise ValidationError(f"at least one {what} is required")
     for value in values:

@@ -21,7 +21,7 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
-from windshift.names import validate_subject
+from windshift.names import _describe, validate_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +40,32 @@ class PublishedEvent:
     duplicate: bool = False
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _headers_size(headers: dict[str, str]) -> int:
+    # as nats-py writes them: "NATS/1.0\r\n", "name: value\r\n" each, "\r\n"
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
 def _check_expected(value: int | None, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValidationError(f"{what} must be 0 or a positive event id, got {value!r}")
+    # Above 2**64 - 1 NATS cannot read the header and silently checks nothing.
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64
+    ):
+        raise ValidationError(
+            f"{what} must be 0 or a positive event id below 2**64, got {_describe(value)}"
+        )
+
+
+# How long to wait for JetStream to say whether a stream collects a subject
+# that a publish found nobody listening on (see ``_no_responders``).
+_NO_RESPONDERS_CHECK_TIMEOUT = 1.0
 
 
 class PublishingMixin(ClientBase):
@@ -98,11 +121,17 @@ class PublishingMixin(ClientBase):
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key.strip():
                 raise ValidationError(
-                    f"idempotency_key must be a non-empty string, got {idempotency_key!r}"
+                    f"idempotency_key must be a non-empty string, got {_describe(idempotency_key)}"
                 )
             if any(c in idempotency_key for c in "\r\n"):
                 raise ValidationError(
-                    f"idempotency_key must not contain line breaks, got {idempotency_key!r}"
+                    f"idempotency_key must not contain line breaks, got {_describe(idempotency_key)}"
+                )
+            if not _encodable(idempotency_key):
+                # lone surrogates (e.g. undecodable bytes smuggled into a str)
+                # cannot go into a NATS header
+                raise ValidationError(
+                    f"idempotency_key must be valid Unicode text, got {_describe(idempotency_key)}"
                 )
             headers[wire.HEADER_MSG_ID] = idempotency_key
         _check_expected(expected_last_id, "expected_last_id")
@@ -125,11 +154,22 @@ class PublishingMixin(ClientBase):
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
         timeout = self._settings.request_timeout.total_seconds()
+        # nats-py checks only the body against the server's max_payload, but
+        # the server counts the headers too, and answers a message over the
+        # limit by closing the whole connection (every subscription of this
+        # client with it). Refuse such an event here instead.
+        size = len(body) + _headers_size(headers)
+        limit = int(self._nc.max_payload or 0)
+        if limit and size > limit:
+            raise ValidationError(
+                f"event on {subject!r} is larger than the NATS server accepts "
+                f"({size} bytes with its headers, at most {limit})"
+            )
         async with self._publish_slots:
             try:
                 answer = await self._nc.request(subject, body, timeout=timeout, headers=headers)
             except nats.errors.NoRespondersError:
-                raise NotFoundError(f"no stream collects subject {subject!r}") from None
+                raise await self._no_responders(subject) from None
             except nats.errors.TimeoutError:
                 raise UnavailableError(
                     f"publish to {subject!r} was not acknowledged within {timeout:g}s"
@@ -141,6 +181,12 @@ class PublishingMixin(ClientBase):
                 ) from None
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 raise UnavailableError(f"publish to {subject!r}: connection closed") from None
+            except nats.errors.OutboundBufferLimitError:
+                # Disconnected, and nats-py's reconnect buffer is full.
+                raise UnavailableError(
+                    f"publish to {subject!r}: NATS is unreachable and the reconnect buffer "
+                    "is full; retry with the same idempotency key"
+                ) from None
         reply = json.loads(answer.data)
         error = reply.get("error")
         if error:
@@ -152,6 +198,31 @@ class PublishingMixin(ClientBase):
                 raise exc.to_windshift(f"publish to {subject!r}") from None
         return PublishedEvent(
             id=int(reply["seq"]), stream=reply["stream"], duplicate=bool(reply.get("duplicate"))
+        )
+
+    async def _no_responders(self, subject: str) -> WindshiftError:
+        # Nobody stored the event. Either no stream collects the subject (a
+        # mistake: NotFoundError), or one does but has no leader right now: a
+        # restarting server that has not loaded it yet, or a cluster electing
+        # a new leader after a node died. That second case is transient and
+        # must not read as "not found", or callers stop retrying during a
+        # failover (seen in tests/test_resilience.py, scenario 2).
+        try:
+            answer = await self._api.request(
+                "STREAM.NAMES", {"subject": subject}, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
+            )
+        except (ApiError, UnavailableError) as exc:
+            return UnavailableError(
+                f"publish to {subject!r}: no stream answered, and JetStream cannot say "
+                f"whether one collects the subject ({exc}); retry later"
+            )
+        streams = answer.get("streams") or []
+        if not streams:
+            return NotFoundError(f"no stream collects subject {subject!r}")
+        return UnavailableError(
+            f"publish to {subject!r}: stream {streams[0]!r} collects it but has no leader "
+            "right now (a server restarting or a cluster electing one); retry with the "
+            "same idempotency key"
         )
 
 

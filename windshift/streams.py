@@ -11,7 +11,7 @@ from typing import Any, Literal
 from windshift._core import ClientBase
 from windshift._jsapi import STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift.errors import ConfigurationConflictError, NotFoundError, ValidationError
-from windshift.names import validate_name, validate_subjects
+from windshift.names import _describe, validate_name, validate_subjects
 from windshift.pointers import StreamPointer
 from windshift.wire import duration_to_nanos, nanos_to_duration, parse_time
 
@@ -45,7 +45,9 @@ class StreamSource:
         validate_name("source stream", self.name)
         filters = validate_subjects(self.filter_subjects, what="filter subject")
         if self.start is not None and not isinstance(self.start, StreamPointer):
-            raise ValidationError(f"source start must be a StreamPointer, got {self.start!r}")
+            raise ValidationError(
+                f"source start must be a StreamPointer, got {_describe(self.start)}"
+            )
         config: dict[str, Any] = {"name": self.name}
         if self.start is not None:
             config.update(self.start.source_fields())
@@ -116,7 +118,7 @@ def _optional_limit(value: int | None, what: str) -> int:
     if value is None:
         return -1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{what} must be a whole number of 1 or more, got {value!r}")
+        raise ValidationError(f"{what} must be a whole number of 1 or more, got {_describe(value)}")
     return value
 
 
@@ -150,11 +152,11 @@ def build_stream_config(
             + (", ".join(chosen) if chosen else "none")
         )
     if discard not in ("old", "new"):
-        raise ValidationError(f"discard must be 'old' or 'new', got {discard!r}")
+        raise ValidationError(f"discard must be 'old' or 'new', got {_describe(discard)}")
     if storage not in ("file", "memory"):
-        raise ValidationError(f"storage must be 'file' or 'memory', got {storage!r}")
+        raise ValidationError(f"storage must be 'file' or 'memory', got {_describe(storage)}")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
-        raise ValidationError(f"replicas must be between 1 and 5, got {replicas!r}")
+        raise ValidationError(f"replicas must be between 1 and 5, got {_describe(replicas)}")
     if discard_new_per_subject and max_events_per_subject is None:
         raise ValidationError("discard_new_per_subject needs max_events_per_subject to be set")
     if discard_new_per_subject and discard != "new":
@@ -180,15 +182,21 @@ def build_stream_config(
         config["subjects"] = validate_subjects(subjects, what="stream subject")
     elif mirror:
         if not isinstance(mirror, StreamSource):
-            raise ValidationError(f"mirror must be a StreamSource, got {mirror!r}")
+            raise ValidationError(f"mirror must be a StreamSource, got {_describe(mirror)}")
         config["mirror"] = mirror.to_config()
     else:
         assert sources is not None
         if isinstance(sources, StreamSource):
             raise ValidationError("sources must be a list of StreamSource, got a single one")
+        if not isinstance(sources, Sequence) or isinstance(sources, str | bytes):
+            raise ValidationError(
+                f"sources must be a list of StreamSource, got {_describe(sources)}"
+            )
         for source in sources:
             if not isinstance(source, StreamSource):
-                raise ValidationError(f"sources must hold StreamSource values, got {source!r}")
+                raise ValidationError(
+                    f"sources must hold StreamSource values, got {_describe(source)}"
+                )
         config["sources"] = [source.to_config() for source in sources]
     return config
 

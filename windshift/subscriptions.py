@@ -34,12 +34,15 @@ from windshift import tracing
 from windshift._jsapi import ApiError, JetStreamApi
 from windshift.errors import NotFoundError, ValidationError, WindshiftError
 from windshift.events import Event
-from windshift.names import validate_name
+from windshift.names import _describe, validate_name
 from windshift.wire import HEADER_DATA_TYPE
 
 logger = logging.getLogger("windshift.subscriptions")
 
 DEFAULT_MAX_PENDING_EVENTS = 50
+# A pull request's batch is a signed 64-bit number to JetStream: a larger one
+# is refused, and was asked for again and again (tests/test_resilience.py).
+MAX_PENDING_EVENTS_LIMIT = 2**63 - 1
 
 # A pull request is held by the server this long at most; an idle one
 # proves it is alive with a heartbeat this often.
@@ -91,10 +94,11 @@ class Subscription:
         if (
             isinstance(max_pending_events, bool)
             or not isinstance(max_pending_events, int)
-            or max_pending_events < 1
+            or not 1 <= max_pending_events <= MAX_PENDING_EVENTS_LIMIT
         ):
             raise ValidationError(
-                f"max_pending_events must be 1 or more, got {max_pending_events!r}"
+                f"max_pending_events must be between 1 and {MAX_PENDING_EVENTS_LIMIT}, "
+                f"got {_describe(max_pending_events)}"
             )
         self.nc = nc
         self._api = api
@@ -237,6 +241,16 @@ class Subscription:
             if self._checker is None or self._checker.done():
                 self._checker = asyncio.create_task(self._check_consumer())
             return
+        if status == "400":
+            # JetStream cannot read the request: asking again would only be
+            # refused again, as fast as the answers come. Say so instead.
+            self._fail(
+                ValidationError(
+                    f"NATS refused the pull requests of consumer {self.consumer!r} on "
+                    f"stream {self.stream!r}: {description}"
+                )
+            )
+            return
         if status == "409" and ("Exceeded" in description or "push based" in description):
             logger.warning(
                 "pull request for %s/%s refused: %s", self.stream, self.consumer, description
@@ -361,11 +375,14 @@ class Subscription:
         if self._sub is not None:
             # Drain, not unsubscribe: events the server sent before it saw the
             # unsubscribe still reach _on_message, which hands them back.
+            # Draining flushes (PING/PONG). nats-py breaks its connection when a
+            # flush is cancelled (its PONG handler then sets the result of the
+            # cancelled future and the read loop dies), so neither the timeout
+            # nor a cancellation of our caller may reach it: both are shielded.
+            drain = asyncio.ensure_future(self._sub.drain())  # type: ignore[no-untyped-call]
+            drain.add_done_callback(_consume_outcome)
             try:
-                await asyncio.wait_for(
-                    self._sub.drain(),  # type: ignore[no-untyped-call]
-                    self.request_timeout,
-                )
+                await asyncio.wait_for(asyncio.shield(drain), self.request_timeout)
             except Exception:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
@@ -378,8 +395,16 @@ class Subscription:
         self._drop_requests()
         self._wake()
         if self.nc.is_connected:
+            flush = asyncio.ensure_future(self.nc.flush(timeout=2))
+            flush.add_done_callback(_consume_outcome)
             with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=2)
+                await asyncio.shield(flush)
+
+
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    """Retrieve a shielded task's outcome, so an error left behind is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _event_from(subscription: Subscription, msg: Msg, now: float) -> Event | None:

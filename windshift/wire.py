@@ -27,6 +27,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
 from windshift.errors import ValidationError
+from windshift.names import _describe
 
 HEADER_DATA_TYPE = "WS-Data-Type"
 HEADER_PUBLISHED_TIME = "WS-Published-Time"
@@ -85,13 +86,15 @@ def format_time(moment: datetime | None = None) -> str:
     the fraction is left out entirely when it is zero.
 
     Raises:
-        ValidationError: a naive datetime (its zone would be a guess).
+        ValidationError: not a datetime, or a naive one (its zone would be a guess).
     """
     if moment is None:
         ns = time.time_ns()
         seconds, nanos = divmod(ns, 1_000_000_000)
         base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return base + _fraction(nanos) + "Z"
+    if not isinstance(moment, datetime):
+        raise ValidationError(f"timestamp must be a datetime, got {_describe(moment)}")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationError(
             f"timestamp {moment.isoformat()!r} has no time zone; pass an aware datetime"
@@ -148,7 +151,7 @@ def duration_to_nanos(value: timedelta, what: str) -> int:
         ValidationError: not a timedelta, or negative.
     """
     if not isinstance(value, timedelta):
-        raise ValidationError(f"{what} must be a timedelta, got {value!r}")
+        raise ValidationError(f"{what} must be a timedelta, got {_describe(value)}")
     if value < timedelta(0):
         raise ValidationError(f"{what} must not be negative, got {value}")
     return (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1000

@@ -1,1 +1,19 @@
-"""windshift_grpc."""
+"""windshift_grpc: the gRPC façade of windshift (``windshift-grpc serve``).
+
+It serves ``windshift.events.v1alpha1.EventsService``, wire compatible with
+the original Go Windshift service, on top of the :mod:`windshift` library.
+Each module has one job:
+
+- ``events_service``: the servicer; each RPC converts, calls the library, converts back.
+- ``events_stream``: one bidirectional ``Events`` call (flow control, confirmations).
+- ``convert``: proto messages <-> library values.
+- ``status``: the one table of windshift errors -> gRPC status codes.
+- ``interceptor``: per call a server span, one log line, safe decoding, admission.
+- ``admission``: counts calls and refuses new ones while the server drains.
+- ``health``: ``/healthz``, ``/readyz`` and the gRPC health service.
+- ``server``: the grpc.aio server, embedded NATS, graceful stop.
+- ``settings``, ``cli``, ``logs``, ``telemetry``: configuration and process set-up.
+- ``_proto``: the generated code (``python -m windshift_grpc._proto.generate``).
+
+See docs/grpc.md.
+"""

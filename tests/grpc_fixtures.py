@@ -1,0 +1,464 @@
+"""Fixtures and helpers of the gRPC tests: real ``windshift-grpc serve`` subprocesses.
+
+Registered from conftest.py (``pytest_plugins``). Every server here is the
+real command, started as a child process on free ports, against the
+session's nats-server (``NATS_URL``) unless a test asks for an embedded one;
+clients are real grpc.aio channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.wrappers_pb2 import StringValue
+
+from windshift.embedded import EmbeddedNats, free_port
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "windshift-grpc ready"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+def serve_command() -> list[str]:
+    """The installed ``windshift-grpc`` console script, as a user would run it."""
+    script = Path(sys.executable).parent / "windshift-grpc"
+    if script.exists():
+        return [str(script), "serve"]
+    found = shutil.which("windshift-grpc")
+    assert found, "windshift-grpc is not installed (pip install -e '.[dev]')"
+    return [found, "serve"]
+
+
+class ServeProcess:
+    """One ``windshift-grpc serve`` child process on free ports.
+
+    Its stderr (the log) and stdout are collected line by line; tests wait
+    for lines with :meth:`wait_for_line` rather than sleeping.
+    """
+
+    def __init__(self, env: Mapping[str, str], cwd: Path = ROOT) -> None:
+        self.grpc_port = int(env["GRPC_PORT"])
+        self.health_port = int(env["HEALTH_PORT"])
+        self.env = dict(env)
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self.stdout: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._changed = asyncio.Condition()
+        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *serve_command(),
+            cwd=self.cwd,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._collect(self.process.stderr, self.lines)),
+            asyncio.create_task(self._collect(self.process.stdout, self.stdout)),
+        ]
+        await self.wait_for_line(READY, timeout=START_TIMEOUT)
+
+    async def _collect(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        while True:
+            line = await stream.readline()
+            async with self._changed:
+                if line:
+                    into.append(line.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+            if not line:
+                return
+
+    async def wait_for_line(
+        self, pattern: str, *, timeout: float = 10.0, stdout: bool = False, after: int = 0
+    ) -> str:
+        """The first line (from index ``after``) matching ``pattern`` (a regex)."""
+        return (await self.wait_for_lines(pattern, 1, timeout=timeout, stdout=stdout, after=after))[
+            0
+        ]
+
+    async def wait_for_lines(
+        self,
+        pattern: str,
+        count: int,
+        *,
+        timeout: float = 10.0,
+        stdout: bool = False,
+        after: int = 0,
+    ) -> list[str]:
+        """The first ``count`` lines (from index ``after``) matching ``pattern``."""
+        regex = re.compile(pattern)
+        lines = self.stdout if stdout else self.lines
+
+        def found() -> list[str]:
+            return [line for line in lines[after:] if regex.search(line)][:count]
+
+        async def wait() -> list[str]:
+            async with self._changed:
+                while len(matching := found()) < count:
+                    exited = self.process is not None and self.process.returncode is not None
+                    if exited and all(reader.done() for reader in self._readers):
+                        raise AssertionError(
+                            f"serve exited with {len(matching)} of {count} lines matching "
+                            f"{pattern!r}; log:\n{self.log}"
+                        )
+                    await self._changed.wait()
+                return matching
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"not {count} lines matching {pattern!r}; log:\n{self.log}"
+            ) from None
+
+    async def signal(self, signum: int = signal.SIGTERM, *, timeout: float = STOP_TIMEOUT) -> int:
+        """Send ``signum`` and wait for the process to exit; return its exit code."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError(
+                f"serve did not exit within {timeout}s; log:\n{self.log}"
+            ) from None
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        return code
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(AssertionError):
+                await self.signal(signal.SIGTERM)
+
+
+def serve_env(nats_url: str | None, **overrides: str) -> dict[str, str]:
+    """The environment of a serve process: ours, minus settings, plus free ports."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("NATS_URL", "WINDSHIFT_DATA_DIR", "DEVELOPMENT")
+        and not key.startswith("OTEL_")
+    }
+    grpc_port = free_port()
+    health_port = free_port()
+    while health_port == grpc_port:
+        health_port = free_port()
+    env.update(GRPC_PORT=str(grpc_port), HEALTH_PORT=str(health_port), PYTHONUNBUFFERED="1")
+    if nats_url is not None:
+        env["NATS_URL"] = nats_url
+    env.update(overrides)
+    return env
+
+
+StartServe = Callable[..., Awaitable[ServeProcess]]
+
+
+@pytest.fixture(scope="session")
+async def grpc_server(nats_server: EmbeddedNats) -> AsyncIterator[ServeProcess]:
+    """The session's serve process, on the session's nats-server."""
+    server = ServeProcess(serve_env(nats_server.url, DEVELOPMENT="true"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def start_serve(nats_server: EmbeddedNats) -> AsyncIterator[StartServe]:
+    """Start extra serve processes for one test (stopped at its end).
+
+    ``await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=...)`` starts one on
+    an embedded NATS; other keywords become environment variables.
+    """
+    started: list[ServeProcess] = []
+
+    async def start(cwd: Path = ROOT, **env: str | None) -> ServeProcess:
+        nats_url = env.pop("NATS_URL", nats_server.url)
+        overrides = {key: value for key, value in env.items() if value is not None}
+        server = ServeProcess(serve_env(nats_url, **overrides), cwd=cwd)
+        started.append(server)
+        await server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        await asyncio.gather(*(server.stop() for server in started))
+
+
+@pytest.fixture
+async def channel(grpc_server: ServeProcess) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(grpc_server.target) as opened:
+        yield opened
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.EventsServiceAsyncStub:
+    return pb_grpc.EventsServiceStub(channel)  # type: ignore[return-value]
+
+
+def string_any(value: str) -> AnyProto:
+    """``value`` as a StringValue in an Any: the data of the tests' events."""
+    data = AnyProto()
+    data.Pack(StringValue(value=value))
+    return data
+
+
+def unpack_text(event: pb.Event) -> str:
+    value = StringValue()
+    assert event.data.Unpack(value)
+    return value.value
+
+
+def duration(seconds: float) -> Duration:
+    result = Duration()
+    result.FromTimedelta(timedelta(seconds=seconds))
+    return result
+
+
+async def ensure_stream(stub: pb_grpc.EventsServiceAsyncStub, name: str) -> None:
+    """A stream ``name`` collecting ``name.>``."""
+    await stub.EnsureStream(
+        pb.EnsureStreamRequest(
+            name=name, subjects=pb.EnsureStreamRequest.Subjects(subjects=[f"{name}.>"])
+        )
+    )
+
+
+async def ensure_consumer(
+    stub: pb_grpc.EventsServiceAsyncStub,
+    stream: str,
+    name: str | None = "worker",
+    *,
+    timeout: float | None = None,
+    start: bool = True,
+) -> str:
+    """A consumer of every subject of ``stream`` (from its start by default); its id."""
+    request = pb.EnsureConsumerRequest(stream=stream, subjects=[f"{stream}.>"])
+    if name is not None:
+        request.name = name
+    if start:
+        getattr(request, "from").start = True
+    if timeout is not None:
+        request.processing_timeout.CopyFrom(duration(timeout))
+    response: pb.EnsureConsumerResponse = await stub.EnsureConsumer(request)
+    return response.id
+
+
+async def publish(stub: pb_grpc.EventsServiceAsyncStub, subject: str, *texts: str) -> list[int]:
+    """Publish StringValue events one by one; their ids."""
+    return [
+        (await stub.PublishEvent(pb.PublishEventRequest(subject=subject, data=string_any(t)))).id
+        for t in texts
+    ]
+
+
+class EventsClient:
+    """One Events call, driven like a client would: requests in, responses sorted.
+
+    Events go to :meth:`next_event`, confirmations to the ``ack``/``reject``/
+    ``ping`` methods that sent their request (the server answers in order).
+    """
+
+    def __init__(self, stub: pb_grpc.EventsServiceAsyncStub) -> None:
+        self._requests: asyncio.Queue[pb.EventsRequest | None] = asyncio.Queue()
+        self.call = stub.Events(self._request_stream())
+        self._events: asyncio.Queue[pb.Event] = asyncio.Queue()
+        self._answers: asyncio.Queue[pb.EventsResponse] = asyncio.Queue()
+        self.responses: list[pb.EventsResponse] = []
+        self.ended = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _request_stream(self) -> AsyncIterator[pb.EventsRequest]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                self.responses.append(response)
+                if response.HasField("event"):
+                    self._events.put_nowait(response.event)
+                else:
+                    self._answers.put_nowait(response)
+        except grpc.aio.AioRpcError:
+            pass  # the status is read with code()
+        finally:
+            self.ended.set()
+            self._requests.put_nowait(None)  # let gRPC's request reader finish
+
+    def send(self, request: pb.EventsRequest) -> None:
+        self._requests.put_nowait(request)
+
+    def half_close(self) -> None:
+        self._requests.put_nowait(None)
+
+    async def answer(self, timeout: float = 10.0) -> pb.EventsResponse:
+        """The next non-event response."""
+        get = asyncio.ensure_future(self._answers.get())
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait((get, ended), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        if self.ended.is_set():
+            raise AssertionError(f"the call ended: {await self.code()} {await self.details()}")
+        raise AssertionError(f"no answer within {timeout}s")
+
+    async def subscribe(
+        self, stream: str, consumer: str, max_processing_events: int | None = None
+    ) -> pb.EventsResponse.Subscribed:
+        subscribe = pb.EventsRequest.Subscribe(stream=stream, consumer=consumer)
+        if max_processing_events is not None:
+            subscribe.max_processing_events = max_processing_events
+        self.send(pb.EventsRequest(subscribe=subscribe))
+        response = await self.answer()
+        assert response.HasField("subscribed"), response
+        return response.subscribed
+
+    async def next_event(self, timeout: float = 10.0) -> pb.Event:
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no event within {timeout}s") from None
+
+    async def events(self, count: int, timeout: float = 10.0) -> list[pb.Event]:
+        return [await self.next_event(timeout) for _ in range(count)]
+
+    def pending_events(self) -> int:
+        """Events received and not yet taken with :meth:`next_event`."""
+        return self._events.qsize()
+
+    async def ack(self, *ids: int) -> pb.EventsResponse.AckConfirmation:
+        self.send(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=ids)))
+        response = await self.answer()
+        assert response.HasField("ack_confirmation"), response
+        return response.ack_confirmation
+
+    async def reject(
+        self, *ids: int, delay: float | None = None, permanently: bool | None = None
+    ) -> pb.EventsResponse.RejectConfirmation:
+        reject = pb.EventsRequest.Reject(ids=ids)
+        if delay is not None:
+            reject.delay.CopyFrom(duration(delay))
+        if permanently is not None:
+            reject.permanently = permanently
+        self.send(pb.EventsRequest(reject=reject))
+        response = await self.answer()
+        assert response.HasField("reject_confirmation"), response
+        return response.reject_confirmation
+
+    async def ping(self, *ids: int) -> pb.EventsResponse.PingConfirmation:
+        self.send(pb.EventsRequest(ping=pb.EventsRequest.Ping(ids=ids)))
+        response = await self.answer()
+        assert response.HasField("ping_confirmation"), response
+        return response.ping_confirmation
+
+    async def code(self) -> grpc.StatusCode:
+        return await asyncio.wait_for(self.call.code(), 20)
+
+    async def details(self) -> str:
+        return str(await asyncio.wait_for(self.call.details(), 20))
+
+    async def finish(self, timeout: float = 20.0) -> grpc.StatusCode:
+        """Wait for the call to end; its status code."""
+        await asyncio.wait_for(self.ended.wait(), timeout)
+        return await self.code()
+
+    async def cancel(self) -> None:
+        """Go away, as a client that crashes or disconnects would."""
+        self.call.cancel()
+        await asyncio.wait_for(self.ended.wait(), 10)
+
+
+@pytest.fixture
+async def events_client(
+    stub: pb_grpc.EventsServiceAsyncStub,
+) -> AsyncIterator[Callable[[], EventsClient]]:
+    """Open Events calls on the session's server; all are cancelled at the end."""
+    opened: list[EventsClient] = []
+
+    def open_call() -> EventsClient:
+        client = EventsClient(stub)
+        opened.append(client)
+        return client
+
+    try:
+        yield open_call
+    finally:
+        for client in opened:
+            if not client.ended.is_set():
+                await client.cancel()
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """A plain HTTP/1.1 GET on 127.0.0.1; the status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+__all__ = [
+    "READY",
+    "ROOT",
+    "EventsClient",
+    "ServeProcess",
+    "StartServe",
+    "channel",
+    "duration",
+    "ensure_consumer",
+    "ensure_stream",
+    "events_client",
+    "grpc_server",
+    "http_get",
+    "publish",
+    "serve_command",
+    "serve_env",
+    "start_serve",
+    "string_any",
+    "stub",
+    "unpack_text",
+]

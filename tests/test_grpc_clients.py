@@ -1,0 +1,83 @@
+"""The gRPC client examples run against a live serve process, as documented.
+
+``examples/grpc_client.py`` (Python stubs) and ``examples/node-client``
+(@grpc/grpc-js with @grpc/proto-loader reading ``proto/``) each ensure a
+stream and a consumer, publish, consume and acknowledge, and must exit 0.
+The Node.js one is skipped only where ``node`` is not installed; its
+dependencies are installed here (``npm ci``) when ``node_modules`` is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+
+import pytest
+from grpc_fixtures import ROOT, ServeProcess
+
+NODE_CLIENT = ROOT / "examples" / "node-client"
+RUN_TIMEOUT = 60.0
+INSTALL_TIMEOUT = 300.0
+
+
+async def _run(*command: str, cwd: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{command} did not finish within {timeout}s") from None
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def _check_output(out: str, consumer: str) -> None:
+    assert f"consumer {consumer} are ready" in out
+    published = {int(i) for i in re.findall(r"^published event (\d+)$", out, re.MULTILINE)}
+    received = {
+        int(i)
+        for i in re.findall(
+            r"^received event (\d+) on greetings\.hello \(delivery attempt \d+\): hello #\d",
+            out,
+            re.MULTILINE,
+        )
+    }
+    acknowledged = {int(i) for i in re.findall(r"^acknowledged event (\d+)$", out, re.MULTILINE)}
+    assert len(published) == 3
+    assert published <= received <= acknowledged
+    assert out.rstrip().endswith("all events acknowledged")
+
+
+async def test_python_grpc_client_example(grpc_server: ServeProcess) -> None:
+    code, out, err = await _run(
+        sys.executable, "examples/grpc_client.py", "--target", grpc_server.target, cwd=str(ROOT)
+    )
+    assert code == 0, err
+    _check_output(out, "python-greeter")
+
+
+async def test_node_client_example(grpc_server: ServeProcess) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client example cannot run")
+    if not (NODE_CLIENT / "node_modules").is_dir():
+        npm = shutil.which("npm")
+        assert npm is not None, "node is installed but npm is not"
+        code, _, err = await _run(
+            npm, "ci", "--no-audit", "--no-fund", cwd=str(NODE_CLIENT), timeout=INSTALL_TIMEOUT
+        )
+        assert code == 0, f"npm ci failed: {err}"
+    code, out, err = await _run(
+        node, "index.js", "--target", grpc_server.target, cwd=str(NODE_CLIENT)
+    )
+    assert code == 0, err
+    _check_output(out, "node-greeter")

@@ -1,0 +1,416 @@
+"""`windshift-grpc serve` as a process: settings, probes, reflection, logs, traces, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import re
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_fixtures import (
+    EventsClient,
+    ServeProcess,
+    StartServe,
+    ensure_consumer,
+    ensure_stream,
+    http_get,
+    publish,
+    serve_command,
+    serve_env,
+    string_any,
+    unpack_text,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import windshift
+from windshift.embedded import free_port
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc.settings import SETTINGS, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
+        EventsServiceAsyncStub as Stub,
+    )
+
+EVENTS_SERVICE = "windshift.events.v1alpha1.EventsService"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+async def _run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+# --- settings and the command line ----------------------------------------------
+
+
+def test_settings_defaults_and_values() -> None:
+    assert Settings.from_env({}) == Settings()
+    assert Settings() == Settings(
+        nats_url=None,
+        grpc_port=8080,
+        health_port=8088,
+        development=False,
+        nats_publish_async_max_pending=256,
+        data_dir=Path(".windshift"),
+    )
+    settings = Settings.from_env(
+        {
+            "NATS_URL": "nats://a:4222, nats://b:4222",
+            "GRPC_PORT": "9090",
+            "HEALTH_PORT": "9091",
+            "DEVELOPMENT": "TRUE",
+            "NATS_PUBLISH_ASYNC_MAX_PENDING": "17",
+            "WINDSHIFT_DATA_DIR": "/var/lib/windshift",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_SERVICE_NAME": "events-api",
+        }
+    )
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4222"]
+    assert (settings.grpc_port, settings.health_port) == (9090, 9091)
+    assert settings.development is True
+    assert settings.nats_publish_async_max_pending == 17
+    assert settings.data_dir == Path("/var/lib/windshift")
+    assert settings.otel_exporter_otlp_endpoint == "http://collector:4318"
+    assert settings.otel_service_name == "events-api"
+    with pytest.raises(AttributeError):
+        settings.grpc_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GRPC_PORT", "http"),
+        ("GRPC_PORT", "70000"),
+        ("HEALTH_PORT", "0"),
+        ("HEALTH_PORT", "8080"),  # the same as GRPC_PORT
+        ("DEVELOPMENT", "maybe"),
+        ("NATS_PUBLISH_ASYNC_MAX_PENDING", "0"),
+        ("NATS_PUBLISH_ASYNC_MAX_PENDING", "many"),
+        ("NATS_URL", "localhost:4222"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+    ],
+)
+async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
+    variable: str, value: str
+) -> None:
+    env = serve_env(None, GRPC_PORT="8080", HEALTH_PORT="8088")
+    env[variable] = value
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(env)
+    assert error.value.name == variable
+
+    code, out, err = await _run_cli(*serve_command(), env=env)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert variable in lines[0]
+    assert value in lines[0] or variable == "HEALTH_PORT"
+    assert out == ""
+
+
+async def test_help_documents_every_setting() -> None:
+    env = serve_env(None)
+    for command in ([*serve_command(), "--help"], [serve_command()[0], "--help"]):
+        code, out, _ = await _run_cli(*command, env=env)
+        assert code == 0
+        for variable, default, _meaning in SETTINGS:
+            assert f"{variable} (default: {default})" in out
+    code, _, err = await _run_cli(serve_command()[0], env=env)
+    assert code == 2
+    assert "serve" in err
+
+
+async def test_serve_exits_1_when_it_cannot_start(start_serve: StartServe) -> None:
+    taken = await start_serve()
+    env = serve_env(f"nats://127.0.0.1:{free_port()}")
+    code, _, err = await _run_cli(*serve_command(), env=env)
+    assert code == 1
+    assert "could not start" in err
+    assert "cannot connect to NATS" in err
+
+    env = serve_env(taken.env["NATS_URL"], GRPC_PORT=str(taken.grpc_port))
+    code, _, err = await _run_cli(*serve_command(), env=env)
+    assert code == 1
+    assert f"GRPC_PORT {taken.grpc_port}" in err
+
+
+# --- probes, health, reflection -------------------------------------------------
+
+
+async def test_healthz_and_readyz(grpc_server: ServeProcess) -> None:
+    assert await http_get(grpc_server.health_port, "/healthz") == (200, "ok\n")
+    assert await http_get(grpc_server.health_port, "/readyz") == (200, "ready\n")
+    assert (await http_get(grpc_server.health_port, "/readyz?verbose=1"))[0] == 200
+    assert (await http_get(grpc_server.health_port, "/metrics"))[0] == 404
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", grpc_server.health_port)
+    writer.write(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 405")
+    writer.close()
+
+
+async def test_grpc_health_service_reports_serving(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", EVENTS_SERVICE):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Channel) -> None:
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=EVENTS_SERVICE),
+    ]
+    listed, described = [
+        response async for response in reflect.ServerReflectionInfo(iter(requests))
+    ]
+    names = {service.name for service in listed.list_services_response.service}
+    assert names == {
+        EVENTS_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    events_file = next(f for f in files if f.package == "windshift.events.v1alpha1")
+    assert events_file.name == "windshift/events/v1alpha1/service.proto"
+    assert [method.name for method in events_file.service[0].method] == [
+        "EnsureStream",
+        "EnsureConsumer",
+        "DeleteConsumer",
+        "PublishEvent",
+        "Events",
+    ]
+
+
+# --- logs and traces ------------------------------------------------------------
+
+
+async def test_one_log_line_per_rpc_without_payloads(
+    grpc_server: ServeProcess, stub: Stub, name: str
+) -> None:
+    secret = "payload-that-must-not-be-logged"
+    await ensure_stream(stub, name)
+    start = len(grpc_server.lines)
+    await stub.PublishEvent(
+        pb.PublishEventRequest(subject=f"{name}.a", data=string_any(secret), idempotency_key=secret)
+    )
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.DeleteConsumer(pb.DeleteConsumerRequest(stream=name, id=secret))
+    await grpc_server.wait_for_lines(r"DeleteConsumer NOT_FOUND \d+\.\dms$", 3, after=start)
+    lines = grpc_server.lines[start:]
+    rpc_lines = [line for line in lines if "windshift_grpc.rpc" in line]
+    assert [re.sub(r".*rpc (\S+) (\w+) [\d.]+ms$", r"\1 \2", line) for line in rpc_lines] == [
+        "/windshift.events.v1alpha1.EventsService/PublishEvent OK",
+        *["/windshift.events.v1alpha1.EventsService/DeleteConsumer NOT_FOUND"] * 3,
+    ]
+    assert secret not in "\n".join(lines)
+
+
+async def test_production_logs_are_json_lines(start_serve: StartServe, name: str) -> None:
+    server = await start_serve(DEVELOPMENT="false")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_stream(stub, name)
+    line = await server.wait_for_line("EnsureStream OK")
+    entry = json.loads(line)
+    assert entry["logger"] == "windshift_grpc.rpc"
+    assert entry["level"] == "info"
+    assert all(json.loads(line) for line in server.lines)
+
+
+def _spans(lines: list[str]) -> list[dict[str, Any]]:
+    spans = []
+    for line in lines:
+        with_brace = line.strip()
+        if with_brace.startswith("{"):
+            spans.append(json.loads(with_brace))
+    return spans
+
+
+async def test_server_spans_continue_the_callers_trace_into_the_publish(
+    start_serve: StartServe, client: windshift.Client, name: str
+) -> None:
+    server = await start_serve(OTEL_TRACES_EXPORTER="console")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_stream(stub, name)
+        await client.ensure_consumer(name, "check", start=windshift.StreamPointer.start())
+        await stub.PublishEvent(
+            pb.PublishEventRequest(subject=f"{name}.a", data=string_any("traced")),
+            metadata=[("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01")],
+        )
+    await server.wait_for_line(f"{name}.a publish", stdout=True)
+    spans = [
+        span for span in _spans(server.stdout) if span["context"]["trace_id"] == f"0x{TRACE_ID}"
+    ]
+    by_kind = {span["kind"]: span for span in spans}
+    rpc = by_kind["SpanKind.SERVER"]
+    assert rpc["name"] == f"{EVENTS_SERVICE}/PublishEvent"
+    assert rpc["parent_id"] == f"0x{CALLER_SPAN}"
+    assert rpc["attributes"]["rpc.grpc.status_code"] == 0
+    publish_span = by_kind["SpanKind.PRODUCER"]
+    assert publish_span["parent_id"] == rpc["context"]["span_id"]
+
+    async with client.subscribe(name, "check") as events:
+        event = await asyncio.wait_for(anext(events), 10)
+        await event.ack()
+    span_id = publish_span["context"]["span_id"].removeprefix("0x")
+    assert event.headers["WS-Trace-Parent"] == f"00-{TRACE_ID}-{span_id}-01"
+
+
+async def test_otlp_endpoint_without_an_exporter_installed_keeps_serving(
+    start_serve: StartServe, name: str
+) -> None:
+    server = await start_serve(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    try:
+        installed = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        installed = False
+    if not installed:
+        await server.wait_for_line("opentelemetry.exporter.otlp.proto.http.* is not installed")
+    else:
+        await server.wait_for_line("exporting traces")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+
+
+# --- embedded NATS and shutdown -------------------------------------------------
+
+
+async def test_without_nats_url_an_embedded_nats_keeps_the_data_across_restarts(
+    start_serve: StartServe, tmp_path: Path, name: str
+) -> None:
+    data_dir = tmp_path / "data"
+    first = await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=str(data_dir))
+    line = await first.wait_for_line("embedded NATS")
+    assert str(data_dir) in line
+    async with grpc.aio.insecure_channel(first.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_stream(stub, name)
+        assert await publish(stub, f"{name}.a", "kept") == [1]
+    assert await first.signal(signal.SIGTERM) == 0
+    assert (data_dir / "jetstream").is_dir()
+
+    second = await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=str(data_dir))
+    async with grpc.aio.insecure_channel(second.target) as channel:
+        stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_consumer(stub, name)
+        assert await publish(stub, f"{name}.a", "new") == [2]
+        call = EventsClient(stub)
+        try:
+            await call.subscribe(name, "worker")
+            events = await call.events(2)
+            assert [unpack_text(event) for event in events] == ["kept", "new"]
+        finally:
+            await call.cancel()
+    assert await second.signal(signal.SIGINT) == 0
+
+
+async def test_the_default_data_dir_is_dot_windshift(
+    start_serve: StartServe, tmp_path: Path
+) -> None:
+    server = await start_serve(cwd=tmp_path, NATS_URL=None)
+    assert str(tmp_path / ".windshift") in await server.wait_for_line("embedded NATS")
+    assert await server.signal() == 0
+    assert (tmp_path / ".windshift" / "jetstream").is_dir()
+
+
+async def test_sigterm_ends_events_calls_cleanly_and_nothing_is_lost(
+    stub: Stub, start_serve: StartServe, name: str
+) -> None:
+    await ensure_stream(stub, name)
+    await ensure_consumer(stub, name, timeout=1.0)
+    ids = await publish(stub, f"{name}.a", "a", "b", "c")
+    leaving = await start_serve()
+    async with grpc.aio.insecure_channel(leaving.target) as channel:
+        call = EventsClient(pb_grpc.EventsServiceStub(channel))  # type: ignore[arg-type]
+        await call.subscribe(name, "worker")
+        held = await call.events(3)
+        assert list((await call.ack(held[0].id)).ids) == [ids[0]]
+
+        exit_code = asyncio.ensure_future(leaving.signal(signal.SIGTERM))
+        assert await call.finish() == grpc.StatusCode.OK
+        assert await exit_code == 0
+    await leaving.wait_for_line("SIGTERM received")
+
+    after = EventsClient(stub)
+    try:
+        await after.subscribe(name, "worker")
+        redelivered = await after.events(2)
+        assert sorted(event.id for event in redelivered) == ids[1:]
+        assert {event.delivery_attempt for event in redelivered} == {2}
+        assert sorted((await after.ack(*ids[1:])).ids) == ids[1:]
+    finally:
+        await after.cancel()
+
+
+async def test_sigterm_lets_unary_calls_in_flight_finish(
+    stub: Stub, client: windshift.Client, start_serve: StartServe, name: str
+) -> None:
+    await ensure_stream(stub, name)
+    leaving = await start_serve()
+    async with grpc.aio.insecure_channel(leaving.target) as channel:
+        busy: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await busy.PublishEvent(pb.PublishEventRequest(subject=f"{name}.a", data=string_any("0")))
+
+        async def one(i: int) -> grpc.StatusCode:
+            try:
+                await busy.PublishEvent(
+                    pb.PublishEventRequest(subject=f"{name}.a", data=string_any(str(i)))
+                )
+            except grpc.aio.AioRpcError as failure:
+                return failure.code()
+            return grpc.StatusCode.OK
+
+        calls = [asyncio.ensure_future(one(i)) for i in range(300)]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = await leaving.signal(signal.SIGTERM)
+        codes = await asyncio.gather(*calls)
+    assert exit_code == 0
+    # In flight: finished. Not yet started: refused as UNAVAILABLE (to retry elsewhere).
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+    assert grpc.StatusCode.OK in codes
+    # Every call answered OK was stored; none was cut off half way.
+    assert (await client.stream_info(name)).events == 1 + codes.count(grpc.StatusCode.OK)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_sigterm_stops_the_embedded_nats_server(
+    start_serve: StartServe, tmp_path: Path
+) -> None:
+    server = await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=str(tmp_path))
+    assert server.process is not None
+    url = re.search(r"nats://[\d.]+:\d+", await server.wait_for_line("embedded NATS"))
+    assert url is not None
+    assert await server.signal() == 0
+    # The embedded nats-server went with it.
+    with pytest.raises(windshift.UnavailableError):
+        await windshift.connect(url.group(0), connect_timeout=timedelta(seconds=0.5))

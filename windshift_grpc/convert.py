@@ -1,0 +1,230 @@
+"""Proto messages <-> windshift values: the façade's only translation layer.
+
+Every function turns one proto value into the library's argument (or an
+Event into its proto), and refuses what cannot be converted with a
+:class:`~windshift.ValidationError` naming the field and the value. What the
+library itself checks (names, subjects, ranges) is left to the library, so
+that gRPC and Python callers get the same answers.
+
+The proto field ``from`` is a Python keyword: it is read with
+``getattr(message, "from")`` after ``message.HasField("from")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from windshift import Event, StreamPointer, StreamSource, ValidationError
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+_DISCARD = {
+    pb.EnsureStreamRequest.DISCARD_POLICY_UNSPECIFIED: "old",
+    pb.EnsureStreamRequest.DISCARD_POLICY_OLD: "old",
+    pb.EnsureStreamRequest.DISCARD_POLICY_NEW: "new",
+}
+_STORAGE = {
+    pb.EnsureStreamRequest.STORAGE_TYPE_UNSPECIFIED: "file",
+    pb.EnsureStreamRequest.STORAGE_TYPE_FILE: "file",
+    pb.EnsureStreamRequest.STORAGE_TYPE_MEMORY: "memory",
+}
+
+
+def duration(value: Duration, field: str) -> timedelta:
+    """A proto Duration as a timedelta.
+
+    Raises:
+        ValidationError: the Duration is out of range or malformed.
+    """
+    try:
+        return value.ToTimedelta()
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"{field} is not a valid duration (seconds={value.seconds}, nanos={value.nanos}): {exc}"
+        ) from None
+
+
+def to_duration(value: timedelta) -> Duration:
+    """A timedelta as a proto Duration."""
+    result = Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def timestamp(value: Timestamp, field: str) -> datetime:
+    """A proto Timestamp as an aware UTC datetime.
+
+    Raises:
+        ValidationError: the Timestamp is outside what a datetime can hold.
+    """
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ValidationError(
+            f"{field} is not a valid timestamp (seconds={value.seconds}, nanos={value.nanos}): "
+            f"{exc}"
+        ) from None
+
+
+def to_timestamp(value: datetime) -> Timestamp:
+    """An aware datetime as a proto Timestamp."""
+    result = Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+def pointer(value: pb.StreamPointer) -> StreamPointer | None:
+    """A proto StreamPointer as a library one; None means "the default".
+
+    The original service's reading is kept: a pointer without any member set,
+    and ``offset: 0``, leave the default in place (new events for a consumer,
+    the whole source stream for a mirror or source).
+    """
+    kind = value.WhichOneof("pointer")
+    if kind == "start":
+        return StreamPointer.start()
+    if kind == "end":
+        return StreamPointer.end()
+    if kind == "time":
+        return StreamPointer.time(timestamp(value.time, "from.time"))
+    if kind == "offset" and value.offset > 0:
+        return StreamPointer.offset(value.offset)
+    return None
+
+
+def _limit(value: int) -> int | None:
+    # JetStream reads 0 as "no limit", and so did the original service.
+    return value or None
+
+
+def stream_options(request: pb.EnsureStreamRequest) -> dict[str, Any]:
+    """The keyword arguments of ``Client.ensure_stream`` for an EnsureStream request."""
+    options: dict[str, Any] = {}
+    source = request.WhichOneof("source")
+    if source == "subjects":
+        options["subjects"] = list(request.subjects.subjects)
+    elif source == "mirror":
+        options["mirror"] = stream_source(request.mirror, "mirror")
+    elif source == "aggregate":
+        options["sources"] = [
+            stream_source(item, f"aggregate.sources[{index}]")
+            for index, item in enumerate(request.aggregate.sources)
+        ]
+    if request.HasField("retention_policy"):
+        retention = request.retention_policy
+        if retention.HasField("max_age"):
+            age = duration(retention.max_age, "retention_policy.max_age")
+            options["max_age"] = age or None
+        if retention.HasField("max_events"):
+            options["max_events"] = _limit(retention.max_events)
+        if retention.HasField("max_events_per_subject"):
+            options["max_events_per_subject"] = _limit(retention.max_events_per_subject)
+        if retention.HasField("max_bytes"):
+            options["max_bytes"] = _limit(retention.max_bytes)
+        if retention.HasField("discard_policy"):
+            options["discard"] = _enum(
+                _DISCARD, retention.discard_policy, "retention_policy.discard_policy"
+            )
+        if retention.HasField("discard_new_per_subject"):
+            options["discard_new_per_subject"] = retention.discard_new_per_subject
+    if request.HasField("storage"):
+        if request.storage.HasField("type"):
+            options["storage"] = _enum(_STORAGE, request.storage.type, "storage.type")
+        if request.storage.HasField("replicas"):
+            options["replicas"] = request.storage.replicas
+    if request.HasField("deduplication_window"):
+        options["deduplication_window"] = duration(
+            request.deduplication_window, "deduplication_window"
+        )
+    if request.HasField("max_event_size"):
+        options["max_event_size"] = _limit(request.max_event_size)
+    return options
+
+
+def stream_source(value: pb.EnsureStreamRequest.StreamSource, field: str) -> StreamSource:
+    """A mirror or aggregate source as a library StreamSource."""
+    start = pointer(getattr(value, "from")) if value.HasField("from") else None
+    return StreamSource(value.name, start=start, filter_subjects=list(value.filter_subjects))
+
+
+def consumer_options(request: pb.EnsureConsumerRequest) -> dict[str, Any]:
+    """The keyword arguments of ``Client.ensure_consumer`` for an EnsureConsumer request."""
+    if not request.subjects:
+        raise ValidationError("a consumer needs at least one subject")
+    options: dict[str, Any] = {
+        "name": request.name if request.HasField("name") else None,
+        "subjects": list(request.subjects),
+    }
+    if request.HasField("from"):
+        options["start"] = pointer(getattr(request, "from"))
+    if request.HasField("processing_timeout"):
+        timeout = duration(request.processing_timeout, "processing_timeout")
+        if timeout:  # zero means the default, as in the original service
+            options["processing_timeout"] = timeout
+    return options
+
+
+def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
+    """The keyword arguments of ``Client.publish`` (after subject and data)."""
+    options: dict[str, Any] = {}
+    if request.HasField("timestamp"):
+        options["timestamp"] = timestamp(request.timestamp, "timestamp")
+    if request.HasField("idempotency_key"):
+        options["idempotency_key"] = request.idempotency_key
+    if request.HasField("expected_last_id"):
+        options["expected_last_id"] = request.expected_last_id
+    return options
+
+
+def event(value: Event) -> pb.Event:
+    """A delivered event as the proto the Events stream sends."""
+    headers = pb.Headers(timestamp=to_timestamp(value.timestamp))
+    key = value.idempotency_key
+    if key is not None:
+        headers.idempotency_key = key
+    carrier: dict[str, str] = {}
+    span = value.span
+    if span is not None and span.get_span_context().is_valid:
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    else:
+        _PROPAGATOR.inject(carrier, context=value.trace_context)
+    if "traceparent" in carrier:
+        headers.trace_parent = carrier["traceparent"]
+    if "tracestate" in carrier:
+        headers.trace_state = carrier["tracestate"]
+    return pb.Event(
+        id=value.id,
+        subject=value.subject,
+        headers=headers,
+        data=value.data,
+        delivery_attempt=value.delivery_attempt,
+    )
+
+
+def _enum(table: Mapping[Any, str], number: int, field: str) -> str:
+    try:
+        return table[number]
+    except KeyError:
+        raise ValidationError(f"{field} has no value {number}") from None
+
+
+__all__ = [
+    "consumer_options",
+    "duration",
+    "event",
+    "pointer",
+    "publish_options",
+    "stream_options",
+    "stream_source",
+    "timestamp",
+    "to_duration",
+    "to_timestamp",
+]

@@ -1,0 +1,128 @@
+"""The EventsService servicer: each RPC converts the request, calls the library, converts the answer.
+
+Errors leave through :mod:`windshift_grpc.status` (see :func:`mapped`), so
+the servicer answers with the documented codes even in a server without the
+façade's interceptor.
+
+Example:
+    >>> service = EventsService(client, stopping=asyncio.Event())
+    >>> service_pb2_grpc.add_EventsServiceServicer_to_server(service, server)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+import windshift
+from windshift_grpc import convert
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc.events_stream import events_call
+from windshift_grpc.status import status_for
+
+Q = TypeVar("Q")
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+def mapped(
+    method: Callable[[S, Q, Any], Awaitable[R]],
+) -> Callable[[S, Q, Any], Awaitable[R]]:
+    """Answer whatever a unary RPC raises with the status of the one table."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Q, context: Any) -> R:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc, method.__name__)
+            await context.abort(code, message)
+            raise  # not reached: abort raises
+
+    return wrapper
+
+
+def mapped_stream(
+    method: Callable[[S, Q, Any], AsyncGenerator[R, None]],
+) -> Callable[[S, Q, Any], AsyncGenerator[R, None]]:
+    """Answer whatever a response-streaming RPC raises with the status of the one table."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Q, context: Any) -> AsyncGenerator[R, None]:
+        try:
+            async with contextlib.aclosing(method(self, request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc, method.__name__)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+class EventsService(pb_grpc.EventsServiceServicer):
+    """``windshift.events.v1alpha1.EventsService`` on a :class:`windshift.Client`.
+
+    Args:
+        client: the connected library client all calls go through.
+        stopping: set when the server shuts down; open Events calls then end
+            cleanly (status OK).
+    """
+
+    def __init__(self, client: windshift.Client, *, stopping: asyncio.Event) -> None:
+        self._client = client
+        self._stopping = stopping
+
+    @mapped
+    async def EnsureStream(
+        self, request: pb.EnsureStreamRequest, context: Any
+    ) -> pb.EnsureStreamResponse:
+        await self._client.ensure_stream(request.name, **convert.stream_options(request))
+        return pb.EnsureStreamResponse()
+
+    @mapped
+    async def EnsureConsumer(
+        self, request: pb.EnsureConsumerRequest, context: Any
+    ) -> pb.EnsureConsumerResponse:
+        consumer = await self._client.ensure_consumer(
+            request.stream, **convert.consumer_options(request)
+        )
+        return pb.EnsureConsumerResponse(id=consumer.id)
+
+    @mapped
+    async def DeleteConsumer(
+        self, request: pb.DeleteConsumerRequest, context: Any
+    ) -> pb.DeleteConsumerResponse:
+        await self._client.delete_consumer(request.stream, request.id)
+        return pb.DeleteConsumerResponse()
+
+    @mapped
+    async def PublishEvent(
+        self, request: pb.PublishEventRequest, context: Any
+    ) -> pb.PublishEventResponse:
+        published = await self._client.publish(
+            request.subject, request.data, **convert.publish_options(request)
+        )
+        return pb.PublishEventResponse(id=published.id)
+
+    @mapped_stream
+    async def Events(
+        self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any
+    ) -> AsyncGenerator[pb.EventsResponse, None]:
+        calls = events_call(self._client, request_iterator, self._stopping)
+        async with contextlib.aclosing(calls) as responses:
+            async for response in responses:
+                yield response
+
+
+__all__ = ["EventsService", "mapped", "mapped_stream"]

@@ -1,0 +1,393 @@
+"""One ``Events`` call: a subscription, the ids it handed out, and their confirmations.
+
+The protocol, from the client's side: send a Subscribe first (anything else
+is INVALID_ARGUMENT), read Subscribed with the consumer's processing timeout,
+then read events and send Ack, Reject and Ping requests, each answered by one
+confirmation in the order the requests were sent. At most
+``max_processing_events`` events (50 when unset or 0) are out at once: the
+library subscription never holds more, and the next arrives when one is
+settled or forgotten.
+
+Bookkeeping, per call: a map id -> :class:`~windshift.Event` of the events
+delivered on this call and not yet settled, never larger than
+``max_processing_events``. An id leaves it when its event is acknowledged or
+rejected, or when its processing timeout passes without a ping (NATS then
+delivers it again, possibly on this call, with the same id). An id that is
+not in the map, or was already settled, is answered in ``invalid_ids``; an
+id NATS did not confirm, in ``temporary_failed_ids`` (it stays valid, the
+client may send it again).
+
+The call ends with OK when the client half-closes or the server shuts down
+(pending confirmations are sent first), and with the mapped error status
+when the subscription fails or the client breaks the protocol. Events handed
+to the client and not settled are redelivered by NATS once their processing
+timeout passes; events fetched but never sent are handed back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+import windshift
+from windshift import Event, EventSettledError, UnavailableError, ValidationError, WindshiftError
+from windshift_grpc import convert
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+
+logger = logging.getLogger("windshift_grpc.events")
+
+DEFAULT_MAX_PROCESSING_EVENTS = 50
+#: Larger ``max_processing_events`` values are lowered to this.
+MAX_PROCESSING_EVENTS = 10_000
+# Ack/reject/ping requests of one call being settled at once; reading more
+# requests waits (and so does the client, through gRPC flow control).
+_MAX_REQUESTS_IN_FLIGHT = 64
+
+Settle = Callable[[Event], Awaitable[None]]
+_Outgoing = Event | asyncio.Task[pb.EventsResponse]
+
+
+async def events_call(
+    client: windshift.Client,
+    requests: AsyncIterator[pb.EventsRequest],
+    stopping: asyncio.Event,
+) -> AsyncGenerator[pb.EventsResponse, None]:
+    """Serve one Events call: yields the responses to send.
+
+    Args:
+        client: the library client.
+        requests: the client's messages.
+        stopping: set when the server shuts down; the call then ends with OK.
+
+    Raises:
+        ValidationError: the first message is not a Subscribe, or a later one
+            is a Subscribe or empty.
+        NotFoundError: the stream or the consumer does not exist (or the
+            consumer is deleted during the call).
+        UnavailableError: NATS did not answer.
+    """
+    first = await _first_request(requests, stopping)
+    if first is None:
+        return
+    kind = first.WhichOneof("request")
+    if kind != "subscribe":
+        raise ValidationError(
+            f"the first message of an Events call must be a subscribe, got {kind or 'an empty one'}"
+        )
+    subscribe = first.subscribe
+    limit = min(
+        subscribe.max_processing_events or DEFAULT_MAX_PROCESSING_EVENTS, MAX_PROCESSING_EVENTS
+    )
+    subscription = client.subscribe(
+        subscribe.stream, subscribe.consumer, max_pending_events=limit, auto_ping=False
+    )
+    try:
+        await subscription.__aenter__()
+    except BaseException:
+        await _close(subscription)  # whatever the opening left behind
+        raise
+    try:
+        logger.debug(
+            "subscribed to %s/%s (at most %d events out)",
+            subscribe.stream,
+            subscribe.consumer,
+            limit,
+        )
+        yield pb.EventsResponse(
+            subscribed=pb.EventsResponse.Subscribed(
+                processing_timeout=convert.to_duration(subscription.processing_timeout)
+            )
+        )
+        async with contextlib.aclosing(_Call(subscription, requests, stopping).run()) as responses:
+            async for response in responses:
+                yield response
+    finally:
+        await _close(subscription)
+
+
+# Closings that outlive their call (kept referenced until done).
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close(subscription: windshift.Subscription) -> None:
+    """Close the subscription to the end, even when the call is cancelled meanwhile.
+
+    gRPC cancels a call's task when the client goes away, possibly while the
+    call is already ending; the closing (hand back buffered events, drain the
+    NATS subscription) then goes on in its own task.
+    """
+    task = asyncio.ensure_future(subscription.close())
+    _closing.add(task)
+    task.add_done_callback(_closed)
+    await asyncio.shield(task)
+
+
+def _closed(task: asyncio.Task[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("closing a subscription failed: %r", task.exception())
+
+
+async def _first_request(
+    requests: AsyncIterator[pb.EventsRequest], stopping: asyncio.Event
+) -> pb.EventsRequest | None:
+    """The first message, or None when the server stops before it arrives."""
+    read = asyncio.ensure_future(anext(requests, None))
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(BaseException):
+                await read
+    if read.cancelled():
+        return None
+    first = read.result()
+    if first is None:
+        raise ValidationError("the Events call ended before its first message, a subscribe")
+    return first
+
+
+class _Call:
+    """The running part of an Events call, after Subscribed was sent."""
+
+    def __init__(
+        self,
+        subscription: windshift.Subscription,
+        requests: AsyncIterator[pb.EventsRequest],
+        stopping: asyncio.Event,
+    ) -> None:
+        self._subscription = subscription
+        self._requests = requests
+        self._stopping = stopping
+        self._timeout = subscription.processing_timeout.total_seconds()
+        self._held: dict[int, Event] = {}
+        self._outbox: deque[_Outgoing] = deque()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(_MAX_REQUESTS_IN_FLIGHT)
+        self._ended = False
+        self._error: BaseException | None = None
+
+    async def run(self) -> AsyncGenerator[pb.EventsResponse, None]:
+        workers = [
+            asyncio.create_task(self._pump(), name="windshift-grpc-events-pump"),
+            asyncio.create_task(self._read(), name="windshift-grpc-events-read"),
+            asyncio.create_task(self._expire(), name="windshift-grpc-events-expire"),
+            asyncio.create_task(self._watch_stop(), name="windshift-grpc-events-stop"),
+        ]
+        unsent: list[Event] = []
+        try:
+            while not self._ended:
+                if not self._outbox:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                item = self._outbox.popleft()
+                if isinstance(item, Event):
+                    if self._held.get(item.id) is item:  # not forgotten while queued
+                        yield pb.EventsResponse(event=convert.event(item))
+                else:
+                    yield await self._confirmation(item)
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            if self._error is None:
+                # Ending cleanly: answer what the client already asked for.
+                while self._outbox:
+                    item = self._outbox.popleft()
+                    if isinstance(item, Event):
+                        unsent.append(item)
+                    else:
+                        yield await self._confirmation(item)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._give_back(unsent)
+        if self._error is not None:
+            raise self._error
+
+    async def _confirmation(self, task: asyncio.Task[pb.EventsResponse]) -> pb.EventsResponse:
+        try:
+            return await task
+        finally:
+            self._slots.release()
+
+    async def _give_back(self, unsent: list[Event]) -> None:
+        """Hand events that never reached the client back to NATS, and stop confirmations."""
+        for item in self._outbox:
+            if isinstance(item, Event):
+                unsent.append(item)
+            else:
+                item.cancel()
+        self._outbox.clear()
+        for event in unsent:
+            if self._held.get(event.id) is event:
+                del self._held[event.id]
+                with contextlib.suppress(WindshiftError):
+                    await event.reject()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._error = error
+            self._wakeup.set()
+
+    def _send(self, item: _Outgoing) -> None:
+        self._outbox.append(item)
+        self._wakeup.set()
+
+    async def _watch_stop(self) -> None:
+        await self._stopping.wait()
+        self._end()
+
+    async def _pump(self) -> None:
+        """Move events from the subscription to the outbox."""
+        try:
+            async for event in self._subscription:
+                earlier = self._held.get(event.id)
+                if earlier is not None:  # redelivered before we forgot the earlier delivery
+                    await self._forget(earlier)
+                self._held[event.id] = event
+                self._send(event)
+        except Exception as exc:
+            self._end(exc)
+        else:
+            self._end()
+
+    async def _expire(self) -> None:
+        """Forget events whose processing timeout passed without a settlement or ping."""
+        period = max(0.05, min(1.0, self._timeout / 4))
+        clock = self._subscription.clock
+        while True:
+            await asyncio.sleep(period)
+            now = clock()
+            for event in [e for e in self._held.values() if now - e.last_ping >= self._timeout]:
+                await self._forget(event)
+
+    async def _forget(self, event: Event) -> None:
+        if self._held.get(event.id) is event:
+            del self._held[event.id]
+        with contextlib.suppress(ValueError):
+            self._outbox.remove(event)
+        await self._subscription.release(event)
+
+    async def _read(self) -> None:
+        """Read the client's requests and start settling each."""
+        try:
+            async for request in self._requests:
+                settle = self._settlement(request)
+                await self._slots.acquire()
+                self._send(asyncio.create_task(settle))
+        except Exception as exc:
+            self._end(exc)
+        else:
+            self._end()
+
+    def _settlement(self, request: pb.EventsRequest) -> Coroutine[Any, Any, pb.EventsResponse]:
+        kind = request.WhichOneof("request")
+        if kind == "ack":
+            return self._ack(list(request.ack.ids))
+        if kind == "reject":
+            reject = request.reject
+            if reject.permanently:
+                return self._reject(list(reject.ids), None, permanently=True)
+            delay = (
+                convert.duration(reject.delay, "reject.delay") if reject.HasField("delay") else None
+            )
+            if delay is not None and delay < timedelta(0):
+                raise ValidationError(f"reject.delay must not be negative, got {delay}")
+            return self._reject(list(reject.ids), delay, permanently=False)
+        if kind == "ping":
+            return self._ping(list(request.ping.ids))
+        if kind == "subscribe":
+            raise ValidationError(
+                "this Events call is already subscribed: subscribe may only be the first message"
+            )
+        raise ValidationError("an Events request must set one of ack, reject or ping; got none")
+
+    async def _ack(self, ids: list[int]) -> pb.EventsResponse:
+        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ack(confirm=True), True)
+        return pb.EventsResponse(
+            ack_confirmation=pb.EventsResponse.AckConfirmation(
+                ids=done, invalid_ids=invalid, temporary_failed_ids=failed
+            )
+        )
+
+    async def _reject(
+        self, ids: list[int], delay: timedelta | None, *, permanently: bool
+    ) -> pb.EventsResponse:
+        async def reject(event: Event) -> None:
+            await event.reject(delay=delay, permanently=permanently, confirm=True)
+
+        done, invalid, failed = await self._settle_ids(ids, reject, True)
+        return pb.EventsResponse(
+            reject_confirmation=pb.EventsResponse.RejectConfirmation(
+                ids=done, invalid_ids=invalid, temporary_failed_ids=failed
+            )
+        )
+
+    async def _ping(self, ids: list[int]) -> pb.EventsResponse:
+        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ping(confirm=True), False)
+        return pb.EventsResponse(
+            ping_confirmation=pb.EventsResponse.PingConfirmation(
+                ids=done, invalid_ids=invalid, temporary_failed_ids=failed
+            )
+        )
+
+    async def _settle_ids(
+        self, ids: list[int], settle: Settle, final: bool
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Apply ``settle`` to the events with these ids, concurrently.
+
+        ``final`` settlements (ack, reject) take the events out of the map
+        before the first await, so that a later request naming the same id
+        finds it gone; they are put back when NATS did not confirm.
+
+        Returns:
+            The ids done, the invalid ones and the ones that failed for now.
+        """
+        invalid: list[int] = []
+        targets: list[tuple[int, Event]] = []
+        seen: set[int] = set()
+        for event_id in ids:
+            event = self._held.get(event_id)
+            if event is None or event_id in seen:
+                invalid.append(event_id)
+                continue
+            seen.add(event_id)
+            if final:
+                del self._held[event_id]
+            targets.append((event_id, event))
+        outcomes = await asyncio.gather(
+            *(settle(event) for _, event in targets), return_exceptions=True
+        )
+        done: list[int] = []
+        failed: list[int] = []
+        for (event_id, event), outcome in zip(targets, outcomes, strict=True):
+            if outcome is None:
+                done.append(event_id)
+            elif isinstance(outcome, EventSettledError):
+                invalid.append(event_id)
+            elif isinstance(outcome, UnavailableError):
+                failed.append(event_id)
+                if final and event.settled is None and event_id not in self._held:
+                    self._held[event_id] = event  # still out: the client may try again
+            elif isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            else:
+                logger.error("settling event %d failed", event_id, exc_info=outcome)
+                failed.append(event_id)
+                if final and event.settled is None and event_id not in self._held:
+                    self._held[event_id] = event
+        return done, invalid, failed
+
+
+__all__ = ["DEFAULT_MAX_PROCESSING_EVENTS", "MAX_PROCESSING_EVENTS", "events_call"]

@@ -1,0 +1,180 @@
+"""Health: is the process alive, is it ready, and telling HTTP and gRPC probes so.
+
+* ``GET /healthz``: 200 while the process runs (liveness).
+* ``GET /readyz``: 200 when NATS is connected and JetStream answers, else 503
+  with the reason (readiness); 503 once the server is shutting down.
+* The standard gRPC health service (``grpc.health.v1.Health``) reports
+  SERVING or NOT_SERVING for the server as a whole (``""``) and for
+  ``windshift.events.v1alpha1.EventsService``, following the same check
+  about once a second.
+
+The HTTP server is a few lines of asyncio, no framework: it answers one
+request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+import windshift
+
+logger = logging.getLogger("windshift_grpc.health")
+
+_CHECK_TIMEOUT = 1.0
+_MONITOR_PERIOD = 1.0
+_MAX_HEADER_LINES = 100
+_READ_TIMEOUT = 5.0
+
+
+class Readiness:
+    """Answers "can this server do its work right now?".
+
+    Args:
+        client: the library client whose connection is checked.
+    """
+
+    def __init__(self, client: windshift.Client) -> None:
+        self._client = client
+        self.shutting_down = False
+
+    async def check(self) -> str | None:
+        """None when ready, else why not."""
+        if self.shutting_down:
+            return "shutting down"
+        if not self._client.is_connected:
+            return "not connected to NATS"
+        nc = self._client.nats
+        try:
+            answer = await nc.request("$JS.API.INFO", b"", timeout=_CHECK_TIMEOUT)
+        except Exception as exc:
+            return f"JetStream did not answer: {type(exc).__name__}"
+        try:
+            error = json.loads(answer.data).get("error")
+        except ValueError:
+            return "JetStream answered with something unreadable"
+        if error:
+            return f"JetStream answered with an error: {error.get('description', error)}"
+        return None
+
+
+class GrpcHealth:
+    """Keeps the gRPC health service in step with :class:`Readiness`.
+
+    Args:
+        readiness: the check to follow.
+        services: the service names to report, besides the server as a whole.
+    """
+
+    def __init__(self, readiness: Readiness, services: Sequence[str]) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self._readiness = readiness
+        self._services = ["", *services]
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._update()
+        self._task = asyncio.create_task(self._monitor(), name="windshift-grpc-health")
+
+    async def _update(self) -> None:
+        reason = await self._readiness.check()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reason is None
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in self._services:
+            await self.servicer.set(service, status)
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(_MONITOR_PERIOD)
+            try:
+                await self._update()
+            except Exception:
+                logger.exception("updating the gRPC health status failed")
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING from now on (the server is shutting down)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.servicer.enter_graceful_shutdown()
+
+
+class HttpHealth:
+    """``/healthz`` and ``/readyz`` over plain HTTP/1.1.
+
+    Args:
+        readiness: what ``/readyz`` reports.
+        port: the TCP port, on every interface.
+    """
+
+    def __init__(self, readiness: Readiness, port: int) -> None:
+        self._readiness = readiness
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, host=None, port=self._port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body, head_only = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
+        except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
+            status, body, head_only = 400, "bad request\n", False
+        payload = body.encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+        head = (
+            f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        try:
+            writer.write(head if head_only else head + payload)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bool]:
+        request_line = (await reader.readline()).decode("latin-1").split()
+        for _ in range(_MAX_HEADER_LINES):
+            if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                break
+        if len(request_line) != 3:
+            return 400, "bad request\n", False
+        method, target, _ = request_line
+        path = target.split("?", 1)[0]
+        if path not in ("/healthz", "/readyz"):
+            return 404, "not found\n", False
+        if method not in ("GET", "HEAD"):
+            return 405, "use GET\n", False
+        head_only = method == "HEAD"
+        if path == "/healthz":
+            return 200, "ok\n", head_only
+        reason = await self._readiness.check()
+        if reason is None:
+            return 200, "ready\n", head_only
+        return 503, f"not ready: {reason}\n", head_only
+
+
+__all__ = ["GrpcHealth", "HttpHealth", "Readiness"]

@@ -1,0 +1,176 @@
+"""The server behind ``windshift-grpc serve``: start, run until SIGTERM/SIGINT, stop gracefully.
+
+Example:
+    >>> asyncio.run(serve(Settings.from_env()))
+
+What runs: the EventsService, the gRPC health service and server reflection
+on ``GRPC_PORT`` behind :class:`~windshift_grpc.interceptor.ServerInterceptor`;
+``/healthz`` and ``/readyz`` on ``HEALTH_PORT``; and, without ``NATS_URL``, an
+embedded nats-server keeping its data in ``WINDSHIFT_DATA_DIR``.
+
+The server keeps no state of its own: every serve process on the same NATS
+serves the same streams and shares the same durable consumers.
+
+On SIGTERM or SIGINT it reports not ready, answers new calls with
+UNAVAILABLE, ends open Events calls cleanly (status OK; NATS redelivers their
+unsettled events after the processing timeout), gives unary calls in flight up
+to :data:`SHUTDOWN_GRACE` seconds to finish, stops the gRPC server, closes the
+NATS connection, stops the embedded nats-server and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_reflection.v1alpha import reflection
+
+import windshift
+from windshift import UnavailableError
+from windshift.embedded import EmbeddedNats, free_port
+from windshift_grpc import telemetry
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
+from windshift_grpc.admission import Admission
+from windshift_grpc.events_service import EventsService
+from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
+from windshift_grpc.interceptor import ServerInterceptor
+from windshift_grpc.settings import Settings
+
+logger = logging.getLogger("windshift_grpc.server")
+
+#: Seconds calls in flight get to finish after SIGTERM before they are cancelled.
+SHUTDOWN_GRACE = 10.0
+# After the calls in flight ended: how long late calls are still answered
+# UNAVAILABLE before the transport closes (and again given to stop()).
+_SETTLE = 0.25
+#: The nats-server port preferred for the embedded server (NATS' own default).
+EMBEDDED_NATS_PORT = 4222
+
+EVENTS_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM or SIGINT.
+
+    Returns:
+        The process exit code: 0 after a graceful stop, 1 when it could not start.
+    """
+    tracing = telemetry.configure(settings)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            servers = settings.nats_servers
+            if not servers:
+                nats_server = await _start_embedded(settings.data_dir)
+                stack.push_async_callback(nats_server.stop, remove_data=False)
+                servers = [nats_server.url]
+            client = await windshift.connect(
+                servers,
+                name="windshift-grpc",
+                publish_max_pending=settings.nats_publish_async_max_pending,
+            )
+            stack.push_async_callback(client.close)
+            await _run(settings, client)
+    except (UnavailableError, OSError, RuntimeError) as exc:
+        logger.error("windshift-grpc could not start: %s", exc)
+        return 1
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+    logger.info("windshift-grpc stopped")
+    return 0
+
+
+async def _start_embedded(data_dir: Path) -> EmbeddedNats:
+    port = EMBEDDED_NATS_PORT if _port_is_free(EMBEDDED_NATS_PORT) else free_port()
+    nats_server = EmbeddedNats(store_dir=data_dir, port=port)
+    await nats_server.start()
+    logger.info(
+        "NATS_URL is not set: started an embedded NATS with JetStream at %s; "
+        "its data is kept in %s",
+        nats_server.url,
+        nats_server.store_dir.absolute(),
+    )
+    return nats_server
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _run(settings: Settings, client: windshift.Client) -> None:
+    stopping = asyncio.Event()
+    readiness = Readiness(client)
+    grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE])
+
+    admission = Admission()
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(admission)],
+        # Refuse to start when the port is taken, rather than share it.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    events_grpc.add_EventsServiceServicer_to_server(
+        EventsService(client, stopping=stopping), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)
+    reflection.enable_server_reflection(
+        [EVENTS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+    )
+    address = f"[::]:{settings.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on GRPC_PORT {settings.grpc_port}: {exc}") from None
+
+    http = HttpHealth(readiness, settings.health_port)
+    try:
+        await http.start()
+    except OSError as exc:
+        raise OSError(f"cannot listen on HEALTH_PORT {settings.health_port}: {exc}") from None
+    await server.start()
+    await grpc_health.start()
+
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, signalled)
+    logger.info(
+        "windshift-grpc ready: gRPC on port %d, health on port %d, NATS at %s",
+        settings.grpc_port,
+        settings.health_port,
+        client.nats.connected_url.netloc if client.nats.connected_url else "?",
+    )
+    try:
+        await signalled.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        readiness.shutting_down = True
+        await grpc_health.stop()
+        stopping.set()  # open Events calls end
+        await admission.drain(grace=SHUTDOWN_GRACE, settle=_SETTLE)
+        await server.stop(_SETTLE)
+        await http.stop()
+
+
+def _on_signal(signum: int, signalled: asyncio.Event) -> None:
+    if signalled.is_set():
+        logger.warning("%s again: already shutting down", signal.Signals(signum).name)
+        return
+    logger.info("%s received: shutting down", signal.Signals(signum).name)
+    signalled.set()
+
+
+__all__ = ["EMBEDDED_NATS_PORT", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "serve"]

@@ -1,0 +1,93 @@
+"""The one table: windshift errors -> gRPC status codes.
+
+Every failure that leaves the façade goes through :func:`status_for`, so a
+client only ever sees the codes listed here (plus CANCELLED and
+DEADLINE_EXCEEDED, which gRPC itself produces for the caller's own
+cancellations and deadlines). Nothing a client sends may produce UNKNOWN or
+INTERNAL: an exception the table does not know is a bug, logged with its
+traceback and answered as INVALID_ARGUMENT (a value the façade could not
+convert) or UNAVAILABLE (anything else; the client may retry).
+
+====================================  ====================
+windshift error                       gRPC status
+====================================  ====================
+``ValidationError``                   INVALID_ARGUMENT
+``NotFoundError``                     NOT_FOUND
+``ConflictError``                     ABORTED
+``AlreadyExistsError``                ALREADY_EXISTS
+``ConfigurationConflictError``        FAILED_PRECONDITION
+``UnavailableError``                  UNAVAILABLE
+``EventSettledError``                 FAILED_PRECONDITION
+====================================  ====================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import grpc
+
+from windshift.errors import (
+    AlreadyExistsError,
+    ConfigurationConflictError,
+    ConflictError,
+    EventSettledError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+    WindshiftError,
+)
+
+logger = logging.getLogger("windshift_grpc.status")
+
+#: windshift error class -> gRPC status code. Looked up along the class's MRO,
+#: so subclasses map like their parents.
+STATUS_CODES: Mapping[type[WindshiftError], grpc.StatusCode] = MappingProxyType(
+    {
+        ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+        NotFoundError: grpc.StatusCode.NOT_FOUND,
+        ConflictError: grpc.StatusCode.ABORTED,
+        AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+        ConfigurationConflictError: grpc.StatusCode.FAILED_PRECONDITION,
+        UnavailableError: grpc.StatusCode.UNAVAILABLE,
+        EventSettledError: grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+#: Every code :func:`status_for` can answer with.
+MAPPED_CODES: frozenset[grpc.StatusCode] = frozenset(STATUS_CODES.values())
+
+# Raised by conversions of values the library never sees (a Duration out of
+# range, an enum number the proto does not define): the client's fault.
+_ARGUMENT_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+def status_for(error: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message to answer ``error`` with.
+
+    Example:
+        >>> status_for(windshift.NotFoundError("stream 'orders' does not exist"))
+        (<StatusCode.NOT_FOUND: ...>, "stream 'orders' does not exist")
+
+    Args:
+        error: what the servicer raised.
+        method: the RPC, for the log line of an unexpected error.
+    """
+    if isinstance(error, WindshiftError):
+        for cls in type(error).__mro__:
+            code = STATUS_CODES.get(cls)
+            if code is not None:
+                return code, str(error)
+        # A WindshiftError the table does not list (a new subclass of the
+        # base class itself): the library refused the request on purpose.
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, _ARGUMENT_ERRORS):
+        logger.error("%s: unexpected %s", method or "rpc", type(error).__name__, exc_info=error)
+        return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {error}"
+    logger.error("%s: unexpected %s", method or "rpc", type(error).__name__, exc_info=error)
+    return grpc.StatusCode.UNAVAILABLE, f"the server failed to handle the request ({error!r})"
+
+
+__all__ = ["MAPPED_CODES", "STATUS_CODES", "status_for"]
