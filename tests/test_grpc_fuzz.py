@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb
+from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.status import MAPPED_CODES
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ FUZZ = settings(
 )
 STREAM = "fuzz"  # a real stream and consumer, so that some requests get far
 CONSUMER = "fuzzer"
+STATE_STORE = "fuzzstore"
 SERVICE = "/windshift.events.v1alpha1.EventsService/"
 
 # --- building blocks ------------------------------------------------------------
@@ -379,6 +382,56 @@ async def test_bytes_that_are_no_request_are_answered_with_mapped_codes(
         _check(code, payloads)
 
 
+KEY = st.one_of(
+    st.lists(TOKEN, min_size=1, max_size=3).map(".".join),
+    st.sampled_from(["", ".", "a..b", "a.*", "a.>", "a b", "k" * 5000, "a\r\nb"]),
+    st.text(max_size=30),
+)
+STORE = st.one_of(st.just(STATE_STORE), TOKEN, BAD_NAME)
+OPTIONAL_REVISION = st.one_of(st.none(), U64)
+
+
+@st.composite
+def state_requests(draw: st.DrawFn) -> object:
+    kind = draw(st.sampled_from(["ensure", "get", "set", "delete"]))
+    store, key = draw(STORE), draw(KEY)
+    if kind == "ensure":
+        return state_pb.EnsureStoreRequest(store=store)
+    if kind == "get":
+        return state_pb.GetRequest(store=store, key=key)
+    revision = draw(OPTIONAL_REVISION)
+    if kind == "delete":
+        deleting = state_pb.DeleteRequest(store=store, key=key)
+        if revision is not None:
+            deleting.last_revision = revision
+        return deleting
+    setting = state_pb.SetRequest(store=store, key=key)
+    value = draw(DATA)
+    if value is not None:
+        setting.value.CopyFrom(value)
+    if draw(st.booleans()):
+        setting.create_only = draw(st.booleans())
+    if revision is not None:
+        setting.last_revision = revision
+    return setting
+
+
+@FUZZ
+@given(request=state_requests())
+async def test_state_service_answers_with_mapped_codes(
+    fuzz_channel: grpc.aio.Channel, request: object
+) -> None:
+    state = state_grpc.StateServiceStub(fuzz_channel)
+    await state.EnsureStore(state_pb.EnsureStoreRequest(store=STATE_STORE))
+    method = {
+        state_pb.EnsureStoreRequest: state.EnsureStore,
+        state_pb.GetRequest: state.Get,
+        state_pb.SetRequest: state.Set,
+        state_pb.DeleteRequest: state.Delete,
+    }[type(request)]
+    _check(await _code(method(request, timeout=30)), request)
+
+
 async def test_the_server_is_still_ready_and_met_no_unexpected_error(
     fuzz_server: ServeProcess, fuzz_channel: grpc.aio.Channel
 ) -> None:
@@ -396,4 +449,4 @@ async def test_the_server_is_still_ready_and_met_no_unexpected_error(
     ]
     assert unexpected == []
     answered = [line for line in fuzz_server.lines if "windshift_grpc.rpc" in line]
-    assert len(answered) >= 5 * EXAMPLES
+    assert len(answered) >= 6 * EXAMPLES

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     )
 
 EVENTS_SERVICE = "windshift.events.v1alpha1.EventsService"
+STATE_SERVICE = "windshift.state.v1alpha1.StateService"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
@@ -171,7 +172,7 @@ async def test_healthz_and_readyz(grpc_server: ServeProcess) -> None:
 
 async def test_grpc_health_service_reports_serving(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", EVENTS_SERVICE):
+    for service in ("", EVENTS_SERVICE, STATE_SERVICE):
         response = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
@@ -191,6 +192,7 @@ async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Cha
     names = {service.name for service in listed.list_services_response.service}
     assert names == {
         EVENTS_SERVICE,
+        STATE_SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

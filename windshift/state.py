@@ -156,6 +156,19 @@ class StateStore:
     def __repr__(self) -> str:
         return f"StateStore({self.name!r})"
 
+    async def exists(self) -> None:
+        """Check that the store exists.
+
+        Raises:
+            NotFoundError: it does not.
+        """
+        try:
+            await self._client._api.request(f"STREAM.INFO.{self._stream}")
+        except ApiError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise NotFoundError(f"store {self.name!r} does not exist") from None
+            raise exc.to_windshift(f"store {self.name!r}") from None
+
     async def get(self, key: str) -> StateEntry:
         """The current value of ``key``.
 

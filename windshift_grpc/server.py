@@ -3,7 +3,7 @@
 Example:
     >>> asyncio.run(serve(Settings.from_env()))
 
-What runs: the EventsService, the gRPC health service and server reflection
+What runs: the EventsService and StateService, the gRPC health service and server reflection
 on ``GRPC_PORT`` behind :class:`~windshift_grpc.interceptor.ServerInterceptor`;
 ``/healthz`` and ``/readyz`` on ``HEALTH_PORT``; and, without ``NATS_URL``, an
 embedded nats-server keeping its data in ``WINDSHIFT_DATA_DIR``.
@@ -38,11 +38,14 @@ from windshift.embedded import EmbeddedNats, free_port
 from windshift_grpc import telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
+from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
+from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.admission import Admission
 from windshift_grpc.events_service import EventsService
 from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
 from windshift_grpc.interceptor import ServerInterceptor
 from windshift_grpc.settings import Settings
+from windshift_grpc.state_service import StateService
 
 logger = logging.getLogger("windshift_grpc.server")
 
@@ -55,6 +58,7 @@ _SETTLE = 0.25
 EMBEDDED_NATS_PORT = 4222
 
 EVENTS_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
+STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 
 
 async def serve(settings: Settings) -> int:
@@ -113,7 +117,7 @@ def _port_is_free(port: int) -> bool:
 async def _run(settings: Settings, client: windshift.Client) -> None:
     stopping = asyncio.Event()
     readiness = Readiness(client)
-    grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE])
+    grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
     admission = Admission()
     server = grpc.aio.server(
@@ -124,9 +128,10 @@ async def _run(settings: Settings, client: windshift.Client) -> None:
     events_grpc.add_EventsServiceServicer_to_server(
         EventsService(client, stopping=stopping), server
     )
+    state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)
     reflection.enable_server_reflection(
-        [EVENTS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        [EVENTS_SERVICE, STATE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
     )
     address = f"[::]:{settings.grpc_port}"
     try:
@@ -173,4 +178,4 @@ def _on_signal(signum: int, signalled: asyncio.Event) -> None:
     signalled.set()
 
 
-__all__ = ["EMBEDDED_NATS_PORT", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "serve"]
+__all__ = ["EMBEDDED_NATS_PORT", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "STATE_SERVICE", "serve"]
