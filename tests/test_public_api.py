@@ -12,6 +12,8 @@ def test_public_names_are_pinned_and_sorted() -> None:
         "ConfigurationConflictError",
         "ConflictError",
         "ConsumerInfo",
+        "DeadLetter",
+        "DeadLetterQueue",
         "Event",
         "EventSettledError",
         "NotFoundError",

@@ -13,6 +13,7 @@ Example:
 
 from windshift.client import Client, connect
 from windshift.consumers import ConsumerInfo
+from windshift.deadletters import DeadLetter, DeadLetterQueue
 from windshift.errors import (
     AlreadyExistsError,
     ConfigurationConflictError,
@@ -38,6 +39,8 @@ __all__ = [
     "ConfigurationConflictError",
     "ConflictError",
     "ConsumerInfo",
+    "DeadLetter",
+    "DeadLetterQueue",
     "Event",
     "EventSettledError",
     "NotFoundError",

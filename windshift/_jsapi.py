@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import nats.errors
@@ -24,6 +26,8 @@ SUBJECTS_OVERLAP = 10065
 WRONG_LAST_SEQUENCE = 10071
 CONSUMER_ALREADY_EXISTS = 10148
 MESSAGE_TOO_LARGE = 10054
+NO_MESSAGE_FOUND = 10037
+MESSAGE_DELETE_FAILED = 10057  # e.g. "no message found"
 STREAM_STORE_FULL = 10077  # a limit with discard "new" refuses the event
 
 _DEFAULT_PREFIX = "$JS.API"
@@ -65,6 +69,26 @@ def raise_api_error(error: dict[str, Any]) -> NoReturn:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message read back from a stream."""
+
+    subject: str
+    sequence: int
+    headers: dict[str, str]
+    data: bytes
+    time: str
+
+
+def _parse_header_block(raw: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in raw.decode(errors="replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
 class JetStreamApi:
     """Requests to ``$JS.API.*`` with JSON bodies, errors turned into exceptions."""
 
@@ -100,5 +124,20 @@ class JetStreamApi:
             raise_api_error(error)
         return answer
 
+    async def get_message(self, stream: str, query: dict[str, Any]) -> StoredMessage:
+        """Read one stored message (``{"seq": n}``, ``{"last_by_subj": s}``, ...).
 
-__all__ = ["ApiError", "JetStreamApi", "raise_api_error"]
+        Raises:
+            ApiError: no such message (``NO_MESSAGE_FOUND``) or stream.
+        """
+        message = (await self.request(f"STREAM.MSG.GET.{stream}", query))["message"]
+        return StoredMessage(
+            subject=message["subject"],
+            sequence=int(message["seq"]),
+            headers=_parse_header_block(base64.b64decode(message.get("hdrs") or b"")),
+            data=base64.b64decode(message.get("data") or b""),
+            time=message["time"],
+        )
+
+
+__all__ = ["ApiError", "JetStreamApi", "StoredMessage", "raise_api_error"]

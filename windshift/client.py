@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from windshift._core import ClientSettings
 from windshift._jsapi import JetStreamApi
 from windshift.consumers import ConsumersMixin
+from windshift.deadletters import DeadLetterQueue
 from windshift.errors import UnavailableError, ValidationError
 from windshift.names import _describe
 from windshift.state import StoresMixin
@@ -57,6 +58,10 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         """Whether the NATS connection is up right now."""
         return bool(self._nc.is_connected)
 
+    def dead_letters(self, stream: str) -> DeadLetterQueue:
+        """The dead letters kept in ``stream`` (see :mod:`windshift.deadletters`)."""
+        return DeadLetterQueue(self, self._api, stream)
+
     def subscribe(
         self,
         stream: str,
@@ -88,6 +93,7 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
             self._nc,
             self._api,
             self._reconnect_listeners,
+            self,
             stream,
             consumer,
             max_pending_events=max_pending_events,

@@ -9,10 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 from windshift._core import ClientBase
-from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, ApiError
+from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
+from windshift.deadletters import METADATA_ATTEMPTS, METADATA_STREAM, DeadLetterPolicy
 from windshift.errors import NotFoundError, ValidationError
 from windshift.names import _describe, validate_name, validate_subjects
 from windshift.pointers import StreamPointer
+from windshift.streams import DEFAULT_DEDUPLICATION_WINDOW, build_stream_config
 from windshift.wire import duration_to_nanos, nanos_to_duration
 
 logger = logging.getLogger("windshift.consumers")
@@ -44,6 +46,8 @@ class ConsumerInfo:
         redelivered_events: events delivered more than once and not yet settled.
         inactive_threshold: the consumer is removed after this long unread
             (None: never).
+        dead_letter_stream: where events it gives up on are moved (None: they
+            are dropped).
     """
 
     id: str
@@ -56,6 +60,7 @@ class ConsumerInfo:
     unsettled_events: int
     redelivered_events: int
     inactive_threshold: timedelta | None
+    dead_letter_stream: str | None
 
     @classmethod
     def from_api(cls, answer: dict[str, Any]) -> ConsumerInfo:
@@ -64,6 +69,9 @@ class ConsumerInfo:
         if not subjects and config.get("filter_subject"):
             subjects = [config["filter_subject"]]
         max_deliver = int(config.get("max_deliver", -1))
+        policy = DeadLetterPolicy.of(config)
+        if policy is not None and policy.max_delivery_attempts:
+            max_deliver = policy.max_delivery_attempts
         return cls(
             id=answer["name"],
             stream=answer["stream_name"],
@@ -77,6 +85,7 @@ class ConsumerInfo:
             inactive_threshold=nanos_to_duration(int(config["inactive_threshold"]))
             if config.get("inactive_threshold")
             else None,
+            dead_letter_stream=policy.stream if policy else None,
         )
 
 
@@ -89,6 +98,7 @@ def build_consumer_config(
     processing_timeout: timedelta,
     max_delivery_attempts: int | None,
     inactive_threshold: timedelta | None,
+    dead_letter_stream: str | None = None,
 ) -> dict[str, Any]:
     """Validate Windshift's consumer options and build the JetStream configuration."""
     validate_name("stream", stream)
@@ -112,10 +122,24 @@ def build_consumer_config(
         raise ValidationError(
             f"max_delivery_attempts must be 1 or more, got {_describe(max_delivery_attempts)}"
         )
+    metadata: dict[str, str] = {}
+    if dead_letter_stream is not None:
+        validate_name("dead-letter stream", dead_letter_stream)
+        if dead_letter_stream == stream:
+            raise ValidationError(
+                f"dead_letter_stream must differ from the stream, got {dead_letter_stream!r}"
+            )
+        # The library counts the attempts itself, so that the delivery after
+        # the last one can still be moved (JetStream would just stop).
+        metadata[METADATA_STREAM] = dead_letter_stream
+        if max_delivery_attempts is not None:
+            metadata[METADATA_ATTEMPTS] = str(max_delivery_attempts)
+        max_delivery_attempts = None
     config: dict[str, Any] = {
         "ack_policy": "explicit",
         "ack_wait": ack_wait,
         "max_deliver": max_delivery_attempts or -1,
+        "metadata": metadata,
         "replay_policy": "instant",
         "filter_subjects": filters,
         **start.consumer_fields(),
@@ -147,6 +171,7 @@ class ConsumersMixin(ClientBase):
         processing_timeout: timedelta = DEFAULT_PROCESSING_TIMEOUT,
         max_delivery_attempts: int | None = None,
         inactive_threshold: timedelta | None = None,
+        dead_letter_stream: str | None = None,
     ) -> ConsumerInfo:
         """Create a consumer of ``stream``, or update a durable one.
 
@@ -173,6 +198,9 @@ class ConsumersMixin(ClientBase):
                 it is delivered again (default 30 s).
             max_delivery_attempts: deliver an event at most this often.
             inactive_threshold: remove the consumer after this long unread.
+            dead_letter_stream: move events rejected permanently, or out of
+                attempts, to this stream (created, collecting
+                ``<name>.>``, if missing). See :mod:`windshift.deadletters`.
 
         Raises:
             ValidationError: a bad name, subject or option.
@@ -187,7 +215,10 @@ class ConsumersMixin(ClientBase):
             processing_timeout=processing_timeout,
             max_delivery_attempts=max_delivery_attempts,
             inactive_threshold=inactive_threshold,
+            dead_letter_stream=dead_letter_stream,
         )
+        if dead_letter_stream is not None:
+            await self._ensure_dead_letter_stream(dead_letter_stream)
         context = f"ensure consumer {name or '(ephemeral)'!r} on stream {stream!r}"
         try:
             if name is None:
@@ -218,6 +249,36 @@ class ConsumersMixin(ClientBase):
             raise exc.to_windshift(context) from None
         logger.info("%sd consumer %s on %s", action, name, stream)
         return ConsumerInfo.from_api(answer)
+
+    async def _ensure_dead_letter_stream(self, name: str) -> None:
+        try:
+            await self._api.request(f"STREAM.INFO.{name}")
+            return
+        except ApiError as exc:
+            if exc.err_code != STREAM_NOT_FOUND:
+                raise exc.to_windshift(f"dead-letter stream {name!r}") from None
+        config = build_stream_config(
+            name,
+            subjects=[f"{name}.>"],
+            mirror=None,
+            sources=None,
+            max_age=None,
+            max_events=None,
+            max_events_per_subject=None,
+            max_bytes=None,
+            discard="old",
+            discard_new_per_subject=False,
+            storage="file",
+            replicas=1,
+            deduplication_window=DEFAULT_DEDUPLICATION_WINDOW,
+            max_event_size=None,
+        )
+        try:
+            await self._api.request(f"STREAM.CREATE.{name}", config)
+        except ApiError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise exc.to_windshift(f"create dead-letter stream {name!r}") from None
+        logger.info("created dead-letter stream %s", name)
 
     async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
         """Describe a consumer.

@@ -181,12 +181,15 @@ class Event:
         *,
         delay: timedelta | None = None,
         permanently: bool = False,
+        reason: str | None = None,
         confirm: bool = False,
     ) -> None:
         """Reject the event.
 
         Without options it is delivered again at once; with ``delay``, not
-        before the delay; with ``permanently=True``, never again.
+        before the delay; with ``permanently=True``, never again: when the
+        consumer has a dead-letter stream, the event is moved there first
+        (with ``reason``), and only then removed from the consumer's work.
 
         Raises:
             ValidationError: ``delay`` together with ``permanently``, or a
@@ -198,6 +201,10 @@ class Event:
             if delay is not None:
                 raise ValidationError("reject takes either delay or permanently=True, not both")
             payload = _TERM
+            if self._subscription.dead_letters is not None:
+                why = reason or "rejected permanently"
+                await self._settle("rejected", payload, True, dead_letter=why)
+                return
         elif delay is not None:
             nanos = wire.duration_to_nanos(delay, "delay")
             payload = b'-NAK {"delay":%d}' % nanos if nanos else _NAK
@@ -217,11 +224,15 @@ class Event:
         await self._send(_PING, confirm)
         self.last_ping = self._subscription.clock()
 
-    async def _settle(self, outcome: Settlement, payload: bytes, confirm: bool) -> None:
+    async def _settle(
+        self, outcome: Settlement, payload: bytes, confirm: bool, dead_letter: str | None = None
+    ) -> None:
         if self._settled is not None:
             raise EventSettledError(f"event {self.id} was already {self._settled}")
         self._settled = outcome
         try:
+            if dead_letter is not None:
+                await self._subscription.move_to_dead_letters(self, dead_letter)
             await self._send(payload, confirm)
         except BaseException:
             self._settled = None

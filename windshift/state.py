@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from windshift import wire
-from windshift._jsapi import STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
+from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -51,7 +50,6 @@ M = TypeVar("M", bound=Message)
 
 _KV_OPERATION = "KV-Operation"
 _DELETED = ("DEL", "PURGE")
-_NO_MESSAGE = 10037
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +128,6 @@ def _unpack(key: str, data: bytes) -> Any:
     return value
 
 
-def _parse_headers(raw: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in raw.decode(errors="replace").split("\r\n")[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip()] = value.strip()
-    return headers
-
-
 def _check_revision(value: int | None, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValidationError(f"{what} must be 0 or a positive revision, got {value!r}")
@@ -178,25 +167,22 @@ class StateStore:
         """
         validate_key(key)
         try:
-            answer = await self._client._api.request(
-                f"STREAM.MSG.GET.{self._stream}", {"last_by_subj": self._prefix + key}
+            stored = await self._client._api.get_message(
+                self._stream, {"last_by_subj": self._prefix + key}
             )
         except ApiError as exc:
-            if exc.err_code == _NO_MESSAGE:
+            if exc.err_code == NO_MESSAGE_FOUND:
                 raise NotFoundError(f"key {key!r} does not exist in store {self.name!r}") from None
             if exc.err_code == STREAM_NOT_FOUND:
                 raise NotFoundError(f"store {self.name!r} does not exist") from None
             raise exc.to_windshift(f"get {key!r} from store {self.name!r}") from None
-        message = answer["message"]
-        headers = _parse_headers(base64.b64decode(message.get("hdrs") or b""))
-        if headers.get(_KV_OPERATION) in _DELETED:
+        if stored.headers.get(_KV_OPERATION) in _DELETED:
             raise NotFoundError(f"key {key!r} does not exist in store {self.name!r} (deleted)")
-        data = base64.b64decode(message.get("data") or b"")
         return StateEntry(
             key=key,
-            value=_unpack(key, data),
-            revision=int(message["seq"]),
-            updated=wire.parse_time(message["time"]),
+            value=_unpack(key, stored.data),
+            revision=stored.sequence,
+            updated=wire.parse_time(stored.time),
         )
 
     async def set(
@@ -251,14 +237,12 @@ class StateStore:
 
     async def _deletion_marker(self, key: str) -> int | None:
         try:
-            answer = await self._client._api.request(
-                f"STREAM.MSG.GET.{self._stream}", {"last_by_subj": self._prefix + key}
+            stored = await self._client._api.get_message(
+                self._stream, {"last_by_subj": self._prefix + key}
             )
         except ApiError:
             return None
-        message = answer["message"]
-        headers = _parse_headers(base64.b64decode(message.get("hdrs") or b""))
-        return int(message["seq"]) if headers.get(_KV_OPERATION) in _DELETED else None
+        return stored.sequence if stored.headers.get(_KV_OPERATION) in _DELETED else None
 
     async def _write(self, key: str, body: bytes, headers: dict[str, str]) -> int:
         try:

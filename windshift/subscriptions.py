@@ -23,19 +23,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.api import Header
 
-from windshift import tracing
+from windshift import deadletters, tracing
 from windshift._jsapi import ApiError, JetStreamApi
+from windshift.deadletters import DeadLetterPolicy
 from windshift.errors import NotFoundError, ValidationError, WindshiftError
 from windshift.events import Event
 from windshift.names import _describe, validate_name
 from windshift.wire import HEADER_DATA_TYPE
+
+if TYPE_CHECKING:
+    from windshift.publishing import PublishingMixin
 
 logger = logging.getLogger("windshift.subscriptions")
 
@@ -83,6 +87,7 @@ class Subscription:
         nc: NATS,
         api: JetStreamApi,
         listeners: set[ReconnectListener],
+        publisher: PublishingMixin,
         stream: str,
         consumer: str,
         *,
@@ -102,6 +107,9 @@ class Subscription:
             )
         self.nc = nc
         self._api = api
+        self._publisher = publisher
+        self.dead_letters: DeadLetterPolicy | None = None
+        self._moving: set[asyncio.Task[None]] = set()
         self._listeners = listeners
         self.stream = stream
         self.consumer = consumer
@@ -149,6 +157,7 @@ class Subscription:
                 f"subscribe to consumer {self.consumer!r} on stream {self.stream!r}"
             ) from None
         ack_wait = int(info["config"].get("ack_wait", 30_000_000_000))
+        self.dead_letters = DeadLetterPolicy.of(info["config"])
         self.processing_timeout = timedelta(microseconds=ack_wait // 1000)
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
@@ -216,6 +225,13 @@ class Subscription:
             await self.nc.publish(reply, b"+TERM")
             return
         self._held[reply] = event
+        if self.dead_letters is not None and self.dead_letters.exhausted(event.delivery_attempt):
+            # One past the last attempt (its subscriber died, or rejected it
+            # on the last one): move it instead of handing it out.
+            task = asyncio.create_task(self._give_up(event, "max delivery attempts reached"))
+            self._moving.add(task)
+            task.add_done_callback(self._moving.discard)
+            return
         self._buffer.append(event)
         self._wake()
 
@@ -323,6 +339,22 @@ class Subscription:
         self._not_before = 0.0
         await self._pull()
 
+    async def move_to_dead_letters(self, event: Event, reason: str) -> None:
+        """Store ``event`` in the consumer's dead-letter stream (called by :class:`Event`)."""
+        assert self.dead_letters is not None
+        await deadletters.move(
+            self._publisher, self.dead_letters, event, self.stream, self.consumer, reason
+        )
+
+    async def _give_up(self, event: Event, reason: str) -> None:
+        try:
+            await event.reject(permanently=True, reason=reason, confirm=True)
+        except WindshiftError as exc:
+            # Not moved: forget it here, so that NATS delivers it again after
+            # the processing timeout and the move is retried then.
+            logger.warning("could not dead-letter event %d yet: %s", event.id, exc)
+            await self.release(event)
+
     async def release(self, event: Event) -> None:
         """Forget a settled event and make room for the next (called by :class:`Event`)."""
         if self._held.pop(event._reply, None) is not None:
@@ -367,7 +399,7 @@ class Subscription:
             return
         self._closed = True
         self._listeners.discard(self._on_reconnect)
-        for task in (self._maintainer, self._checker):
+        for task in (self._maintainer, self._checker, *self._moving):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,15 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 
+# Dead letters: where the event came from, and why it was given up on.
+HEADER_DEAD_SUBJECT = "WS-Dead-Subject"
+HEADER_DEAD_STREAM = "WS-Dead-Stream"
+HEADER_DEAD_CONSUMER = "WS-Dead-Consumer"
+HEADER_DEAD_EVENT_ID = "WS-Dead-Event-Id"
+HEADER_DEAD_ATTEMPTS = "WS-Dead-Attempts"
+HEADER_DEAD_REASON = "WS-Dead-Reason"
+HEADER_DEAD_TIME = "WS-Dead-Time"
+
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
 # A protobuf full message name: dot-separated identifiers.
@@ -164,6 +173,13 @@ def nanos_to_duration(ns: int) -> timedelta:
 
 __all__ = [
     "HEADER_DATA_TYPE",
+    "HEADER_DEAD_ATTEMPTS",
+    "HEADER_DEAD_CONSUMER",
+    "HEADER_DEAD_EVENT_ID",
+    "HEADER_DEAD_REASON",
+    "HEADER_DEAD_STREAM",
+    "HEADER_DEAD_SUBJECT",
+    "HEADER_DEAD_TIME",
     "HEADER_EXPECTED_LAST_SEQ",
     "HEADER_EXPECTED_LAST_SUBJECT_SEQ",
     "HEADER_MSG_ID",

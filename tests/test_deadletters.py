@@ -1,0 +1,236 @@
+"""Dead-letter queues: events given up on are moved once, with their story, and can be replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import timedelta
+
+import nats
+import pytest
+from _util import take, text
+from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import windshift
+from windshift import StreamPointer, deadletters
+from windshift.embedded import EmbeddedNats
+from windshift.errors import NotFoundError, ValidationError
+
+
+async def _setup(
+    client: windshift.Client, name: str, *, attempts: int | None = 3, timeout: float = 30
+) -> tuple[str, str]:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    dead = f"{name}dead"
+    consumer = await client.ensure_consumer(
+        name,
+        "worker",
+        start=StreamPointer.start(),
+        max_delivery_attempts=attempts,
+        dead_letter_stream=dead,
+        processing_timeout=timedelta(seconds=timeout),
+    )
+    assert consumer.dead_letter_stream == dead
+    assert consumer.max_delivery_attempts == attempts
+    return consumer.id, dead
+
+
+async def test_rejected_permanently_is_dead_lettered_with_its_story(
+    client: windshift.Client, name: str
+) -> None:
+    consumer, dead = await _setup(client, name)
+    published = await client.publish(f"{name}.orders", StringValue(value="poison"))
+    async with client.subscribe(name, consumer) as events:
+        [event] = await take(events, 1)
+        await event.reject(permanently=True, reason="cannot parse\nthe order")
+    [letter] = await client.dead_letters(dead).list()
+    assert letter.subject == f"{name}.orders"
+    assert (letter.stream, letter.consumer, letter.event_id) == (name, consumer, published.id)
+    assert letter.attempts == 1
+    assert letter.reason == "cannot parse the order"
+    assert letter.dead_since.tzinfo is not None
+    assert letter.unpack(StringValue).value == "poison"
+    assert await client.dead_letters(dead).get(letter.id) == letter
+    info = await client.consumer_info(name, consumer)
+    assert (info.pending_events, info.unsettled_events) == (0, 0)
+
+
+async def test_events_out_of_attempts_are_dead_lettered(
+    client: windshift.Client, name: str
+) -> None:
+    consumer, dead = await _setup(client, name, attempts=2)
+    published = await client.publish(f"{name}.orders", StringValue(value="flaky"))
+    async with client.subscribe(name, consumer) as events:
+        for attempt in (1, 2):
+            [event] = await take(events, 1)
+            assert event.delivery_attempt == attempt
+            await event.reject()
+        queue = client.dead_letters(dead)
+        for _ in range(200):  # the third delivery is moved, never handed out
+            letters = await queue.list()
+            if letters:
+                break
+            await asyncio.sleep(0.02)
+    [letter] = letters
+    assert letter.event_id == published.id
+    assert letter.attempts == 3
+    assert "attempts" in letter.reason
+    info = await client.consumer_info(name, consumer)
+    assert (info.pending_events, info.unsettled_events) == (0, 0)
+
+
+_CRASHING_SUBSCRIBER = """
+import asyncio, os, sys
+import windshift
+
+async def main(url, stream):
+    client = await windshift.connect(url)
+    async with client.subscribe(stream, "worker") as events:
+        async for event in events:
+            print(event.id, event.delivery_attempt, flush=True)
+            if event.delivery_attempt == 2:
+                os._exit(9)  # dies during the last attempt, holding the event
+            await event.reject()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_subscriber_dying_on_the_last_attempt_still_dead_letters_once(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    consumer, dead = await _setup(client, name, attempts=2, timeout=1)
+    published = await client.publish(f"{name}.orders", StringValue(value="fatal"))
+    crashing = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CRASHING_SUBSCRIBER,
+        nats_server.url,
+        name,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(crashing.communicate(), 60)
+    assert crashing.returncode == 9
+    assert stdout.decode().split() == [str(published.id), "1", str(published.id), "2"]
+
+    # Another subscriber gets the delivery after the last one: it is moved, not handed out.
+    queue = client.dead_letters(dead)
+    async with client.subscribe(name, consumer) as events:
+        for _ in range(300):
+            letters = await queue.list()
+            if letters:
+                break
+            await asyncio.sleep(0.02)
+        later = await client.publish(f"{name}.orders", StringValue(value="fine"))
+        [event] = await take(events, 1)
+        assert event.id == later.id  # the dead one never reached the caller
+        await event.ack(confirm=True)
+    [letter] = await queue.list()
+    assert (letter.event_id, letter.attempts) == (published.id, 3)
+
+
+async def test_moving_again_stores_nothing_twice(client: windshift.Client, name: str) -> None:
+    consumer, dead = await _setup(client, name)
+    await client.publish(f"{name}.orders", StringValue(value="once"))
+    async with client.subscribe(name, consumer) as events:
+        [event] = await take(events, 1)
+        # As if the first move's answer was lost and the event came back: move it again.
+        await events.move_to_dead_letters(event, "first try")
+        await events.move_to_dead_letters(event, "second try")
+        await event.reject(permanently=True, reason="third try")
+    letters = await client.dead_letters(dead).list()
+    assert len(letters) == 1
+    assert letters[0].reason == "first try"
+
+
+async def test_replay_publishes_to_the_original_subject_and_is_processed(
+    client: windshift.Client, name: str, spans: InMemorySpanExporter
+) -> None:
+    consumer, dead = await _setup(client, name)
+    with trace.get_tracer("test").start_as_current_span("origin"):
+        original = await client.publish(f"{name}.orders", StringValue(value="retry me later"))
+    async with client.subscribe(name, consumer) as events:
+        [event] = await take(events, 1)
+        original_trace = event.headers["WS-Trace-Parent"]
+        await event.reject(permanently=True)
+        queue = client.dead_letters(dead)
+        [letter] = await queue.list()
+        replayed = await queue.replay(letter.id)
+        assert replayed.id > original.id
+        [again] = await take(events, 1)
+        assert again.id == replayed.id
+        assert again.subject == f"{name}.orders"
+        assert text(again) == "retry me later"
+        assert again.data_type == "google.protobuf.StringValue"
+        assert again.headers["WS-Trace-Parent"] == original_trace
+        await again.ack(confirm=True)
+    assert await queue.list() == []
+    with pytest.raises(NotFoundError):
+        await queue.get(letter.id)
+
+
+async def test_purge_and_delete(client: windshift.Client, name: str) -> None:
+    consumer, dead = await _setup(client, name)
+    for i in range(3):
+        await client.publish(f"{name}.orders", StringValue(value=str(i)))
+    async with client.subscribe(name, consumer) as events:
+        for event in await take(events, 3):
+            await event.reject(permanently=True)
+    queue = client.dead_letters(dead)
+    letters = await queue.list()
+    assert len(letters) == 3
+    assert [letter.id for letter in await queue.list(after_id=letters[0].id, limit=1)] == [
+        letters[1].id
+    ]
+    await queue.delete(letters[0].id)
+    with pytest.raises(NotFoundError):
+        await queue.delete(letters[0].id)
+    assert await queue.purge() == 2
+    assert await queue.list() == []
+
+
+async def test_the_dead_letter_stream_is_plain_jetstream(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    consumer, dead = await _setup(client, name)
+    published = await client.publish(f"{name}.orders", StringValue(value="raw"))
+    async with client.subscribe(name, consumer) as events:
+        [event] = await take(events, 1)
+        await event.reject(permanently=True, reason="why")
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().get_last_msg(dead, f"{dead}.>")
+    finally:
+        await raw.close()
+    headers = stored.headers or {}
+    assert stored.subject == f"{dead}.{name}.{consumer}.{published.id}"
+    assert stored.data == StringValue(value="raw").SerializeToString()
+    assert headers["WS-Data-Type"] == "google.protobuf.StringValue"
+    assert headers["WS-Dead-Reason"] == "why"
+    assert headers["WS-Dead-Event-Id"] == str(published.id)
+
+
+async def test_without_a_dead_letter_stream_rejecting_permanently_just_drops(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    consumer = await client.ensure_consumer(name, start=StreamPointer.start())
+    assert consumer.dead_letter_stream is None
+    await client.publish(f"{name}.a", StringValue(value="x"))
+    async with client.subscribe(name, consumer.id) as events:
+        [event] = await take(events, 1)
+        assert events.dead_letters is None
+        await event.reject(permanently=True, confirm=True)
+
+
+async def test_bad_dead_letter_options(client: windshift.Client, name: str) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    with pytest.raises(ValidationError, match="'bad name'"):
+        await client.ensure_consumer(name, "w", dead_letter_stream="bad name")
+    with pytest.raises(ValidationError, match="differ"):
+        await client.ensure_consumer(name, "w", dead_letter_stream=name)
+    with pytest.raises(NotFoundError, match="ghost"):
+        await client.dead_letters("ghost").list()
+    assert deadletters.DeadLetterPolicy.of({}) is None

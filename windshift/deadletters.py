@@ -1,0 +1,287 @@
+"""Dead-letter queues: events given up on, kept with where they came from and why.
+
+A consumer made with ``dead_letter_stream="orders-dead"`` moves an event to
+that stream when it is rejected permanently, or when its delivery attempts
+run out — also when the subscriber died during the last attempt: the next
+delivery, one past the limit, is moved instead of handed out. The move is a
+publish to ``<dead-letter stream>.<stream>.<consumer>.<event id>`` that
+JetStream accepts only while that subject is empty, so however often it is
+retried, each event is dead-lettered once; only after the dead letter is
+stored is the event terminated in its consumer. At any moment an event is
+pending, acknowledged or dead-lettered, never lost.
+
+Example:
+    >>> await client.ensure_consumer("orders", "billing", max_delivery_attempts=5,
+    ...                              dead_letter_stream="orders-dead")
+    >>> queue = client.dead_letters("orders-dead")
+    >>> for letter in await queue.list():
+    ...     print(letter.event_id, letter.reason)
+    ...     await queue.replay(letter.id)      # published again to its original subject
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import Message
+
+from windshift import wire
+from windshift._jsapi import (
+    MESSAGE_DELETE_FAILED,
+    NO_MESSAGE_FOUND,
+    STREAM_NOT_FOUND,
+    ApiError,
+    JetStreamApi,
+)
+from windshift.errors import ConflictError, NotFoundError, ValidationError
+from windshift.names import validate_name
+
+if TYPE_CHECKING:
+    from windshift.events import Event
+    from windshift.publishing import PublishedEvent, PublishingMixin
+
+logger = logging.getLogger("windshift.deadletters")
+
+M = TypeVar("M", bound=Message)
+
+# Where a consumer keeps its dead-letter settings (JetStream consumer metadata).
+METADATA_STREAM = "windshift.dead_letter_stream"
+METADATA_ATTEMPTS = "windshift.max_delivery_attempts"
+
+_CARRIED = (
+    wire.HEADER_DATA_TYPE,
+    wire.HEADER_PUBLISHED_TIME,
+    wire.HEADER_TRACE_PARENT,
+    wire.HEADER_TRACE_STATE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPolicy:
+    """A consumer's dead-letter settings, as read from its metadata."""
+
+    stream: str
+    max_delivery_attempts: int | None
+
+    @classmethod
+    def of(cls, consumer_config: Mapping[str, Any]) -> DeadLetterPolicy | None:
+        metadata = consumer_config.get("metadata") or {}
+        stream = metadata.get(METADATA_STREAM)
+        if not stream:
+            return None
+        attempts = metadata.get(METADATA_ATTEMPTS)
+        return cls(stream, int(attempts) if attempts else None)
+
+    def exhausted(self, delivery_attempt: int) -> bool:
+        """Whether a delivery is past the last allowed attempt."""
+        return self.max_delivery_attempts is not None and (
+            delivery_attempt > self.max_delivery_attempts
+        )
+
+
+def _header_value(text: str) -> str:
+    return " ".join(text.split())[:1000]  # one line, bounded
+
+
+async def move(
+    publisher: PublishingMixin,
+    policy: DeadLetterPolicy,
+    event: Event,
+    stream: str,
+    consumer: str,
+    reason: str,
+) -> None:
+    """Store ``event`` in the dead-letter stream (once, however often this is retried)."""
+    headers = {name: event.headers[name] for name in _CARRIED if name in event.headers}
+    headers.update(
+        {
+            wire.HEADER_DEAD_SUBJECT: event.subject,
+            wire.HEADER_DEAD_STREAM: stream,
+            wire.HEADER_DEAD_CONSUMER: consumer,
+            wire.HEADER_DEAD_EVENT_ID: str(event.id),
+            wire.HEADER_DEAD_ATTEMPTS: str(event.delivery_attempt),
+            wire.HEADER_DEAD_REASON: _header_value(reason),
+            wire.HEADER_DEAD_TIME: wire.format_time(None),
+            wire.HEADER_MSG_ID: f"dead.{stream}.{consumer}.{event.id}",
+            wire.HEADER_EXPECTED_LAST_SUBJECT_SEQ: "0",
+        }
+    )
+    subject = f"{policy.stream}.{stream}.{consumer}.{event.id}"
+    with contextlib.suppress(ConflictError):  # an earlier try stored it: the subject holds it
+        await publisher._send(subject, event.body, headers)
+    logger.warning(
+        "dead-lettered event %d of %s/%s into %s: %s",
+        event.id,
+        stream,
+        consumer,
+        policy.stream,
+        reason,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event in a dead-letter stream.
+
+    Attributes:
+        id: its id in the dead-letter stream.
+        subject: the subject it was originally published to.
+        stream: the stream it came from.
+        consumer: the consumer that gave up on it.
+        event_id: its id in the original stream.
+        attempts: how often it had been delivered.
+        reason: why it was given up on.
+        dead_since: when it was moved.
+        data: the event's data.
+        headers: all its headers.
+    """
+
+    id: int
+    subject: str
+    stream: str
+    consumer: str
+    event_id: int
+    attempts: int
+    reason: str
+    dead_since: datetime
+    data: AnyProto
+    headers: Mapping[str, str]
+
+    def unpack(self, message_type: type[M]) -> M:
+        """Parse the data as ``message_type``.
+
+        Raises:
+            ValidationError: the data is of another type.
+        """
+        message = message_type()
+        if not self.data.Unpack(message):
+            raise ValidationError(
+                f"dead letter {self.id} holds {self.data.type_url!r}, "
+                f"not {message_type.DESCRIPTOR.full_name!r}"
+            )
+        return message
+
+
+class DeadLetterQueue:
+    """The dead letters of one dead-letter stream; from :meth:`Client.dead_letters`."""
+
+    def __init__(self, publisher: PublishingMixin, api: JetStreamApi, name: str) -> None:
+        validate_name("dead-letter stream", name)
+        self._publisher = publisher
+        self._api = api
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"DeadLetterQueue({self.name!r})"
+
+    async def _read(self, query: dict[str, Any], what: str) -> DeadLetter | None:
+        try:
+            stored = await self._api.get_message(self.name, query)
+        except ApiError as exc:
+            if exc.err_code == NO_MESSAGE_FOUND:
+                return None
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise NotFoundError(f"dead-letter stream {self.name!r} does not exist") from None
+            raise exc.to_windshift(f"read {what} of {self.name!r}") from None
+        headers = stored.headers
+        return DeadLetter(
+            id=stored.sequence,
+            subject=headers.get(wire.HEADER_DEAD_SUBJECT, stored.subject),
+            stream=headers.get(wire.HEADER_DEAD_STREAM, ""),
+            consumer=headers.get(wire.HEADER_DEAD_CONSUMER, ""),
+            event_id=int(headers.get(wire.HEADER_DEAD_EVENT_ID, 0)),
+            attempts=int(headers.get(wire.HEADER_DEAD_ATTEMPTS, 0)),
+            reason=headers.get(wire.HEADER_DEAD_REASON, ""),
+            dead_since=wire.parse_time(headers.get(wire.HEADER_DEAD_TIME) or stored.time),
+            data=wire.decode_message(headers.get(wire.HEADER_DATA_TYPE, ""), stored.data),
+            headers=headers,
+        )
+
+    async def get(self, dead_letter_id: int) -> DeadLetter:
+        """One dead letter.
+
+        Raises:
+            NotFoundError: no such dead letter (or stream).
+        """
+        letter = await self._read({"seq": dead_letter_id}, f"dead letter {dead_letter_id}")
+        if letter is None:
+            raise NotFoundError(f"dead letter {dead_letter_id} is not in {self.name!r}")
+        return letter
+
+    async def list(self, *, after_id: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters in order, those with an id above ``after_id``, at most ``limit``.
+
+        Raises:
+            NotFoundError: the dead-letter stream does not exist.
+        """
+        letters: list[DeadLetter] = []
+        next_id = after_id + 1
+        while len(letters) < limit:
+            letter = await self._read(
+                {"seq": next_id, "next_by_subj": f"{self.name}.>"}, "dead letters"
+            )
+            if letter is None:
+                break
+            letters.append(letter)
+            next_id = letter.id + 1
+        return letters
+
+    async def replay(self, dead_letter_id: int) -> PublishedEvent:
+        """Publish a dead letter again to its original subject, then remove it.
+
+        The new event keeps the data type and trace context. Retrying a
+        replay that failed half-way does not publish twice (within the
+        original stream's deduplication window).
+
+        Raises:
+            NotFoundError: no such dead letter, or no stream collects the
+                original subject any more.
+        """
+        letter = await self.get(dead_letter_id)
+        headers = {
+            name: letter.headers[name]
+            for name in (wire.HEADER_DATA_TYPE, wire.HEADER_TRACE_PARENT, wire.HEADER_TRACE_STATE)
+            if name in letter.headers
+        }
+        headers[wire.HEADER_PUBLISHED_TIME] = wire.format_time(None)
+        headers[wire.HEADER_MSG_ID] = f"replay.{self.name}.{letter.id}"
+        published = await self._publisher._send(letter.subject, letter.data.value, headers)
+        await self.delete(letter.id)
+        logger.info("replayed dead letter %d of %s as event %d", letter.id, self.name, published.id)
+        return published
+
+    async def delete(self, dead_letter_id: int) -> None:
+        """Remove one dead letter.
+
+        Raises:
+            NotFoundError: no such dead letter.
+        """
+        try:
+            await self._api.request(f"STREAM.MSG.DELETE.{self.name}", {"seq": dead_letter_id})
+        except ApiError as exc:
+            if exc.code == 404 or exc.err_code in (NO_MESSAGE_FOUND, MESSAGE_DELETE_FAILED):
+                raise NotFoundError(
+                    f"dead letter {dead_letter_id} is not in {self.name!r}"
+                ) from None
+            raise exc.to_windshift(f"delete dead letter {dead_letter_id}") from None
+
+    async def purge(self) -> int:
+        """Remove every dead letter; return how many were removed.
+
+        Raises:
+            NotFoundError: the dead-letter stream does not exist.
+        """
+        try:
+            answer = await self._api.request(f"STREAM.PURGE.{self.name}", {})
+        except ApiError as exc:
+            raise exc.to_windshift(f"purge {self.name!r}") from None
+        return int(answer.get("purged", 0))
+
+
+__all__ = ["DeadLetter", "DeadLetterPolicy", "DeadLetterQueue", "move"]
