@@ -5,7 +5,8 @@
 #
 # Without NATS_URL the container starts an embedded nats-server with JetStream
 # and keeps its data in /data (a volume): fine for trying it out, while
-# production points NATS_URL at a NATS cluster. docker-compose.yml runs both.
+# production points NATS_URL at a NATS cluster, with WINDSHIFT_AUTH_FILE naming
+# a tokens file (docs/security.md). docker-compose.yml runs both.
 # Settings are environment variables: see `docker run --rm windshift-grpc serve --help`.
 
 FROM python:3.11-slim AS build

@@ -59,5 +59,23 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
     span_exporter.clear()
 
 
-# gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers.
-pytest_plugins = ["grpc_fixtures"]
+# gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers;
+# certificates for the TLS tests.
+pytest_plugins = ["grpc_fixtures", "_pki"]
+
+
+# Metrics: an in-memory reader behind the global meter provider (installed once;
+# windshift's instruments, created at import, follow it through the API's proxy).
+from opentelemetry import metrics  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+
+_METRIC_READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="session")
+def metric_reader() -> InMemoryMetricReader:
+    """The in-memory reader of the global meter provider (installed once per session)."""
+    if not isinstance(metrics.get_meter_provider(), MeterProvider):
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_METRIC_READER]))
+    return _METRIC_READER

@@ -15,7 +15,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -162,14 +162,22 @@ class ServeProcess:
                 await self.signal(signal.SIGTERM)
 
 
-def serve_env(nats_url: str | None, **overrides: str) -> dict[str, str]:
-    """The environment of a serve process: ours, minus settings, plus free ports."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("NATS_URL", "WINDSHIFT_DATA_DIR", "DEVELOPMENT")
-        and not key.startswith("OTEL_")
-    }
+def _inherited(key: str) -> bool:
+    """Whether a variable of ours passes to serve (its own settings do not)."""
+    if key in ("WINDSHIFT_DATA_DIR", "DEVELOPMENT"):
+        return False
+    if key.startswith("NATS_"):
+        return key == "NATS_SERVER_BIN"  # where the embedded nats-server is
+    return not key.startswith(("OTEL_", "WINDSHIFT_AUTH", "GRPC_TLS_"))
+
+
+def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
+    """The environment of a serve process: ours, minus settings, plus free ports.
+
+    The API runs without authentication (``WINDSHIFT_AUTH=none``) unless the
+    overrides say otherwise; an override of None removes the variable.
+    """
+    env = {key: value for key, value in os.environ.items() if _inherited(key)}
     grpc_port = free_port()
     health_port = free_port()
     while health_port == grpc_port:
@@ -177,7 +185,13 @@ def serve_env(nats_url: str | None, **overrides: str) -> dict[str, str]:
     env.update(GRPC_PORT=str(grpc_port), HEALTH_PORT=str(health_port), PYTHONUNBUFFERED="1")
     if nats_url is not None:
         env["NATS_URL"] = nats_url
-    env.update(overrides)
+    if "WINDSHIFT_AUTH_FILE" not in overrides:
+        env["WINDSHIFT_AUTH"] = "none"
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -200,14 +214,14 @@ async def start_serve(nats_server: EmbeddedNats) -> AsyncIterator[StartServe]:
     """Start extra serve processes for one test (stopped at its end).
 
     ``await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=...)`` starts one on
-    an embedded NATS; other keywords become environment variables.
+    an embedded NATS; other keywords become environment variables (None:
+    unset, e.g. ``WINDSHIFT_AUTH=None`` for the default authentication).
     """
     started: list[ServeProcess] = []
 
     async def start(cwd: Path = ROOT, **env: str | None) -> ServeProcess:
         nats_url = env.pop("NATS_URL", nats_server.url)
-        overrides = {key: value for key, value in env.items() if value is not None}
-        server = ServeProcess(serve_env(nats_url, **overrides), cwd=cwd)
+        server = ServeProcess(serve_env(nats_url, **env), cwd=cwd)
         started.append(server)
         await server.start()
         return server
@@ -292,9 +306,13 @@ class EventsClient:
     ``ping`` methods that sent their request (the server answers in order).
     """
 
-    def __init__(self, stub: pb_grpc.EventsServiceAsyncStub) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.EventsServiceAsyncStub,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         self._requests: asyncio.Queue[pb.EventsRequest | None] = asyncio.Queue()
-        self.call = stub.Events(self._request_stream())
+        self.call = stub.Events(self._request_stream(), metadata=metadata)
         self._events: asyncio.Queue[pb.Event] = asyncio.Queue()
         self._answers: asyncio.Queue[pb.EventsResponse] = asyncio.Queue()
         self.responses: list[pb.EventsResponse] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nats
@@ -64,6 +65,7 @@ def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
         find_nats_server()
 
 
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
 async def test_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     import asyncio
     import sys

@@ -40,6 +40,7 @@ from windshift import (
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
 from windshift_grpc.status import MAPPED_CODES, STATUS_CODES, status_for
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ TABLE = [
     (ConfigurationConflictError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (EventSettledError, grpc.StatusCode.FAILED_PRECONDITION),
+    # The façade's own access errors (end to end in test_auth.py).
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -69,7 +73,7 @@ async def _code_of(call: object) -> tuple[grpc.StatusCode, str]:
 
 
 @pytest.mark.parametrize(("error", "code"), TABLE, ids=[error.__name__ for error, _ in TABLE])
-def test_table_row(error: type[WindshiftError], code: grpc.StatusCode) -> None:
+def test_table_row(error: type[Exception], code: grpc.StatusCode) -> None:
     assert STATUS_CODES[error] == code
     assert status_for(error("what was wrong, with 'value'")) == (
         code,

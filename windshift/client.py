@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
+import os
 import ssl
 from collections.abc import Generator, Sequence
 from datetime import timedelta
@@ -21,6 +23,7 @@ from windshift.consumers import ConsumersMixin
 from windshift.deadletters import DeadLetterQueue
 from windshift.errors import UnavailableError, ValidationError
 from windshift.names import _describe
+from windshift.publishing import AckInbox
 from windshift.state import StoresMixin
 from windshift.streams import StreamsMixin
 from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
@@ -46,6 +49,7 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         self._settings = settings
         self._api = JetStreamApi(nc, timeout=settings.request_timeout.total_seconds())
         self._publish_slots = asyncio.Semaphore(settings.publish_max_pending)
+        self._acks = AckInbox(nc)
         self._reconnect_listeners: set[ReconnectListener] = set()
 
     @property
@@ -101,7 +105,9 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         )
 
     async def _on_reconnect(self) -> None:
-        logger.info("reconnected to NATS at %s", self._nc.connected_url)
+        url = self._nc.connected_url
+        # host and port only: a URL may carry a user and password
+        logger.info("reconnected to NATS at %s", f"{url.hostname}:{url.port}" if url else "?")
         for listener in list(self._reconnect_listeners):
             try:
                 await listener()
@@ -152,11 +158,19 @@ class _Connecting:
             if not nc.is_closed and not nc.is_draining:
                 logger.warning("disconnected from NATS; reconnecting")
 
-        async def error(exc: Exception) -> None:
-            logger.debug("NATS connection error: %s", exc)
+        errors: list[Exception] = []
+        hopeless = asyncio.Event()
 
-        try:
-            await nc.connect(
+        async def error(exc: Exception) -> None:
+            errors.append(exc)
+            logger.debug("NATS connection error: %s", exc)
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                # A server certificate that does not verify will not on a retry,
+                # and nats-py then hangs closing the half-upgraded connection.
+                hopeless.set()
+
+        connecting = asyncio.ensure_future(
+            nc.connect(
                 servers=self._servers,
                 reconnected_cb=reconnected,
                 disconnected_cb=disconnected,
@@ -166,15 +180,49 @@ class _Connecting:
                 # fails; once connected, reconnect forever.
                 max_reconnect_attempts=_INITIAL_ATTEMPTS,
             )
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            await nc.close()
+        )
+        given_up = asyncio.ensure_future(hopeless.wait())
+        try:
+            await asyncio.wait(
+                (connecting, given_up),
+                timeout=self._deadline(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            given_up.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait((connecting,))
+        failure: BaseException | None = (
+            TimeoutError("no connection in time")
+            if connecting.cancelled()
+            else connecting.exception()
+        )
+        if isinstance(failure, TimeoutError | nats.errors.Error | OSError):
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                await asyncio.wait_for(nc.close(), self._options["connect_timeout"])
+            # "no servers available" hides why: say what the last attempt met
+            # (an authorization violation, a TLS failure, a refused connection).
+            reason: BaseException = failure
+            if errors and (
+                connecting.cancelled() or isinstance(failure, nats.errors.NoServersError)
+            ):
+                reason = _telling(errors)
             raise UnavailableError(
-                f"cannot connect to NATS at {', '.join(self._servers)}: {exc or type(exc).__name__}"
+                f"cannot connect to NATS at {', '.join(map(_without_secrets, self._servers))}: "
+                f"{reason or type(reason).__name__}"
             ) from None
+        if failure is not None:
+            raise failure
         nc.options["max_reconnect_attempts"] = -1
         client = Client(nc, self._settings)
         client_holder.append(client)
         return client
+
+    def _deadline(self) -> float:
+        """Seconds the first connection may take in all (nats-py can hang on its own)."""
+        attempt = 3 * self._options["connect_timeout"] + self._options["reconnect_time_wait"]
+        return float(attempt * (_INITIAL_ATTEMPTS + 1) * len(self._servers))
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._open().__await__()
@@ -191,6 +239,33 @@ class _Connecting:
     ) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _telling(errors: list[Exception]) -> Exception:
+    """The error that says most about a failed connection.
+
+    The server's own word (an authorization violation) or a TLS failure,
+    rather than the reset or broken pipe that later attempts run into.
+    """
+    for error in reversed(errors):
+        if isinstance(error, ssl.SSLError | nats.errors.Error):
+            return error
+    return errors[-1]
+
+
+def _without_secrets(url: str) -> str:
+    """``url`` with the user and password (or token) it may carry replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at and userinfo else url
+
+
+def _credentials_file(what: str, path: str) -> None:
+    """Check a file of NKey credentials before nats-py reads it (on every connect)."""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise ValidationError(f"{what} must name an existing file, got {_describe(path)}")
+    if importlib.util.find_spec("nkeys") is None:
+        raise ValidationError(f"{what} needs the nkeys package: pip install 'windshift[nkeys]'")
 
 
 def connect(
@@ -230,8 +305,17 @@ def connect(
         password: password, with ``user``.
         token: authentication token.
         credentials_file: a NATS ``.creds`` file (JWT and NKey seed).
-        nkey_seed_file: a file holding an NKey seed.
-        tls: a TLS context for ``tls://`` servers.
+        nkey_seed_file: a file holding an NKey seed. This and
+            ``credentials_file`` need the ``nkeys`` package
+            (``pip install 'windshift[nkeys]'``).
+        tls: a TLS context: the CA to verify the servers with and, for
+            servers that verify clients, a client certificate. TLS is used
+            when a server requires it or the URL says ``tls://``.
+
+    Give at most one of ``user``/``password``, ``token``,
+    ``credentials_file`` and ``nkey_seed_file``. A server that refuses them
+    makes ``connect`` raise UnavailableError naming the reason
+    (``Authorization Violation``); secrets never appear in messages or logs.
 
     Raises:
         ValidationError: bad options.
@@ -257,6 +341,24 @@ def connect(
             raise ValidationError(f"{what} must be a positive timedelta, got {_describe(value)}")
     if (user is None) != (password is None):
         raise ValidationError("user and password go together")
+    ways = [
+        what
+        for what, value in (
+            ("user", user),
+            ("token", token),
+            ("credentials_file", credentials_file),
+            ("nkey_seed_file", nkey_seed_file),
+        )
+        if value is not None
+    ]
+    if len(ways) > 1:
+        raise ValidationError(f"{ways[0]} and {ways[1]} are two ways of authenticating; give one")
+    if credentials_file is not None:
+        _credentials_file("credentials_file", credentials_file)
+    if nkey_seed_file is not None:
+        _credentials_file("nkey_seed_file", nkey_seed_file)
+    if tls is not None and not isinstance(tls, ssl.SSLContext):
+        raise ValidationError(f"tls must be an ssl.SSLContext, got {_describe(tls)}")
     options: dict[str, Any] = {
         "name": name,
         "connect_timeout": connect_timeout.total_seconds(),

@@ -225,7 +225,12 @@ class ConsumersMixin(ClientBase):
                 answer = await self._api.request(
                     f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
                 )
-                logger.info("created ephemeral consumer %s on %s", answer["name"], stream)
+                logger.info(
+                    "created ephemeral consumer %s on %s",
+                    answer["name"],
+                    stream,
+                    extra={"stream": stream, "consumer": answer["name"]},
+                )
                 return ConsumerInfo.from_api(answer)
             try:
                 current = await self._api.request(f"CONSUMER.INFO.{stream}.{name}")
@@ -247,7 +252,16 @@ class ConsumersMixin(ClientBase):
             if exc.err_code == STREAM_NOT_FOUND:
                 raise NotFoundError(f"{context}: stream {stream!r} does not exist") from None
             raise exc.to_windshift(context) from None
-        logger.info("%sd consumer %s on %s", action, name, stream)
+        if action == "update" and answer.get("config") == current.get("config"):
+            logger.debug("consumer %s on %s is unchanged", name, stream)
+        else:
+            logger.info(
+                "%sd consumer %s on %s",
+                action,
+                name,
+                stream,
+                extra={"stream": stream, "consumer": name},
+            )
         return ConsumerInfo.from_api(answer)
 
     async def _ensure_dead_letter_stream(self, name: str) -> None:
@@ -278,7 +292,8 @@ class ConsumersMixin(ClientBase):
         except ApiError as exc:
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise exc.to_windshift(f"create dead-letter stream {name!r}") from None
-        logger.info("created dead-letter stream %s", name)
+            return  # created meanwhile by someone else
+        logger.info("created dead-letter stream %s", name, extra={"stream": name})
 
     async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
         """Describe a consumer.
@@ -311,7 +326,12 @@ class ConsumersMixin(ClientBase):
                     f"consumer {consumer!r} on stream {stream!r} does not exist"
                 ) from None
             raise exc.to_windshift(f"delete consumer {consumer!r} on {stream!r}") from None
-        logger.info("deleted consumer %s on %s", consumer, stream)
+        logger.info(
+            "deleted consumer %s on %s",
+            consumer,
+            stream,
+            extra={"stream": stream, "consumer": consumer},
+        )
 
 
 __all__ = [

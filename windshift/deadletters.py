@@ -21,8 +21,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
-from windshift import wire
+from windshift import metrics, wire
 from windshift._jsapi import (
     MESSAGE_DELETE_FAILED,
     NO_MESSAGE_FOUND,
@@ -96,8 +96,12 @@ async def move(
     stream: str,
     consumer: str,
     reason: str,
-) -> None:
-    """Store ``event`` in the dead-letter stream (once, however often this is retried)."""
+) -> bool:
+    """Store ``event`` in the dead-letter stream (once, however often this is retried).
+
+    Returns:
+        True when this call stored it, False when an earlier try already had.
+    """
     headers = {name: event.headers[name] for name in _CARRIED if name in event.headers}
     headers.update(
         {
@@ -113,16 +117,26 @@ async def move(
         }
     )
     subject = f"{policy.stream}.{stream}.{consumer}.{event.id}"
-    with contextlib.suppress(ConflictError):  # an earlier try stored it: the subject holds it
-        await publisher._send(subject, event.body, headers)
+    try:
+        stored = not (await publisher._send(subject, event.body, headers)).duplicate
+    except ConflictError:  # an earlier try stored it: the subject holds it
+        stored = False
     logger.warning(
-        "dead-lettered event %d of %s/%s into %s: %s",
+        "dead-lettered event %d of %s/%s into %s%s: %s",
         event.id,
         stream,
         consumer,
         policy.stream,
-        reason,
+        "" if stored else " (stored by an earlier try)",
+        headers[wire.HEADER_DEAD_REASON],
+        extra={
+            "stream": stream,
+            "consumer": consumer,
+            "event_id": event.id,
+            "dead_letter_stream": policy.stream,
+        },
     )
+    return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +265,20 @@ class DeadLetterQueue:
         }
         headers[wire.HEADER_PUBLISHED_TIME] = wire.format_time(None)
         headers[wire.HEADER_MSG_ID] = f"replay.{self.name}.{letter.id}"
+        started = time.perf_counter()
         published = await self._publisher._send(letter.subject, letter.data.value, headers)
-        await self.delete(letter.id)
-        logger.info("replayed dead letter %d of %s as event %d", letter.id, self.name, published.id)
+        metrics.published(
+            published.stream, time.perf_counter() - started, duplicate=published.duplicate
+        )
+        await self._delete(letter.id)
+        logger.info(
+            "replayed dead letter %d of %s as event %d of %s",
+            letter.id,
+            self.name,
+            published.id,
+            published.stream,
+            extra={"dead_letter_stream": self.name, "stream": published.stream},
+        )
         return published
 
     async def delete(self, dead_letter_id: int) -> None:
@@ -262,6 +287,15 @@ class DeadLetterQueue:
         Raises:
             NotFoundError: no such dead letter.
         """
+        await self._delete(dead_letter_id)
+        logger.info(
+            "deleted dead letter %d of %s",
+            dead_letter_id,
+            self.name,
+            extra={"dead_letter_stream": self.name},
+        )
+
+    async def _delete(self, dead_letter_id: int) -> None:
         try:
             await self._api.request(f"STREAM.MSG.DELETE.{self.name}", {"seq": dead_letter_id})
         except ApiError as exc:
@@ -281,7 +315,14 @@ class DeadLetterQueue:
             answer = await self._api.request(f"STREAM.PURGE.{self.name}", {})
         except ApiError as exc:
             raise exc.to_windshift(f"purge {self.name!r}") from None
-        return int(answer.get("purged", 0))
+        purged = int(answer.get("purged", 0))
+        logger.info(
+            "purged %d dead letters of %s",
+            purged,
+            self.name,
+            extra={"dead_letter_stream": self.name},
+        )
+        return purged
 
 
 __all__ = ["DeadLetter", "DeadLetterPolicy", "DeadLetterQueue", "move"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -60,19 +59,17 @@ def find_nats_server() -> str:
     )
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when its parent dies.
+def _die_with_parent() -> list[str]:
+    """A command prefix that has Linux SIGTERM the server when its parent dies.
 
     So a nats-server started by a process that is killed (SIGKILL leaves no
-    chance to stop it) does not live on, holding its port and store.
+    chance to stop it) does not live on, holding its port and store. It uses
+    util-linux's ``setpriv`` rather than a ``preexec_fn``: Python code run
+    between fork and exec is unsafe in a process with threads (gRPC's).
+    Where ``setpriv`` is missing, the server simply outlives a killed parent.
     """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -177,13 +174,13 @@ class EmbeddedNats:
         log = self.store_dir / "nats-server.log"
         with open(log, "ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
+                *_die_with_parent(),
                 binary,
                 "-c",
                 str(config),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_die_with_parent,
             )
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)

@@ -56,6 +56,7 @@ class Event:
     """
 
     __slots__ = (
+        "_handed_out",
         "_published_ns",
         "_reply",
         "_settled",
@@ -85,6 +86,7 @@ class Event:
         self._reply = reply
         self._settled: Settlement | None = None
         self._span: Span | None = None
+        self._handed_out = 0.0  # the subscription's clock when handed out; 0: not yet
         self._published_ns = published_ns
         self.subject = subject
         self.headers = headers
@@ -241,7 +243,14 @@ class Event:
             self._span.set_attribute("windshift.outcome", outcome)
             self._span.end()
             self._span = None
-        await self._subscription.release(self)
+        subscription = self._subscription
+        if self._handed_out:  # not for events the subscription gave up on itself
+            seconds = subscription.clock() - self._handed_out
+            if outcome == "acknowledged":
+                subscription._metrics.acknowledged(seconds)
+            else:
+                subscription._metrics.rejected(seconds, permanently=payload == _TERM)
+        await subscription.release(self)
 
     async def _send(self, payload: bytes, confirm: bool) -> None:
         nc = self._subscription.nc

@@ -422,7 +422,7 @@ class StoresMixin(PublishingMixin):
                 if create_exc.err_code != STREAM_NAME_IN_USE:
                     raise create_exc.to_windshift(f"ensure store {name!r}") from None
             else:
-                logger.info("created state store %s", name)
+                logger.info("created state store %s", name, extra={"store": name})
         return StateStore(self, name)
 
     def store(self, name: str) -> StateStore:

@@ -288,7 +288,7 @@ class StreamsMixin(ClientBase):
                     if create_exc.err_code == STREAM_NAME_IN_USE:
                         continue  # created meanwhile by someone else: update it instead
                     raise create_exc.to_windshift(context) from None
-                logger.info("created stream %s", name)
+                logger.info("created stream %s", name, extra={"stream": name})
                 return StreamInfo.from_api(created)
             return await self._update_stream(name, current, config, context)
         raise ConfigurationConflictError(f"{context}: the stream kept changing; try again")
@@ -304,13 +304,13 @@ class StreamsMixin(ClientBase):
             )
         merged = {k: v for k, v in existing.items() if k not in _SOURCE_KEYS}
         merged.update(config)
-        if merged == existing:
+        if _same_config(merged, existing):
             return StreamInfo.from_api(current)
         try:
             updated = await self._api.request(f"STREAM.UPDATE.{name}", merged)
         except ApiError as exc:
             raise exc.to_windshift(context) from None
-        logger.info("updated stream %s", name)
+        logger.info("updated stream %s", name, extra={"stream": name})
         return StreamInfo.from_api(updated)
 
     async def stream_info(self, name: str) -> StreamInfo:
@@ -338,7 +338,16 @@ class StreamsMixin(ClientBase):
             if exc.err_code == STREAM_NOT_FOUND:
                 raise NotFoundError(f"stream {name!r} does not exist") from None
             raise exc.to_windshift(f"delete stream {name!r}") from None
-        logger.info("deleted stream %s", name)
+        logger.info("deleted stream %s", name, extra={"stream": name})
+
+
+def _same_config(wanted: dict[str, Any], existing: dict[str, Any]) -> bool:
+    # JetStream leaves zero values out of the configuration it reports
+    # (``discard_new_per_subject: false``...): a missing key equals a falsy one.
+    return all(
+        wanted.get(key) == existing.get(key) or (not wanted.get(key) and not existing.get(key))
+        for key in wanted.keys() | existing.keys()
+    )
 
 
 __all__ = ["DEFAULT_DEDUPLICATION_WINDOW", "StreamInfo", "StreamSource", "StreamsMixin"]

@@ -35,6 +35,7 @@ from windshift._jsapi import ApiError, JetStreamApi
 from windshift.deadletters import DeadLetterPolicy
 from windshift.errors import NotFoundError, ValidationError, WindshiftError
 from windshift.events import Event
+from windshift.metrics import SubscriptionMetrics
 from windshift.names import _describe, validate_name
 from windshift.wire import HEADER_DATA_TYPE
 
@@ -130,6 +131,7 @@ class Subscription:
         self._requests: dict[str, _PullRequest] = {}
         self._credit = 0  # events the live pull requests may still bring
         self._held: dict[str, Event] = {}  # delivered and unsettled, by reply subject
+        self._metrics = SubscriptionMetrics(stream, consumer, self._held)
         self._buffer: deque[Event] = deque()  # held, not yet handed to the caller
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = 0.0
@@ -162,6 +164,7 @@ class Subscription:
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         self._listeners.add(self._on_reconnect)
+        self._metrics.track()
         self._last_activity = self.clock()
         await self._pull()
         self._maintainer = asyncio.create_task(self._maintain(), name=f"windshift-{self.consumer}")
@@ -195,6 +198,7 @@ class Subscription:
         event._span = tracing.start_receive_span(
             self.stream, self.consumer, event.subject, event.id, event.headers
         )
+        event._handed_out = self.clock()
         return event
 
     def _wake(self) -> None:
@@ -225,6 +229,8 @@ class Subscription:
             await self.nc.publish(reply, b"+TERM")
             return
         self._held[reply] = event
+        if event.delivery_attempt > 1:
+            self._metrics.redelivered()
         if self.dead_letters is not None and self.dead_letters.exhausted(event.delivery_attempt):
             # One past the last attempt (its subscriber died, or rejected it
             # on the last one): move it instead of handing it out.
@@ -342,9 +348,10 @@ class Subscription:
     async def move_to_dead_letters(self, event: Event, reason: str) -> None:
         """Store ``event`` in the consumer's dead-letter stream (called by :class:`Event`)."""
         assert self.dead_letters is not None
-        await deadletters.move(
+        if await deadletters.move(
             self._publisher, self.dead_letters, event, self.stream, self.consumer, reason
-        )
+        ):
+            self._metrics.dead_lettered()
 
     async def _give_up(self, event: Event, reason: str) -> None:
         try:

@@ -19,6 +19,7 @@ The body is the serialized protobuf message itself (the ``value`` of a
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -98,10 +99,8 @@ def format_time(moment: datetime | None = None) -> str:
         ValidationError: not a datetime, or a naive one (its zone would be a guess).
     """
     if moment is None:
-        ns = time.time_ns()
-        seconds, nanos = divmod(ns, 1_000_000_000)
-        base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return base + _fraction(nanos) + "Z"
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        return _second_text(seconds) + _fraction(nanos) + "Z"
     if not isinstance(moment, datetime):
         raise ValidationError(f"timestamp must be a datetime, got {_describe(moment)}")
     if moment.tzinfo is None or moment.utcoffset() is None:
@@ -116,6 +115,13 @@ def format_time(moment: datetime | None = None) -> str:
     sign = "+" if minutes >= 0 else "-"
     hours, mins = divmod(abs(minutes), 60)
     return f"{base}{sign}{hours:02d}:{mins:02d}"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
+    # Publishing formats "now" for every event: the whole-second part only
+    # changes once a second, so it is formatted once per second.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _fraction(nanos: int) -> str:

@@ -9,6 +9,8 @@ Each module has one job:
 - ``convert``: proto messages <-> library values.
 - ``status``: the one table of windshift errors -> gRPC status codes.
 - ``interceptor``: per call a server span, one log line, safe decoding, admission.
+- ``auth``: the tokens file: tokens (as digests), names, permissions and their patterns.
+- ``guard``: which permission each RPC needs, checked per call and per Events message.
 - ``admission``: counts calls and refuses new ones while the server drains.
 - ``health``: ``/healthz``, ``/readyz`` and the gRPC health service.
 - ``server``: the grpc.aio server, embedded NATS, graceful stop.

@@ -5,9 +5,14 @@ Example:
 
         windshift-grpc serve
 
-    or against a NATS server::
+    or against a NATS server, with API tokens::
 
-        NATS_URL=nats://127.0.0.1:4222 GRPC_PORT=9090 windshift-grpc serve
+        NATS_URL=nats://127.0.0.1:4222 WINDSHIFT_AUTH_FILE=tokens.json windshift-grpc serve
+
+    Make an API token (and the hashed form for the tokens file)::
+
+        windshift-grpc token
+        windshift-grpc token --hash < token.txt
 
 Exit codes: 0 after a graceful stop, 1 when the server could not start
 (NATS unreachable, port taken), 2 for bad usage or settings.
@@ -17,18 +22,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import textwrap
 from collections.abc import Sequence
 
 from windshift_grpc import logs
+from windshift_grpc.auth import MIN_TOKEN_LENGTH, Tokens, hashed
 from windshift_grpc.settings import Settings, SettingsError, describe
 
 _DESCRIPTION = "The Windshift gRPC API (windshift.events.v1alpha1.EventsService) on NATS JetStream."
 _SERVE_DESCRIPTION = (
     "Serve the gRPC API, the gRPC health and reflection services and the HTTP probes "
-    "/healthz and /readyz until SIGTERM or SIGINT. Configured by the environment "
-    "variables below."
+    "/healthz and /readyz until SIGTERM or SIGINT (SIGHUP reloads the tokens file). "
+    "Configured by the environment variables below. Authentication: with "
+    "WINDSHIFT_AUTH_FILE every API call needs a bearer token; without it the API is "
+    "open (with a loud warning) only in DEVELOPMENT or on the embedded NATS, and a "
+    "production server refuses to start unless WINDSHIFT_AUTH=none says so (or "
+    "GRPC_TLS_CLIENT_CA authenticates clients). See docs/security.md."
+)
+_TOKEN_DESCRIPTION = (
+    "Print a new random API token and, for the tokens file, its hashed form "
+    "(sha256:<hex>). With --hash: read a token from standard input and print only "
+    "its hashed form."
 )
 
 
@@ -47,25 +63,53 @@ def _parser() -> argparse.ArgumentParser:
         epilog=describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    token = commands.add_parser(
+        "token",
+        help="make an API token and its hashed form for WINDSHIFT_AUTH_FILE",
+        description=textwrap.fill(_TOKEN_DESCRIPTION, 79),
+    )
+    token.add_argument(
+        "--hash", action="store_true", help="hash the token read from standard input"
+    )
     return parser
+
+
+def _token(hash_stdin: bool) -> int:
+    if hash_stdin:
+        token = sys.stdin.read().strip()
+        if len(token) < MIN_TOKEN_LENGTH:
+            print(
+                f"windshift-grpc: a token needs {MIN_TOKEN_LENGTH} characters or more",
+                file=sys.stderr,
+            )
+            return 2
+        print(hashed(token))
+        return 0
+    token = secrets.token_urlsafe(32)
+    print(f"token:  {token}")
+    print(f"hashed: {hashed(token)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``windshift-grpc``; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args.hash)
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2
     try:
         settings = Settings.from_env()
+        tokens = None if settings.auth_file is None else Tokens.load(settings.auth_file)
     except SettingsError as exc:
         print(f"windshift-grpc: {exc}", file=sys.stderr)
         return 2
     logs.configure(development=settings.development)
     from windshift_grpc.server import serve  # after logging is set up
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, tokens=tokens))
 
 
 __all__ = ["main"]

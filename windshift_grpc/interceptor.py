@@ -144,7 +144,13 @@ class _Rpc:
         self.span.end()
         if self._admitted and self._admission is not None:
             self._admission.leave()
-        logger.log(self._level, "rpc %s %s %.1fms", self.method, self.code.name, elapsed)
+        context = self.span.get_span_context()
+        fields = {"method": self.method, "code": self.code.name, "duration_ms": round(elapsed, 1)}
+        if context.is_valid:  # the JSON log line carries the call's trace
+            fields.update(trace_id=f"{context.trace_id:032x}", span_id=f"{context.span_id:016x}")
+        logger.log(
+            self._level, "rpc %s %s %.1fms", self.method, self.code.name, elapsed, extra=fields
+        )
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -1,4 +1,22 @@
-"""Logging of ``windshift-grpc serve``: JSON lines in production, plain text in development."""
+"""Logging of ``windshift-grpc serve``: JSON lines in production, plain text in development.
+
+Every line comes from the standard :mod:`logging` module (loggers
+``windshift.*`` for the library, ``windshift_grpc.*`` for the server). In
+production each is one JSON object:
+
+.. code-block:: json
+
+    {"time": "2025-01-31T12:00:00.123+00:00", "level": "info", "logger": "windshift.streams",
+     "message": "created stream orders", "stream": "orders", "trace_id": "4bf9...",
+     "span_id": "00f0..."}
+
+``time``, ``level``, ``logger`` and ``message`` are always there; the fields a
+call site passes with ``extra=`` (``stream``, ``consumer``, ``method``,
+``code``, ``duration_ms``, ...) are added as they are; ``trace_id`` and
+``span_id`` when the line is written inside a traced call; ``exception`` with
+the traceback of an error. No call site passes event data, idempotency keys,
+tokens or passwords.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +24,42 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import trace
+
+# What every LogRecord has: anything else on a record came with ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback)."""
+    """One JSON object per line: time, level, logger, message, extra fields, trace ids."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in entry:
+                entry[key] = _plain(value)
+        if "trace_id" not in entry:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                entry["trace_id"] = f"{context.trace_id:032x}"
+                entry["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

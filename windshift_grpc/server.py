@@ -4,9 +4,15 @@ Example:
     >>> asyncio.run(serve(Settings.from_env()))
 
 What runs: the EventsService and StateService, the gRPC health service and server reflection
-on ``GRPC_PORT`` behind :class:`~windshift_grpc.interceptor.ServerInterceptor`;
-``/healthz`` and ``/readyz`` on ``HEALTH_PORT``; and, without ``NATS_URL``, an
-embedded nats-server keeping its data in ``WINDSHIFT_DATA_DIR``.
+on ``GRPC_PORT`` behind :class:`~windshift_grpc.interceptor.ServerInterceptor` and, with a
+tokens file, :class:`~windshift_grpc.guard.Guard`; ``/healthz`` and ``/readyz`` on
+``HEALTH_PORT``; and, without ``NATS_URL``, an embedded nats-server keeping its data in
+``WINDSHIFT_DATA_DIR``. With ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` the gRPC port speaks
+TLS only, and with ``GRPC_TLS_CLIENT_CA`` it requires client certificates signed by that CA.
+An API left without authentication is announced with a WARNING at start.
+
+SIGHUP reloads the tokens file (a file that no longer loads is logged and the
+tokens in use are kept).
 
 The server keeps no state of its own: every serve process on the same NATS
 serves the same streams and shares the same durable consumers.
@@ -41,10 +47,12 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as 
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.admission import Admission
+from windshift_grpc.auth import Tokens
 from windshift_grpc.events_service import EventsService
+from windshift_grpc.guard import Guard
 from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
 from windshift_grpc.interceptor import ServerInterceptor
-from windshift_grpc.settings import Settings
+from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
 logger = logging.getLogger("windshift_grpc.server")
@@ -61,12 +69,18 @@ EVENTS_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventsService"].full_na
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
     """Run the server until SIGTERM or SIGINT.
+
+    Args:
+        settings: what to serve, where.
+        tokens: the loaded ``WINDSHIFT_AUTH_FILE``; read here when not given.
 
     Returns:
         The process exit code: 0 after a graceful stop, 1 when it could not start.
     """
+    if tokens is None and settings.auth_file is not None:
+        tokens = Tokens.load(settings.auth_file)
     tracing = telemetry.configure(settings)
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -79,9 +93,10 @@ async def serve(settings: Settings) -> int:
                 servers,
                 name="windshift-grpc",
                 publish_max_pending=settings.nats_publish_async_max_pending,
+                **settings.nats_options(),
             )
             stack.push_async_callback(client.close)
-            await _run(settings, client)
+            await _run(settings, client, None if tokens is None else Guard(tokens))
     except (UnavailableError, OSError, RuntimeError) as exc:
         logger.error("windshift-grpc could not start: %s", exc)
         return 1
@@ -114,14 +129,76 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-async def _run(settings: Settings, client: windshift.Client) -> None:
+def _listen(server: grpc.aio.Server, settings: Settings) -> str:
+    """Add the gRPC port, with TLS when configured; how it is secured, for the log."""
+    address = f"[::]:{settings.grpc_port}"
+    try:
+        if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+            server.add_insecure_port(address)
+            return "plaintext"
+        client_ca = settings.grpc_tls_client_ca
+        credentials = grpc.ssl_server_credentials(
+            [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
+            root_certificates=None if client_ca is None else client_ca.read_bytes(),
+            require_client_auth=client_ca is not None,
+        )
+        server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on GRPC_PORT {settings.grpc_port}: {exc}") from None
+    return "TLS" if client_ca is None else "mutual TLS"
+
+
+def _announce_access(settings: Settings, guard: Guard | None, transport: str) -> None:
+    """Say how the API is protected; loudly when it is not."""
+    reason = settings.open_api_reason
+    if guard is not None:
+        logger.info(
+            "API calls need a bearer token: %d token(s) from %s",
+            len(guard.tokens),
+            settings.auth_file,
+        )
+    elif reason is None:
+        logger.info("API callers are authenticated by their client certificates (mutual TLS)")
+    else:
+        logger.warning(
+            "API AUTHENTICATION IS OFF (%s): anyone who reaches gRPC port %d may publish, "
+            "consume, manage streams and read and write state. Set WINDSHIFT_AUTH_FILE to "
+            "require tokens (docs/security.md)",
+            reason,
+            settings.grpc_port,
+        )
+    if guard is not None and transport == "plaintext" and not settings.development:
+        logger.warning(
+            "bearer tokens travel unencrypted: gRPC port %d has no TLS (set GRPC_TLS_CERT "
+            "and GRPC_TLS_KEY unless a TLS proxy is in front)",
+            settings.grpc_port,
+        )
+
+
+def _reload(settings: Settings, guard: Guard | None) -> None:
+    if guard is None or settings.auth_file is None:
+        logger.warning("SIGHUP received: no WINDSHIFT_AUTH_FILE to reload")
+        return
+    try:
+        tokens = Tokens.load(settings.auth_file)
+    except SettingsError as exc:
+        logger.error("SIGHUP received: keeping the tokens in use: %s", exc)
+        return
+    guard.reload(tokens)
+    logger.info("SIGHUP received: reloaded %d token(s) from %s", len(tokens), settings.auth_file)
+
+
+async def _run(settings: Settings, client: windshift.Client, guard: Guard | None) -> None:
     stopping = asyncio.Event()
     readiness = Readiness(client)
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
     admission = Admission()
+    interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(admission)]
+    if guard is not None:
+        interceptors.append(guard)  # inside: its refusals are mapped and logged
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(admission)],
+        interceptors=interceptors,
         # Refuse to start when the port is taken, rather than share it.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -133,11 +210,7 @@ async def _run(settings: Settings, client: windshift.Client) -> None:
     reflection.enable_server_reflection(
         [EVENTS_SERVICE, STATE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
     )
-    address = f"[::]:{settings.grpc_port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise RuntimeError(f"cannot listen on GRPC_PORT {settings.grpc_port}: {exc}") from None
+    transport = _listen(server, settings)
 
     http = HttpHealth(readiness, settings.health_port)
     try:
@@ -151,16 +224,21 @@ async def _run(settings: Settings, client: windshift.Client) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, signalled)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings, guard)
+    _announce_access(settings, guard, transport)
+    connected = client.nats.connected_url
     logger.info(
-        "windshift-grpc ready: gRPC on port %d, health on port %d, NATS at %s",
+        "windshift-grpc ready: gRPC on port %d (%s), health on port %d, NATS at %s",
         settings.grpc_port,
+        transport,
         settings.health_port,
-        client.nats.connected_url.netloc if client.nats.connected_url else "?",
+        # host and port only: a URL may carry a user and password
+        f"{connected.hostname}:{connected.port}" if connected else "?",
     )
     try:
         await signalled.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         readiness.shutting_down = True
         await grpc_health.stop()

@@ -13,10 +13,12 @@ Every variable, its default and meaning is listed in :data:`SETTINGS` (which
 from __future__ import annotations
 
 import os
+import ssl
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -48,18 +50,80 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "Where the embedded nats-server keeps its data (only without NATS_URL).",
     ),
     (
+        "WINDSHIFT_AUTH_FILE",
+        "(unset)",
+        "A JSON or TOML file of API tokens and their permissions (docs/security.md). "
+        "Set: every EventsService and StateService call needs the metadata "
+        "'authorization: Bearer <token>'. Unset: see WINDSHIFT_AUTH.",
+    ),
+    (
+        "WINDSHIFT_AUTH",
+        "auto",
+        "auto: require tokens when WINDSHIFT_AUTH_FILE is set; without it, serve "
+        "without authentication (with a loud warning) only in DEVELOPMENT or on the "
+        "embedded NATS (NATS_URL unset), and otherwise refuse to start unless "
+        "GRPC_TLS_CLIENT_CA authenticates the clients. none: serve without "
+        "authentication on purpose (also warned about).",
+    ),
+    (
+        "GRPC_TLS_CERT",
+        "(unset)",
+        "PEM certificate (chain) of the gRPC port; with GRPC_TLS_KEY the port speaks "
+        "TLS only. Unset: plaintext.",
+    ),
+    ("GRPC_TLS_KEY", "(unset)", "PEM private key of GRPC_TLS_CERT (not encrypted)."),
+    (
+        "GRPC_TLS_CLIENT_CA",
+        "(unset)",
+        "PEM CA certificate(s): clients must present a certificate signed by one "
+        "(mutual TLS). Needs GRPC_TLS_CERT and GRPC_TLS_KEY.",
+    ),
+    ("NATS_USER", "(unset)", "NATS user name, with NATS_PASSWORD."),
+    ("NATS_PASSWORD", "(unset)", "NATS password, with NATS_USER. Never logged."),
+    ("NATS_TOKEN", "(unset)", "NATS authentication token. Never logged."),
+    (
+        "NATS_CREDS",
+        "(unset)",
+        "NATS credentials file (.creds: user JWT and NKey seed), e.g. from nsc.",
+    ),
+    ("NATS_NKEY_SEED", "(unset)", "File holding a NATS user NKey seed (SU...)."),
+    (
+        "NATS_TLS_CA",
+        "(unset)",
+        "PEM CA certificate(s) to verify the NATS servers with (instead of the "
+        "system's). TLS is used when the server requires it or NATS_URL says tls://.",
+    ),
+    (
+        "NATS_TLS_CERT",
+        "(unset)",
+        "PEM client certificate for NATS servers that verify clients, with NATS_TLS_KEY.",
+    ),
+    ("NATS_TLS_KEY", "(unset)", "PEM private key of NATS_TLS_CERT (not encrypted)."),
+    (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "(unset)",
-        "Send traces there over OTLP (needs opentelemetry-sdk and an OTLP exporter "
-        "installed). Unset: tracing only propagates context. The other standard "
-        "OTEL_EXPORTER_OTLP_* variables apply as usual.",
+        "Send traces and metrics there over OTLP (needs opentelemetry-sdk and an OTLP "
+        "exporter installed). Unset: tracing only propagates context and metrics are not "
+        "exported. The other standard OTEL_EXPORTER_OTLP_* variables (also the "
+        "_TRACES_ and _METRICS_ ones) apply as usual.",
     ),
     (
         "OTEL_TRACES_EXPORTER",
         "otlp",
         "otlp, console (spans as JSON lines on stdout) or none.",
     ),
-    ("OTEL_SERVICE_NAME", "windshift-grpc", "service.name of the spans."),
+    # metrics (docs/observability.md)
+    (
+        "OTEL_METRICS_EXPORTER",
+        "otlp",
+        "otlp, console (metrics as JSON lines on stdout) or none.",
+    ),
+    (
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "60000",
+        "Milliseconds between two metric exports.",
+    ),
+    ("OTEL_SERVICE_NAME", "windshift-grpc", "service.name of the spans and metrics."),
     ("OTEL_SDK_DISABLED", "false", "true: never configure the OpenTelemetry SDK."),
 )
 
@@ -90,6 +154,43 @@ class Settings:
     otel_traces_exporter: str = "otlp"
     otel_service_name: str = "windshift-grpc"
     otel_sdk_disabled: bool = False
+    # metrics (docs/observability.md)
+    otel_metrics_exporter: str = "otlp"
+    otel_exporter_otlp_metrics_endpoint: str | None = None
+    otel_metric_export_interval: int = 60_000
+    auth_file: Path | None = None
+    auth: str = "auto"
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_client_ca: Path | None = None
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_token: str | None = field(default=None, repr=False)
+    nats_creds: Path | None = None
+    nats_nkey_seed: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+
+    @property
+    def production(self) -> bool:
+        """An external NATS (``NATS_URL``) and not ``DEVELOPMENT``."""
+        return self.nats_url is not None and not self.development
+
+    @property
+    def open_api_reason(self) -> str | None:
+        """Why the API runs without any authentication, or None when it has one.
+
+        Tokens (``WINDSHIFT_AUTH_FILE``) and client certificates
+        (``GRPC_TLS_CLIENT_CA``) both authenticate callers.
+        """
+        if self.auth_file is not None or self.grpc_tls_client_ca is not None:
+            return None
+        if self.auth == "none":
+            return "WINDSHIFT_AUTH=none"
+        if self.development:
+            return "DEVELOPMENT=true"
+        return "embedded NATS, NATS_URL is unset"
 
     @property
     def nats_servers(self) -> list[str]:
@@ -133,11 +234,42 @@ class Settings:
             raise SettingsError(
                 "OTEL_TRACES_EXPORTER", f"{exporter!r} is not one of otlp, console, none"
             )
+        # metrics (docs/observability.md)
+        metrics_exporter = (text("OTEL_METRICS_EXPORTER") or "otlp").lower()
+        if metrics_exporter not in ("otlp", "console", "none"):
+            raise SettingsError(
+                "OTEL_METRICS_EXPORTER", f"{metrics_exporter!r} is not one of otlp, console, none"
+            )
+        metric_interval = _integer(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000, 1, 86_400_000)
+        development = _flag(env, "DEVELOPMENT")
+        auth = (text("WINDSHIFT_AUTH") or "auto").lower()
+        if auth not in ("auto", "none"):
+            raise SettingsError("WINDSHIFT_AUTH", f"{auth!r} is not one of auto, none")
+        auth_file = _file(env, "WINDSHIFT_AUTH_FILE")
+        if auth == "none" and auth_file is not None:
+            raise SettingsError(
+                "WINDSHIFT_AUTH", "'none' contradicts WINDSHIFT_AUTH_FILE; unset one of them"
+            )
+        tls_cert, tls_key, client_ca = _server_tls(env)
+        if (
+            auth == "auto"
+            and auth_file is None
+            and client_ca is None
+            and nats_url is not None
+            and not development
+        ):
+            raise SettingsError(
+                "WINDSHIFT_AUTH_FILE",
+                "not set, and a production server (NATS_URL set, DEVELOPMENT not true) "
+                "does not serve its API to anyone: set WINDSHIFT_AUTH_FILE to a tokens file "
+                "(docs/security.md), or WINDSHIFT_AUTH=none to serve without authentication",
+            )
+        nats = _nats_credentials(env, external=nats_url is not None)
         return cls(
             nats_url=nats_url,
             grpc_port=grpc_port,
             health_port=health_port,
-            development=_flag(env, "DEVELOPMENT"),
+            development=development,
             nats_publish_async_max_pending=max_pending,
             data_dir=Path(text("WINDSHIFT_DATA_DIR") or ".windshift"),
             otel_exporter_otlp_endpoint=text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -145,7 +277,33 @@ class Settings:
             otel_traces_exporter=exporter,
             otel_service_name=text("OTEL_SERVICE_NAME") or "windshift-grpc",
             otel_sdk_disabled=_flag(env, "OTEL_SDK_DISABLED"),
+            otel_metrics_exporter=metrics_exporter,
+            otel_exporter_otlp_metrics_endpoint=text("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            or text("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otel_metric_export_interval=metric_interval,
+            auth_file=auth_file,
+            auth=auth,
+            grpc_tls_cert=tls_cert,
+            grpc_tls_key=tls_key,
+            grpc_tls_client_ca=client_ca,
+            **nats,
         )
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """The TLS context for NATS from ``NATS_TLS_*``, or None (nats-py's default)."""
+        return _nats_tls(self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+
+    def nats_options(self) -> dict[str, Any]:
+        """The credentials and TLS keywords of :func:`windshift.connect` (only those set)."""
+        options: dict[str, Any] = {
+            "user": self.nats_user,
+            "password": self.nats_password,
+            "token": self.nats_token,
+            "credentials_file": None if self.nats_creds is None else str(self.nats_creds),
+            "nkey_seed_file": None if self.nats_nkey_seed is None else str(self.nats_nkey_seed),
+            "tls": self.nats_tls(),
+        }
+        return {key: value for key, value in options.items() if value is not None}
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -159,6 +317,125 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise SettingsError(name, f"{value} is not between {low} and {high}")
     return value
+
+
+def _file(env: Mapping[str, str], name: str) -> Path | None:
+    """A setting naming a file that must exist and be readable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(name, f"{raw!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(name, f"{raw!r} cannot be read")
+    return path
+
+
+def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[Path | None, Path | None]:
+    """Two file settings that go together (a certificate and its key)."""
+    one, two = _file(env, first), _file(env, second)
+    if (one is None) != (two is None):
+        missing = second if two is None else first
+        given = first if two is None else second
+        raise SettingsError(missing, f"not set, but {given} is; the two go together")
+    return one, two
+
+
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported")
+
+
+def _server_tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
+    """``GRPC_TLS_*``: checked by loading them as the server will."""
+    cert, key = _pair(env, "GRPC_TLS_CERT", "GRPC_TLS_KEY")
+    client_ca = _file(env, "GRPC_TLS_CLIENT_CA")
+    if client_ca is not None and cert is None:
+        raise SettingsError(
+            "GRPC_TLS_CLIENT_CA", "needs GRPC_TLS_CERT and GRPC_TLS_KEY (mutual TLS is TLS)"
+        )
+    if cert is not None and key is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, key, password=_no_password)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SettingsError(
+                "GRPC_TLS_KEY",
+                f"{str(cert)!r} and {str(key)!r} are not a PEM certificate and its key ({exc})",
+            ) from None
+    if client_ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                "GRPC_TLS_CLIENT_CA", f"{str(client_ca)!r} is not a PEM certificate ({exc})"
+            ) from None
+    return cert, key, client_ca
+
+
+def _nats_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else str(ca)
+    )
+    if cert is not None and key is not None:
+        context.load_cert_chain(cert, key, password=_no_password)
+    return context
+
+
+_NATS_SECRETS = ("NATS_USER", "NATS_TOKEN", "NATS_CREDS", "NATS_NKEY_SEED")
+
+
+def _nats_credentials(env: Mapping[str, str], *, external: bool) -> dict[str, Any]:
+    """``NATS_USER`` ... ``NATS_TLS_KEY``, checked; keyword arguments of :class:`Settings`."""
+
+    def secret(name: str) -> str | None:
+        value = env.get(name)
+        return value if value else None  # secrets are taken as they are, spaces included
+
+    user, password = secret("NATS_USER"), secret("NATS_PASSWORD")
+    if (user is None) != (password is None):
+        missing = "NATS_PASSWORD" if password is None else "NATS_USER"
+        given = "NATS_USER" if password is None else "NATS_PASSWORD"
+        raise SettingsError(missing, f"not set, but {given} is; the two go together")
+    options: dict[str, Any] = {
+        "nats_user": user,
+        "nats_password": password,
+        "nats_token": secret("NATS_TOKEN"),
+        "nats_creds": _file(env, "NATS_CREDS"),
+        "nats_nkey_seed": _file(env, "NATS_NKEY_SEED"),
+        "nats_tls_ca": _file(env, "NATS_TLS_CA"),
+    }
+    options["nats_tls_cert"], options["nats_tls_key"] = _pair(env, "NATS_TLS_CERT", "NATS_TLS_KEY")
+    methods = [
+        variable
+        for variable, value in zip(
+            _NATS_SECRETS,
+            (user, options["nats_token"], options["nats_creds"], options["nats_nkey_seed"]),
+            strict=True,
+        )
+        if value is not None
+    ]
+    if len(methods) > 1:
+        raise SettingsError(
+            methods[1], f"{methods[0]} is set too; NATS takes one way of authenticating"
+        )
+    present = [
+        variable
+        for variable in (*_NATS_SECRETS, "NATS_TLS_CA", "NATS_TLS_CERT")
+        if env.get(variable, "").strip()
+    ]
+    if present and not external:
+        raise SettingsError(
+            present[0], "only applies to the NATS of NATS_URL, which is not set (embedded NATS)"
+        )
+    try:
+        _nats_tls(options["nats_tls_ca"], options["nats_tls_cert"], options["nats_tls_key"])
+    except (ssl.SSLError, ValueError) as exc:
+        name = "NATS_TLS_KEY" if options["nats_tls_cert"] is not None else "NATS_TLS_CA"
+        raise SettingsError(name, f"cannot be loaded as PEM ({exc})") from None
+    return options
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -1,4 +1,4 @@
-"""The one table: windshift errors -> gRPC status codes.
+"""The one table: windshift errors (and the façade's access errors) -> gRPC status codes.
 
 Every failure that leaves the façade goes through :func:`status_for`, so a
 client only ever sees the codes listed here (plus CANCELLED and
@@ -18,7 +18,12 @@ windshift error                       gRPC status
 ``ConfigurationConflictError``        FAILED_PRECONDITION
 ``UnavailableError``                  UNAVAILABLE
 ``EventSettledError``                 FAILED_PRECONDITION
+``auth.AuthenticationError``          UNAUTHENTICATED
+``auth.PermissionDeniedError``        PERMISSION_DENIED
 ====================================  ====================
+
+The last two are the façade's own (:mod:`windshift_grpc.auth`): no valid
+bearer token, and a token that does not grant what the call needs.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
+from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
 
 logger = logging.getLogger("windshift_grpc.status")
 
-#: windshift error class -> gRPC status code. Looked up along the class's MRO,
-#: so subclasses map like their parents.
-STATUS_CODES: Mapping[type[WindshiftError], grpc.StatusCode] = MappingProxyType(
+#: error class -> gRPC status code. Looked up along the class's MRO, so
+#: subclasses map like their parents.
+STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = MappingProxyType(
     {
         ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
         NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -53,6 +59,8 @@ STATUS_CODES: Mapping[type[WindshiftError], grpc.StatusCode] = MappingProxyType(
         ConfigurationConflictError: grpc.StatusCode.FAILED_PRECONDITION,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
         EventSettledError: grpc.StatusCode.FAILED_PRECONDITION,
+        AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+        PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     }
 )
 
@@ -75,11 +83,11 @@ def status_for(error: BaseException, method: str = "") -> tuple[grpc.StatusCode,
         error: what the servicer raised.
         method: the RPC, for the log line of an unexpected error.
     """
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code, str(error)
     if isinstance(error, WindshiftError):
-        for cls in type(error).__mro__:
-            code = STATUS_CODES.get(cls)
-            if code is not None:
-                return code, str(error)
         # A WindshiftError the table does not list (a new subclass of the
         # base class itself): the library refused the request on purpose.
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
