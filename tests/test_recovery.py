@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -73,6 +74,7 @@ async def test_no_event_lost_when_the_server_dies_mid_stream(own_server: Embedde
         published: dict[str, int] = {}
         received: set[int] = set()
         halfway = asyncio.Event()
+        progress = asyncio.Event()
 
         async def publisher() -> None:
             for i in range(total):
@@ -87,19 +89,30 @@ async def test_no_event_lost_when_the_server_dies_mid_stream(own_server: Embedde
                 async for event in events:
                     received.add(event.id)
                     await event.ack()
-                    if len(published) == total and received >= set(published.values()):
-                        return
+                    progress.set()
+
+        async def received_all() -> None:
+            # Checked on every receipt *and* once the publisher is done: the
+            # last event may well arrive before its publish call returns.
+            ids = set(published.values())
+            while not received >= ids:
+                progress.clear()
+                await progress.wait()
 
         tasks = [asyncio.create_task(publisher()), asyncio.create_task(subscriber())]
         await asyncio.wait_for(halfway.wait(), 60)
         await own_server.restart(kill=True)
         await asyncio.wait_for(tasks[0], 120)
         try:
-            await asyncio.wait_for(tasks[1], 60)  # the subscriber ends once it has all
+            await asyncio.wait_for(received_all(), 60)
         except TimeoutError:
             missing = sorted(set(published.values()) - received)
             state = await client.consumer_info("orders", consumer.id)
             raise AssertionError(f"missing {len(missing)}: {missing[:20]}; {state}") from None
+        finally:
+            tasks[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks[1]
 
         ids = list(published.values())
         assert len(set(ids)) == total, "an idempotent retry stored an event twice"
