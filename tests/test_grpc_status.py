@@ -41,7 +41,7 @@ from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
-from windshift_grpc.status import MAPPED_CODES, STATUS_CODES, status_for
+from windshift_grpc.status import MAPPED_CODES, STATUS_CODES, TooManyCallsError, status_for
 
 if TYPE_CHECKING:
     from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
@@ -60,6 +60,8 @@ TABLE = [
     # The façade's own access errors (end to end in test_auth.py).
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    # The limit on open Events calls (end to end in test_grpc_resilience.py).
+    (TooManyCallsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,12 +46,24 @@ class PublishedEvent:
     duplicate: bool = False
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_subject(subject: str) -> str:
+    # Publishers use few subjects over and over: check each once (a bad one
+    # raises, and exceptions are not cached).
+    return validate_subject(subject)
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+# Exact header sizes are counted only for events near the limit: the names of
+# the headers windshift writes take far less than this.
+_HEADER_NAMES_BOUND = 4096
 
 
 def _headers_size(headers: dict[str, str]) -> int:
@@ -85,6 +99,8 @@ class AckInbox:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
         self._ready: asyncio.Future[None] | None = None
+        self._expiries: deque[tuple[float, asyncio.Future[Msg]]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +115,28 @@ class AckInbox:
             raise
         self._prefix = prefix
         self._ready.set_result(None)
+
+    def _expire_at(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, waiter: asyncio.Future[Msg]
+    ) -> None:
+        # One timer for all publishes instead of one each: deadlines come in
+        # order (one timeout per client), so a FIFO holds them sorted.
+        expiries = self._expiries
+        while expiries and expiries[0][1].done():
+            expiries.popleft()  # answered: nothing left to expire
+        expiries.append((deadline, waiter))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        expiries, now = self._expiries, loop.time()
+        while expiries and (expiries[0][0] <= now or expiries[0][1].done()):
+            _, waiter = expiries.popleft()
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+        if expiries:
+            self._sweeper = loop.call_at(expiries[0][0], self._sweep, loop)
 
     async def _on_ack(self, msg: Msg) -> None:
         waiter = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -123,21 +161,15 @@ class AckInbox:
         token = str(next(self._tokens))
         waiter: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = waiter
-        timer = loop.call_later(timeout, _expire, waiter)
+        self._expire_at(loop, loop.time() + timeout, waiter)
         try:
             await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
             answer = await waiter
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if not answer.data and answer.headers and answer.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return answer
-
-
-def _expire(waiter: asyncio.Future[Msg]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class PublishingMixin(ClientBase):
@@ -186,7 +218,7 @@ class PublishingMixin(ClientBase):
             ConflictError: an expected last id did not match.
             UnavailableError: NATS did not acknowledge in time.
         """
-        validate_subject(subject)
+        _valid_subject(subject) if isinstance(subject, str) else validate_subject(subject)
         data_type, body = wire.encode_message(message)
         headers = {
             wire.HEADER_DATA_TYPE: data_type,
@@ -236,9 +268,13 @@ class PublishingMixin(ClientBase):
         # the server counts the headers too, and answers a message over the
         # limit by closing the whole connection (every subscription of this
         # client with it). Refuse such an event here instead.
-        size = len(body) + _headers_size(headers)
         limit = int(self._nc.max_payload or 0)
-        if limit and size > limit:
+        if (
+            limit
+            and len(body) + sum(map(len, headers.values())) + _HEADER_NAMES_BOUND > limit
+            and len(body) + _headers_size(headers) > limit
+        ):
+            size = len(body) + _headers_size(headers)
             raise ValidationError(
                 f"event on {subject!r} is larger than the NATS server accepts "
                 f"({size} bytes with its headers, at most {limit})"

@@ -43,8 +43,23 @@ _SETTER = _HeaderSetter()
 _GETTER = _HeaderGetter()
 
 
+def _tracing_off() -> bool:
+    # Until an SDK installs a provider, spans are no-ops: skip building them
+    # (attributes, context) on every event.
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def start_publish_span(subject: str, headers: MutableMapping[str, str]) -> Span:
     """Start the producer span of one publish and write its context into ``headers``."""
+    if _tracing_off():
+        # Without an SDK there is no span of our own, but a caller's context
+        # (e.g. a gRPC call's traceparent) still travels with the event.
+        current = trace.get_current_span().get_span_context()
+        if not current.is_valid:
+            return trace.INVALID_SPAN
+        carried: Span = trace.NonRecordingSpan(current)
+        _PROPAGATOR.inject(headers, context=trace.set_span_in_context(carried), setter=_SETTER)
+        return carried
     span = _TRACER.start_span(
         f"{subject} publish",
         kind=SpanKind.PRODUCER,
@@ -63,6 +78,11 @@ def start_receive_span(
     stream: str, consumer: str, subject: str, event_id: int, headers: Mapping[str, str]
 ) -> Span:
     """Start the consumer span of one received event, child of the publisher's context."""
+    if _tracing_off():
+        if HEADER_TRACE_PARENT not in headers:
+            return trace.INVALID_SPAN
+        context = _PROPAGATOR.extract(headers, getter=_GETTER)
+        return trace.NonRecordingSpan(trace.get_current_span(context).get_span_context())
     parent = (
         _PROPAGATOR.extract(headers, getter=_GETTER)
         if HEADER_TRACE_PARENT in headers

@@ -24,7 +24,7 @@ from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import events_call
-from windshift_grpc.status import status_for
+from windshift_grpc.status import TooManyCallsError, status_for
 
 Q = TypeVar("Q")
 R = TypeVar("R")
@@ -77,11 +77,17 @@ class EventsService(pb_grpc.EventsServiceServicer):
         client: the connected library client all calls go through.
         stopping: set when the server shuts down; open Events calls then end
             cleanly (status OK).
+        max_calls: how many Events calls may be open at once; a further one is
+            answered RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, client: windshift.Client, *, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, client: windshift.Client, *, stopping: asyncio.Event, max_calls: int = 1000
+    ) -> None:
         self._client = client
         self._stopping = stopping
+        self._max_calls = max_calls
+        self._open_calls = 0
 
     @mapped
     async def EnsureStream(
@@ -119,10 +125,19 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def Events(
         self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any
     ) -> AsyncGenerator[pb.EventsResponse, None]:
-        calls = events_call(self._client, request_iterator, self._stopping)
-        async with contextlib.aclosing(calls) as responses:
-            async for response in responses:
-                yield response
+        if self._open_calls >= self._max_calls:
+            raise TooManyCallsError(
+                f"this server already serves {self._open_calls} Events calls, its limit "
+                "(WINDSHIFT_MAX_EVENTS_CALLS); retry later or on another replica"
+            )
+        self._open_calls += 1
+        try:
+            calls = events_call(self._client, request_iterator, self._stopping)
+            async with contextlib.aclosing(calls) as responses:
+                async for response in responses:
+                    yield response
+        finally:
+            self._open_calls -= 1
 
 
 __all__ = ["EventsService", "mapped", "mapped_stream"]

@@ -203,7 +203,7 @@ async def _run(settings: Settings, client: windshift.Client, guard: Guard | None
         options=[("grpc.so_reuseport", 0)],
     )
     events_grpc.add_EventsServiceServicer_to_server(
-        EventsService(client, stopping=stopping), server
+        EventsService(client, stopping=stopping, max_calls=settings.max_events_calls), server
     )
     state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)

@@ -40,6 +40,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "true: human-readable DEBUG logs; false: one JSON object per log line at INFO.",
     ),
     (
+        "WINDSHIFT_MAX_EVENTS_CALLS",
+        "1000",
+        "How many Events calls may be open at once; beyond it a new one is answered "
+        "RESOURCE_EXHAUSTED.",
+    ),
+    (
         "NATS_PUBLISH_ASYNC_MAX_PENDING",
         "256",
         "How many publishes may await their JetStream acknowledgement at once.",
@@ -149,6 +155,7 @@ class Settings:
     health_port: int = 8088
     development: bool = False
     nats_publish_async_max_pending: int = 256
+    max_events_calls: int = 1000
     data_dir: Path = Path(".windshift")
     otel_exporter_otlp_endpoint: str | None = None
     otel_traces_exporter: str = "otlp"
@@ -271,6 +278,7 @@ class Settings:
             health_port=health_port,
             development=development,
             nats_publish_async_max_pending=max_pending,
+            max_events_calls=_integer(env, "WINDSHIFT_MAX_EVENTS_CALLS", 1000, 1, 1_000_000),
             data_dir=Path(text("WINDSHIFT_DATA_DIR") or ".windshift"),
             otel_exporter_otlp_endpoint=text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             or text("OTEL_EXPORTER_OTLP_ENDPOINT"),

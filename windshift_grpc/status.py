@@ -46,6 +46,11 @@ from windshift.errors import (
 )
 from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
 
+
+class TooManyCallsError(Exception):
+    """The server's limit on open Events calls is reached (WINDSHIFT_MAX_EVENTS_CALLS)."""
+
+
 logger = logging.getLogger("windshift_grpc.status")
 
 #: error class -> gRPC status code. Looked up along the class's MRO, so
@@ -61,6 +66,7 @@ STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = MappingProxyType(
         EventSettledError: grpc.StatusCode.FAILED_PRECONDITION,
         AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
         PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+        TooManyCallsError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
 
@@ -98,4 +104,4 @@ def status_for(error: BaseException, method: str = "") -> tuple[grpc.StatusCode,
     return grpc.StatusCode.UNAVAILABLE, f"the server failed to handle the request ({error!r})"
 
 
-__all__ = ["MAPPED_CODES", "STATUS_CODES", "status_for"]
+__all__ = ["MAPPED_CODES", "STATUS_CODES", "TooManyCallsError", "status_for"]
