@@ -50,10 +50,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import windshift
 from windshift import StreamPointer, wire
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc_workloads
+
 from windshift.embedded import EmbeddedNats
 
 LIBRARIES = ("windshift", "raw", "faststream")
-WORKLOADS = ("sequential", "pipelined", "consume", "latency", "memory")
+WORKLOADS = ("sequential", "pipelined", "consume", "latency", "memory", "grpc")
 SCRIPT = os.path.abspath(__file__)
 
 # How each library is driven; printed with the results and stored in the JSON.
@@ -794,6 +798,8 @@ class Bench:
                     await library.close()
             if "memory" in workloads:
                 await self.memory()
+            if "grpc" in workloads:
+                await self.grpc()
         finally:
             await self.filler.close()
             await self.admin.close()
@@ -891,6 +897,29 @@ class Bench:
                 return
             await asyncio.sleep(0.05)
         self.say(f"warning: {stream}: consumer left events unsettled or pending: {info}")
+
+    async def grpc(self) -> None:
+        """PublishEvent and Events consume + ack through a real serve process."""
+        sizes = self.sizes
+        body = make_message().SerializeToString()
+        async with grpc_workloads.serve(self.url) as target:
+            for round_ in range(sizes.repeat):
+                async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
+                    rate = await grpc_workloads.publish_events(
+                        target, subject, sizes.pipelined, body
+                    )
+                self.results.add("pipelined publish", "grpc", rate)
+                self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s")
+                async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
+                    await self.fill(subject, sizes.consume)
+                    assert self.admin is not None
+                    await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
+                    rate = await grpc_workloads.consume_events(
+                        target, stream, "bench", sizes.consume
+                    )
+                    await self.check_acked(stream)
+                self.results.add("consume + ack", "grpc", rate)
+                self.say(f"[{round_ + 1}] Events consume+ack  grpc       {rate:10,.0f} ev/s")
 
     async def memory(self) -> None:
         sizes = self.sizes
@@ -1126,6 +1155,27 @@ def table(results: Results) -> str:
     return "\n".join(out)
 
 
+def grpc_table(results: Results) -> str:
+    """The gRPC figures next to the library's, as a Markdown table (empty when not run)."""
+    lines = [
+        "| through windshift-grpc | gRPC | library | gRPC/library |",
+        "|---|--:|--:|--:|",
+    ]
+    for label, workload in (
+        ("concurrent PublishEvent (ev/s)", "pipelined publish"),
+        ("Events consume + ack (ev/s)", "consume + ack"),
+    ):
+        via_grpc = results.figure(workload, "grpc")
+        if via_grpc is None:
+            continue
+        library = results.figure(workload, "windshift")
+        lines.append(
+            f"| {label} | {fmt(via_grpc, 'ev/s')} | {fmt(library, 'ev/s')} | "
+            f"{ratio(via_grpc, library)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]]:
     """The project's targets: (what, met, detail); met is None when not measured."""
     checks: list[tuple[str, bool | None, str]] = []
@@ -1156,6 +1206,14 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
                 f"{fmt(ws, 'ms')} vs {fmt(raw, 'ms')} ms",
             )
         )
+    for workload, label in (
+        ("pipelined publish", "concurrent PublishEvent"),
+        ("consume + ack", "Events consume + ack"),
+    ):
+        via_grpc, library = figure(workload, "grpc"), figure(workload, "windshift")
+        if via_grpc is not None:
+            met = None if library is None else via_grpc / library >= 0.5
+            checks.append((f"{label}: gRPC/library >= 0.5", met, ratio(via_grpc, library)))
     growth = figure("backlog RSS growth (MB)", "windshift")
     checks.append(
         (
@@ -1336,6 +1394,10 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print()
     print(table(results := bench.results))
+    grpc_lines = grpc_table(results)
+    if grpc_lines:
+        print()
+        print(grpc_lines)
     print()
     checks = targets(results, sizes)
     for what, met, detail in checks:

@@ -1,0 +1,130 @@
+"""The gRPC figures of bench.py: PublishEvent and Events through a real ``windshift-grpc serve``.
+
+Measured in the same run, against the same nats-server, as the library, and
+reported as a ratio to the library's own figure for the same workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from google.protobuf.any_pb2 import Any
+
+from windshift.embedded import free_port
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+
+CHANNELS = 4  # a Python client saturates one channel well before the server
+WORKERS = 128  # PublishEvent calls in flight
+ACK_BATCH = 64  # ids per Ack request
+
+
+@contextlib.asynccontextmanager
+async def serve(nats_url: str) -> AsyncIterator[str]:
+    """A ``windshift-grpc serve`` subprocess on free ports; yields its target."""
+    grpc_port, health_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "GRPC_PORT": str(grpc_port),
+        "HEALTH_PORT": str(health_port),
+        "WINDSHIFT_AUTH": "none",
+        "DEVELOPMENT": "false",
+    }
+    script = Path(sys.executable).parent / "windshift-grpc"
+    process = await asyncio.create_subprocess_exec(
+        str(script),
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):  # ready once /readyz answers 200
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", health_port)
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status = await reader.readline()
+                writer.close()
+                if b" 200 " in status:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("windshift-grpc serve did not become ready")
+        yield f"127.0.0.1:{grpc_port}"
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def _data(message: bytes) -> Any:
+    data = Any()
+    data.type_url = "type.googleapis.com/google.protobuf.StringValue"
+    data.value = message
+    return data
+
+
+async def publish_events(target: str, subject: str, count: int, body: bytes) -> float:
+    """Concurrent PublishEvent calls; events per second."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    try:
+        stubs = [pb_grpc.EventsServiceStub(channel) for channel in channels]
+        request = pb.PublishEventRequest(subject=subject, data=_data(body))
+        per_worker, rest = divmod(count, WORKERS)
+
+        async def worker(index: int) -> None:
+            stub = stubs[index % CHANNELS]
+            for _ in range(per_worker + (1 if index < rest else 0)):
+                await stub.PublishEvent(request)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(WORKERS)))
+        return count / (time.perf_counter() - started)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def consume_events(target: str, stream: str, consumer: str, count: int) -> float:
+    """One Events call receiving and acking ``count`` events; events per second."""
+    requests: asyncio.Queue[pb.EventsRequest | None] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[pb.EventsRequest]:
+        while (request := await requests.get()) is not None:
+            yield request
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.EventsServiceStub(channel)
+        subscribe = pb.EventsRequest.Subscribe(
+            stream=stream, consumer=consumer, max_processing_events=256
+        )
+        await requests.put(pb.EventsRequest(subscribe=subscribe))
+        call = stub.Events(outgoing())
+        received = acked = 0
+        pending: list[int] = []
+        started = 0.0
+        async for response in call:
+            kind = response.WhichOneof("response")
+            if kind == "subscribed":
+                started = time.perf_counter()
+            elif kind == "event":
+                received += 1
+                pending.append(response.event.id)
+                if len(pending) >= ACK_BATCH or received == count:
+                    await requests.put(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=pending)))
+                    pending = []
+            elif kind == "ack_confirmation":
+                acked += len(response.ack_confirmation.ids)
+                if acked >= count:
+                    break
+        elapsed = time.perf_counter() - started
+        await requests.put(None)
+        call.cancel()
+    return count / elapsed
