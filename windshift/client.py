@@ -22,7 +22,7 @@ from windshift._jsapi import JetStreamApi
 from windshift.consumers import ConsumersMixin
 from windshift.deadletters import DeadLetterQueue
 from windshift.errors import UnavailableError, ValidationError
-from windshift.names import _describe
+from windshift.names import quote_value
 from windshift.publishing import AckInbox
 from windshift.state import StoresMixin
 from windshift.streams import StreamsMixin
@@ -263,7 +263,7 @@ def _without_secrets(url: str) -> str:
 def _credentials_file(what: str, path: str) -> None:
     """Check a file of NKey credentials before nats-py reads it (on every connect)."""
     if not isinstance(path, str) or not os.path.isfile(path):
-        raise ValidationError(f"{what} must name an existing file, got {_describe(path)}")
+        raise ValidationError(f"{what} must name an existing file, got {quote_value(path)}")
     if importlib.util.find_spec("nkeys") is None:
         raise ValidationError(f"{what} needs the nkeys package: pip install 'windshift[nkeys]'")
 
@@ -323,14 +323,14 @@ def connect(
     """
     urls = [servers] if isinstance(servers, str) else list(servers)
     if not urls or not all(isinstance(url, str) and url for url in urls):
-        raise ValidationError(f"servers must be one or more NATS URLs, got {_describe(servers)}")
+        raise ValidationError(f"servers must be one or more NATS URLs, got {quote_value(servers)}")
     if (
         isinstance(publish_max_pending, bool)
         or not isinstance(publish_max_pending, int)
         or (publish_max_pending < 1)
     ):
         raise ValidationError(
-            f"publish_max_pending must be 1 or more, got {_describe(publish_max_pending)}"
+            f"publish_max_pending must be 1 or more, got {quote_value(publish_max_pending)}"
         )
     for what, value in (
         ("request_timeout", request_timeout),
@@ -338,7 +338,7 @@ def connect(
         ("reconnect_wait", reconnect_wait),
     ):
         if not isinstance(value, timedelta) or value <= timedelta(0):
-            raise ValidationError(f"{what} must be a positive timedelta, got {_describe(value)}")
+            raise ValidationError(f"{what} must be a positive timedelta, got {quote_value(value)}")
     if (user is None) != (password is None):
         raise ValidationError("user and password go together")
     ways = [
@@ -358,7 +358,7 @@ def connect(
     if nkey_seed_file is not None:
         _credentials_file("nkey_seed_file", nkey_seed_file)
     if tls is not None and not isinstance(tls, ssl.SSLContext):
-        raise ValidationError(f"tls must be an ssl.SSLContext, got {_describe(tls)}")
+        raise ValidationError(f"tls must be an ssl.SSLContext, got {quote_value(tls)}")
     options: dict[str, Any] = {
         "name": name,
         "connect_timeout": connect_timeout.total_seconds(),

@@ -12,7 +12,7 @@ from windshift._core import ClientBase
 from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift.deadletters import METADATA_ATTEMPTS, METADATA_STREAM, DeadLetterPolicy
 from windshift.errors import NotFoundError, ValidationError
-from windshift.names import _describe, validate_name, validate_subjects
+from windshift.names import quote_value, validate_name, validate_subjects
 from windshift.pointers import StreamPointer
 from windshift.streams import DEFAULT_DEDUPLICATION_WINDOW, build_stream_config
 from windshift.wire import duration_to_nanos, nanos_to_duration
@@ -108,7 +108,7 @@ def build_consumer_config(
     if start is None:
         start = StreamPointer.end()
     if not isinstance(start, StreamPointer):
-        raise ValidationError(f"start must be a StreamPointer, got {_describe(start)}")
+        raise ValidationError(f"start must be a StreamPointer, got {quote_value(start)}")
     ack_wait = duration_to_nanos(processing_timeout, "processing_timeout")
     if ack_wait < 1_000_000:
         raise ValidationError(
@@ -120,7 +120,7 @@ def build_consumer_config(
         or max_delivery_attempts < 1
     ):
         raise ValidationError(
-            f"max_delivery_attempts must be 1 or more, got {_describe(max_delivery_attempts)}"
+            f"max_delivery_attempts must be 1 or more, got {quote_value(max_delivery_attempts)}"
         )
     metadata: dict[str, str] = {}
     if dead_letter_stream is not None:

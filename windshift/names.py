@@ -23,7 +23,8 @@ _MAX_NAME = 255
 _MAX_SUBJECT = 4096
 
 
-def _describe(value: object) -> str:
+def quote_value(value: object) -> str:
+    """``repr(value)``, cut to 80 characters: how error messages quote a bad value."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -40,14 +41,14 @@ def validate_name(kind: str, name: object) -> str:
             outside ``A-Z a-z 0-9 _ -``.
     """
     if not isinstance(name, str) or not name:
-        raise ValidationError(f"{kind} name must be a non-empty string, got {_describe(name)}")
+        raise ValidationError(f"{kind} name must be a non-empty string, got {quote_value(name)}")
     if len(name) > _MAX_NAME:
         raise ValidationError(
-            f"{kind} name {_describe(name)} is longer than {_MAX_NAME} characters"
+            f"{kind} name {quote_value(name)} is longer than {_MAX_NAME} characters"
         )
     if not _TOKEN.fullmatch(name):
         raise ValidationError(
-            f"invalid {kind} name {_describe(name)}: use only A-Z, a-z, 0-9, '_' and '-'"
+            f"invalid {kind} name {quote_value(name)}: use only A-Z, a-z, 0-9, '_' and '-'"
         )
     return name
 
@@ -60,10 +61,10 @@ def validate_subject(subject: object, *, wildcards: bool = False, what: str = "s
             outside ``A-Z a-z 0-9 _ -``, or a wildcard where none is allowed.
     """
     if not isinstance(subject, str) or not subject:
-        raise ValidationError(f"{what} must be a non-empty string, got {_describe(subject)}")
+        raise ValidationError(f"{what} must be a non-empty string, got {quote_value(subject)}")
     if len(subject) > _MAX_SUBJECT:
         raise ValidationError(
-            f"{what} {_describe(subject)} is longer than {_MAX_SUBJECT} characters"
+            f"{what} {quote_value(subject)} is longer than {_MAX_SUBJECT} characters"
         )
     tokens = subject.split(".")
     last = len(tokens) - 1
@@ -73,17 +74,17 @@ def validate_subject(subject: object, *, wildcards: bool = False, what: str = "s
         if token in ("*", ">"):
             if not wildcards:
                 raise ValidationError(
-                    f"invalid {what} {_describe(subject)}: wildcards are not allowed here"
+                    f"invalid {what} {quote_value(subject)}: wildcards are not allowed here"
                 )
             if token == ">" and index != last:
                 raise ValidationError(
-                    f"invalid {what} {_describe(subject)}: '>' may only be the last token"
+                    f"invalid {what} {quote_value(subject)}: '>' may only be the last token"
                 )
             continue
         if not token:
-            raise ValidationError(f"invalid {what} {_describe(subject)}: empty token")
+            raise ValidationError(f"invalid {what} {quote_value(subject)}: empty token")
         raise ValidationError(
-            f"invalid {what} {_describe(subject)}: token {_describe(token)} may use only "
+            f"invalid {what} {quote_value(subject)}: token {quote_value(token)} may use only "
             "A-Z, a-z, 0-9, '_' and '-'" + (" or be '*' or '>'" if wildcards else "")
         )
     return subject
@@ -97,14 +98,14 @@ def validate_subjects(
         values: list[str] = []
     elif isinstance(subjects, str):
         raise ValidationError(
-            f"{what}s must be a list of strings, got the string {_describe(subjects)}"
+            f"{what}s must be a list of strings, got the string {quote_value(subjects)}"
         )
     else:
         try:
             values = list(subjects)
         except TypeError:  # not iterable: one value where a list belongs
             raise ValidationError(
-                f"{what}s must be a list of strings, got {_describe(subjects)}"
+                f"{what}s must be a list of strings, got {quote_value(subjects)}"
             ) from None
     if required and not values:
         raise ValidationError(f"at least one {what} is required")
@@ -113,4 +114,4 @@ def validate_subjects(
     return values
 
 
-__all__ = ["validate_name", "validate_subject", "validate_subjects"]
+__all__ = ["quote_value", "validate_name", "validate_subject", "validate_subjects"]

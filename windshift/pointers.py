@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from windshift.errors import ValidationError
-from windshift.names import _describe
+from windshift.names import quote_value
 from windshift.wire import format_time
 
 PointerKind = Literal["start", "end", "time", "offset"]
@@ -44,7 +44,7 @@ class StreamPointer:
     def time(cls, moment: datetime) -> StreamPointer:
         """The first event published at or after ``moment`` (an aware datetime)."""
         if not isinstance(moment, datetime):
-            raise ValidationError(f"StreamPointer.time needs a datetime, got {_describe(moment)}")
+            raise ValidationError(f"StreamPointer.time needs a datetime, got {quote_value(moment)}")
         format_time(moment)  # refuses naive datetimes with a clear message
         return cls("time", at_time=moment)
 
@@ -53,7 +53,7 @@ class StreamPointer:
         """The event with this id (stream sequence) and everything after it."""
         if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 1:
             raise ValidationError(
-                f"StreamPointer.offset needs an event id of 1 or more, got {_describe(event_id)}"
+                f"StreamPointer.offset needs an event id of 1 or more, got {quote_value(event_id)}"
             )
         return cls("offset", at_id=event_id)
 

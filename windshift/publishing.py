@@ -27,7 +27,7 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
-from windshift.names import _describe, validate_subject
+from windshift.names import quote_value, validate_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ def _check_expected(value: int | None, what: str) -> None:
         isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64
     ):
         raise ValidationError(
-            f"{what} must be 0 or a positive event id below 2**64, got {_describe(value)}"
+            f"{what} must be 0 or a positive event id below 2**64, got {quote_value(value)}"
         )
 
 
@@ -227,17 +227,17 @@ class PublishingMixin(ClientBase):
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key.strip():
                 raise ValidationError(
-                    f"idempotency_key must be a non-empty string, got {_describe(idempotency_key)}"
+                    f"idempotency_key must be a non-empty string, got {quote_value(idempotency_key)}"
                 )
             if any(c in idempotency_key for c in "\r\n"):
                 raise ValidationError(
-                    f"idempotency_key must not contain line breaks, got {_describe(idempotency_key)}"
+                    f"idempotency_key must not contain line breaks, got {quote_value(idempotency_key)}"
                 )
             if not _encodable(idempotency_key):
                 # lone surrogates (e.g. undecodable bytes smuggled into a str)
                 # cannot go into a NATS header
                 raise ValidationError(
-                    f"idempotency_key must be valid Unicode text, got {_describe(idempotency_key)}"
+                    f"idempotency_key must be valid Unicode text, got {quote_value(idempotency_key)}"
                 )
             headers[wire.HEADER_MSG_ID] = idempotency_key
         _check_expected(expected_last_id, "expected_last_id")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from windshift._core import ClientBase
 from windshift._jsapi import STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift.errors import ConfigurationConflictError, NotFoundError, ValidationError
-from windshift.names import _describe, validate_name, validate_subjects
+from windshift.names import quote_value, validate_name, validate_subjects
 from windshift.pointers import StreamPointer
 from windshift.wire import duration_to_nanos, nanos_to_duration, parse_time
 
@@ -46,7 +46,7 @@ class StreamSource:
         filters = validate_subjects(self.filter_subjects, what="filter subject")
         if self.start is not None and not isinstance(self.start, StreamPointer):
             raise ValidationError(
-                f"source start must be a StreamPointer, got {_describe(self.start)}"
+                f"source start must be a StreamPointer, got {quote_value(self.start)}"
             )
         config: dict[str, Any] = {"name": self.name}
         if self.start is not None:
@@ -118,7 +118,9 @@ def _optional_limit(value: int | None, what: str) -> int:
     if value is None:
         return -1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{what} must be a whole number of 1 or more, got {_describe(value)}")
+        raise ValidationError(
+            f"{what} must be a whole number of 1 or more, got {quote_value(value)}"
+        )
     return value
 
 
@@ -152,11 +154,11 @@ def build_stream_config(
             + (", ".join(chosen) if chosen else "none")
         )
     if discard not in ("old", "new"):
-        raise ValidationError(f"discard must be 'old' or 'new', got {_describe(discard)}")
+        raise ValidationError(f"discard must be 'old' or 'new', got {quote_value(discard)}")
     if storage not in ("file", "memory"):
-        raise ValidationError(f"storage must be 'file' or 'memory', got {_describe(storage)}")
+        raise ValidationError(f"storage must be 'file' or 'memory', got {quote_value(storage)}")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
-        raise ValidationError(f"replicas must be between 1 and 5, got {_describe(replicas)}")
+        raise ValidationError(f"replicas must be between 1 and 5, got {quote_value(replicas)}")
     if discard_new_per_subject and max_events_per_subject is None:
         raise ValidationError("discard_new_per_subject needs max_events_per_subject to be set")
     if discard_new_per_subject and discard != "new":
@@ -182,7 +184,7 @@ def build_stream_config(
         config["subjects"] = validate_subjects(subjects, what="stream subject")
     elif mirror:
         if not isinstance(mirror, StreamSource):
-            raise ValidationError(f"mirror must be a StreamSource, got {_describe(mirror)}")
+            raise ValidationError(f"mirror must be a StreamSource, got {quote_value(mirror)}")
         config["mirror"] = mirror.to_config()
     else:
         assert sources is not None
@@ -190,12 +192,12 @@ def build_stream_config(
             raise ValidationError("sources must be a list of StreamSource, got a single one")
         if not isinstance(sources, Sequence) or isinstance(sources, str | bytes):
             raise ValidationError(
-                f"sources must be a list of StreamSource, got {_describe(sources)}"
+                f"sources must be a list of StreamSource, got {quote_value(sources)}"
             )
         for source in sources:
             if not isinstance(source, StreamSource):
                 raise ValidationError(
-                    f"sources must hold StreamSource values, got {_describe(source)}"
+                    f"sources must hold StreamSource values, got {quote_value(source)}"
                 )
         config["sources"] = [source.to_config() for source in sources]
     return config

@@ -36,7 +36,7 @@ from windshift.deadletters import DeadLetterPolicy
 from windshift.errors import NotFoundError, ValidationError, WindshiftError
 from windshift.events import Event
 from windshift.metrics import SubscriptionMetrics
-from windshift.names import _describe, validate_name
+from windshift.names import quote_value, validate_name
 from windshift.wire import HEADER_DATA_TYPE
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Subscription:
         ):
             raise ValidationError(
                 f"max_pending_events must be between 1 and {MAX_PENDING_EVENTS_LIMIT}, "
-                f"got {_describe(max_pending_events)}"
+                f"got {quote_value(max_pending_events)}"
             )
         self.nc = nc
         self._api = api

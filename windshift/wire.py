@@ -28,7 +28,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
 from windshift.errors import ValidationError
-from windshift.names import _describe
+from windshift.names import quote_value
 
 HEADER_DATA_TYPE = "WS-Data-Type"
 HEADER_PUBLISHED_TIME = "WS-Published-Time"
@@ -102,7 +102,7 @@ def format_time(moment: datetime | None = None) -> str:
         seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
         return _second_text(seconds) + _fraction(nanos) + "Z"
     if not isinstance(moment, datetime):
-        raise ValidationError(f"timestamp must be a datetime, got {_describe(moment)}")
+        raise ValidationError(f"timestamp must be a datetime, got {quote_value(moment)}")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationError(
             f"timestamp {moment.isoformat()!r} has no time zone; pass an aware datetime"
@@ -166,7 +166,7 @@ def duration_to_nanos(value: timedelta, what: str) -> int:
         ValidationError: not a timedelta, or negative.
     """
     if not isinstance(value, timedelta):
-        raise ValidationError(f"{what} must be a timedelta, got {_describe(value)}")
+        raise ValidationError(f"{what} must be a timedelta, got {quote_value(value)}")
     if value < timedelta(0):
         raise ValidationError(f"{what} must not be negative, got {value}")
     return (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1000
