@@ -12,6 +12,7 @@ Each module has one job:
 - ``auth``: the tokens file: tokens (as digests), names, permissions and their patterns.
 - ``guard``: which permission each RPC needs, checked per call and per Events message.
 - ``admission``: counts calls and refuses new ones while the server drains.
+- ``refusal``: refusing a streaming call so that grpcio clients see its status.
 - ``health``: ``/healthz``, ``/readyz`` and the gRPC health service.
 - ``server``: the grpc.aio server, embedded NATS, graceful stop.
 - ``settings``, ``cli``, ``logs``, ``telemetry``: configuration and process set-up.

@@ -24,6 +24,7 @@ from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import events_call
+from windshift_grpc.refusal import RequestStream
 from windshift_grpc.status import TooManyCallsError, status_for
 
 Q = TypeVar("Q")
@@ -51,20 +52,22 @@ def mapped(
 
 
 def mapped_stream(
-    method: Callable[[S, Q, Any], AsyncGenerator[R, None]],
-) -> Callable[[S, Q, Any], AsyncGenerator[R, None]]:
-    """Answer whatever a response-streaming RPC raises with the status of the one table."""
+    method: Callable[[S, AsyncIterator[Q], Any], AsyncGenerator[R, None]],
+) -> Callable[[S, AsyncIterator[Q], Any], AsyncGenerator[R, None]]:
+    """Answer whatever a bidirectional RPC raises with the status of the one table."""
 
     @functools.wraps(method)
-    async def wrapper(self: S, request: Q, context: Any) -> AsyncGenerator[R, None]:
+    async def wrapper(self: S, request: AsyncIterator[Q], context: Any) -> AsyncGenerator[R, None]:
+        requests = RequestStream(request)
         try:
-            async with contextlib.aclosing(method(self, request, context)) as responses:
+            async with contextlib.aclosing(method(self, requests, context)) as responses:
                 async for response in responses:
                     yield response
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             code, message = status_for(exc, method.__name__)
+            await requests.read_first()  # see windshift_grpc.refusal
             await context.abort(code, message)
 
     return wrapper

@@ -33,6 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from windshift import ValidationError
 from windshift_grpc.admission import REFUSAL, Admission
+from windshift_grpc.refusal import RequestStream
 from windshift_grpc.status import status_for
 
 logger = logging.getLogger("windshift_grpc.rpc")
@@ -115,12 +116,14 @@ class _Rpc:
         self.code = grpc.StatusCode.OK
         self._admitted = False
 
-    async def admit(self, context: Any) -> None:
+    async def admit(self, context: Any, requests: RequestStream[Any] | None = None) -> None:
         """Count the call in, or refuse it with UNAVAILABLE while the server drains."""
         if self._admission is None:
             return
         if not self._admission.enter():
             self.code = grpc.StatusCode.UNAVAILABLE
+            if requests is not None:
+                await requests.read_first()
             await context.abort(self.code, REFUSAL)
         self._admitted = True
 
@@ -249,9 +252,11 @@ def _streaming(
     async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
         rpc = _Rpc(method, metadata, admission)
         error: BaseException | None = None
+        # A refusal reads the first message first: see windshift_grpc.refusal.
+        requests = RequestStream(_checked(method, request)) if streaming else None
         try:
-            await rpc.admit(context)
-            responses = behavior(_request(method, request, streaming), context)
+            await rpc.admit(context, requests)
+            responses = behavior(request if requests is None else requests, context)
             async with contextlib.aclosing(responses):
                 async for response in responses:
                     yield response
@@ -260,6 +265,8 @@ def _streaming(
             raise
         except Exception as exc:
             error = exc
+            if requests is not None:
+                await requests.read_first()
             await rpc.fail(context, exc)
         finally:
             rpc.finish(context, error)
