@@ -14,6 +14,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 import windshift
 from windshift import StreamPointer, wire
+from windshift._acks import header_block as wire_header_block
 from windshift.embedded import EmbeddedNats
 from windshift.errors import ValidationError
 
@@ -166,3 +167,105 @@ async def test_wrong_type_unpack_is_a_clear_error(client: windshift.Client, name
         with pytest.raises(ValidationError, match=re.escape("google.protobuf.StringValue")):
             event.unpack(Int64Value)
         await event.ack()
+
+
+class _RawSubscriber:
+    """A NATS protocol client of a few lines: sees each message's bytes as the server relays them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, url: str, subject: str) -> _RawSubscriber:
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        await reader.readline()  # INFO
+        writer.write(
+            b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+            + f"SUB {subject} 1\r\nPING\r\n".encode()
+        )
+        while (await reader.readline()) != b"PONG\r\n":
+            pass
+        return cls(reader, writer)
+
+    async def header_block(self) -> bytes:
+        """The header block of the next message (skipping the server's PINGs)."""
+        while True:
+            line = await asyncio.wait_for(self._reader.readline(), 10)
+            if line == b"PING\r\n":
+                self._writer.write(b"PONG\r\n")
+                continue
+            assert line.startswith(b"HMSG "), line
+            header_size, total = (int(n) for n in line.split()[-2:])
+            message = await self._reader.readexactly(total + 2)
+            return message[:header_size]
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
+
+
+async def test_the_header_block_is_the_one_nats_py_writes(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    # windshift writes its publishes into nats-py's buffer itself (windshift._acks);
+    # the bytes must be those nats-py's own publish would have sent.
+    assert client._acks._direct, "the direct send should be on with the nats-py in use"
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    moment = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
+    raw_subscriber = await _RawSubscriber.open(nats_server.url, f"{name}.>")
+    raw = await nats.connect(nats_server.url)
+    try:
+        for key in ("key-1", "  spaced key  ", "ünïcode-kéy"):
+            await client.publish(
+                f"{name}.a", StringValue(value="x"), timestamp=moment, idempotency_key=key
+            )
+            ours = await raw_subscriber.header_block()
+            headers = {
+                "WS-Data-Type": "google.protobuf.StringValue",
+                "WS-Published-Time": wire.format_time(moment),
+                "Nats-Msg-Id": key,
+            }
+            await raw.publish(f"{name}.b", b"x", headers=headers)
+            theirs = await raw_subscriber.header_block()
+            assert ours == theirs
+            assert ours == wire_header_block(headers)
+    finally:
+        await raw.close()
+        await raw_subscriber.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"A": "b"},
+        {"A": " padded ", "B": "line\r\nbreak", "C": "only\nnewline", "D": "ünï"},
+    ],
+)
+def test_header_blocks_strip_values_and_turn_line_breaks_into_spaces(
+    headers: dict[str, str],
+) -> None:
+    expected = b"NATS/1.0\r\n"
+    for key, value in headers.items():
+        cleaned = value.strip().replace("\r", " ").replace("\n", " ")
+        expected += f"{key}: {cleaned}\r\n".encode()
+    assert wire_header_block(headers) == expected + b"\r\n"
+
+
+async def test_publishing_without_the_direct_send_gives_the_same_results(
+    nats_server: EmbeddedNats, name: str
+) -> None:
+    # What a nats-py without the internals windshift._acks needs would get.
+    async with windshift.connect(nats_server.url) as slow:
+        slow._acks._direct = False
+        await slow.ensure_stream(name, subjects=[f"{name}.>"], max_event_size=300)
+        first = await slow.publish(f"{name}.a", StringValue(value="x"), idempotency_key="k")
+        again = await slow.publish(f"{name}.a", StringValue(value="x"), idempotency_key="k")
+        assert (first.id, again.id, again.duplicate) == (1, 1, True)
+        with pytest.raises(ValidationError, match="size"):
+            await slow.publish(f"{name}.a", StringValue(value="x" * 500))
+        with pytest.raises(ValidationError, match="larger than the NATS server accepts"):
+            await slow.publish(f"{name}.a", StringValue(value="x" * 2_000_000))
+        assert (await slow.stream_info(name)).events == 1

@@ -17,13 +17,13 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from windshift._acks import AckInbox
 from windshift._core import ClientSettings
 from windshift._jsapi import JetStreamApi
 from windshift.consumers import ConsumersMixin
 from windshift.deadletters import DeadLetterQueue
 from windshift.errors import UnavailableError, ValidationError
 from windshift.names import quote_value
-from windshift.publishing import AckInbox
 from windshift.state import StoresMixin
 from windshift.streams import StreamsMixin
 from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription

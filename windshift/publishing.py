@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
+import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
 import nats.errors
 from google.protobuf.message import Message
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from opentelemetry.trace import Status, StatusCode
 
 from windshift import metrics, tracing, wire
+from windshift._acks import AckInbox, header_block
 from windshift._core import ClientBase
 from windshift._jsapi import WRONG_LAST_SEQUENCE, ApiError, raise_api_error
 from windshift.errors import (
@@ -61,16 +59,6 @@ def _encodable(text: str) -> bool:
     return True
 
 
-# Exact header sizes are counted only for events near the limit: the names of
-# the headers windshift writes take far less than this.
-_HEADER_NAMES_BOUND = 4096
-
-
-def _headers_size(headers: dict[str, str]) -> int:
-    # as nats-py writes them: "NATS/1.0\r\n", "name: value\r\n" each, "\r\n"
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
-
-
 def _check_expected(value: int | None, what: str) -> None:
     # Above 2**64 - 1 NATS cannot read the header and silently checks nothing.
     if value is not None and (
@@ -81,95 +69,15 @@ def _check_expected(value: int | None, what: str) -> None:
         )
 
 
+# JetStream's answer to a stored, new event, e.g. {"stream":"orders","seq":17}
+# (stream names cannot hold quotes or backslashes); anything else (a
+# duplicate, an error, a domain) goes through json.loads.
+_PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)",\s*"seq":(\d+)\}')
+
+
 # How long to wait for JetStream to say whether a stream collects a subject
 # that a publish found nobody listening on (see ``_no_responders``).
 _NO_RESPONDERS_CHECK_TIMEOUT = 1.0
-
-
-class AckInbox:
-    """Where JetStream's publish acknowledgements arrive: one subscription, a future each.
-
-    Cheaper than ``nc.request`` per publish (no ``wait_for`` task machinery):
-    a token per publish, one timer, one dict entry.
-    """
-
-    def __init__(self, nc: NATS) -> None:
-        self._nc = nc
-        self._prefix = ""
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._tokens = itertools.count(1)
-        self._ready: asyncio.Future[None] | None = None
-        self._expiries: deque[tuple[float, asyncio.Future[Msg]]] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
-
-    async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
-        prefix = self._nc.new_inbox() + "."
-        try:
-            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
-        except BaseException as exc:
-            self._ready.set_exception(exc)
-            self._ready.exception()  # retrieved: the caller sees it raised
-            self._ready = None
-            raise
-        self._prefix = prefix
-        self._ready.set_result(None)
-
-    def _expire_at(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, waiter: asyncio.Future[Msg]
-    ) -> None:
-        # One timer for all publishes instead of one each: deadlines come in
-        # order (one timeout per client), so a FIFO holds them sorted.
-        expiries = self._expiries
-        while expiries and expiries[0][1].done():
-            expiries.popleft()  # answered: nothing left to expire
-        expiries.append((deadline, waiter))
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline, self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweeper = None
-        expiries, now = self._expiries, loop.time()
-        while expiries and (expiries[0][0] <= now or expiries[0][1].done()):
-            _, waiter = expiries.popleft()
-            if not waiter.done():
-                waiter.set_exception(TimeoutError())
-        if expiries:
-            self._sweeper = loop.call_at(expiries[0][0], self._sweep, loop)
-
-    async def _on_ack(self, msg: Msg) -> None:
-        waiter = self._waiting.pop(msg.subject[len(self._prefix) :], None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(msg)
-
-    async def request(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> Msg:
-        """Publish with a reply subject of this inbox and wait for the answer.
-
-        Raises:
-            nats.errors.NoRespondersError: nobody listens on ``subject``.
-            TimeoutError: no answer within ``timeout`` seconds.
-        """
-        if not self._prefix:
-            if self._ready is None:
-                await self._start()
-            else:
-                await asyncio.shield(self._ready)
-        loop = asyncio.get_running_loop()
-        token = str(next(self._tokens))
-        waiter: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = waiter
-        self._expire_at(loop, loop.time() + timeout, waiter)
-        try:
-            await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
-            answer = await waiter
-        finally:
-            self._waiting.pop(token, None)
-        if not answer.data and answer.headers and answer.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        return answer
 
 
 class PublishingMixin(ClientBase):
@@ -263,22 +171,8 @@ class PublishingMixin(ClientBase):
         return published
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
+        _valid_subject(subject)  # again for callers other than publish (a cache hit)
         timeout = self._settings.request_timeout.total_seconds()
-        # nats-py checks only the body against the server's max_payload, but
-        # the server counts the headers too, and answers a message over the
-        # limit by closing the whole connection (every subscription of this
-        # client with it). Refuse such an event here instead.
-        limit = int(self._nc.max_payload or 0)
-        if (
-            limit
-            and len(body) + sum(map(len, headers.values())) + _HEADER_NAMES_BOUND > limit
-            and len(body) + _headers_size(headers) > limit
-        ):
-            size = len(body) + _headers_size(headers)
-            raise ValidationError(
-                f"event on {subject!r} is larger than the NATS server accepts "
-                f"({size} bytes with its headers, at most {limit})"
-            )
         async with self._publish_slots:
             try:
                 answer = await self._acks.request(subject, body, headers, timeout)
@@ -289,9 +183,10 @@ class PublishingMixin(ClientBase):
                     f"publish to {subject!r} was not acknowledged within {timeout:g}s"
                 ) from None
             except nats.errors.MaxPayloadError:
+                size = len(body) + len(header_block(headers))
                 raise ValidationError(
                     f"event on {subject!r} is larger than the NATS server accepts "
-                    f"({len(body)} bytes)"
+                    f"({size} bytes with its headers, at most {self._nc.max_payload})"
                 ) from None
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 raise UnavailableError(f"publish to {subject!r}: connection closed") from None
@@ -301,6 +196,9 @@ class PublishingMixin(ClientBase):
                     f"publish to {subject!r}: NATS is unreachable and the reconnect buffer "
                     "is full; retry with the same idempotency key"
                 ) from None
+        stored = _PLAIN_ACK.fullmatch(answer.data)
+        if stored is not None:  # the usual answer, read without the JSON parser
+            return PublishedEvent(id=int(stored[2]), stream=stored[1].decode())
         reply = json.loads(answer.data)
         error = reply.get("error")
         if error:

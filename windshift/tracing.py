@@ -9,10 +9,12 @@ headers are written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -43,9 +45,17 @@ _SETTER = _HeaderSetter()
 _GETTER = _HeaderGetter()
 
 
+# Whether the environment names a tracer provider for OpenTelemetry to load.
+_PROVIDER_IN_ENVIRONMENT = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
 def _tracing_off() -> bool:
     # Until an SDK installs a provider, spans are no-ops: skip building them
-    # (attributes, context) on every event.
+    # (attributes, context) on every event. trace.get_tracer_provider() looks
+    # the environment up on every call while none is installed (a KeyError
+    # raised and caught each time); OpenTelemetry's own global says it sooner.
+    if getattr(trace, "_TRACER_PROVIDER", trace) is None and not _PROVIDER_IN_ENVIRONMENT:
+        return True
     return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 

@@ -1,0 +1,193 @@
+"""The way out for publishes and the way back for JetStream's acknowledgements.
+
+Every publish carries a reply subject in one inbox of the client; JetStream
+answers there, and a future per publish receives the answer. That is cheaper
+than ``nc.request`` per publish (no ``wait_for`` task machinery): a token per
+publish, one timer for all of them, one dict entry.
+
+The publish itself is written straight into nats-py's outgoing buffer as one
+``HPUB`` command whose header block is encoded in one go. nats-py's
+``publish`` checks and encodes header by header in Python, which costs about
+as much as everything else windshift does per event (measured with
+``benchmarks/bench.py``, see docs/performance.md). The bytes are the same.
+This uses nats-py internals (its buffer and flusher, the same ones its
+``publish`` uses); :func:`direct_send_supported` checks once per client that
+they are there, and without them every publish goes through ``nc.publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Mapping
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+# What the direct send uses of a nats-py client (nats-py 2.x).
+_INTERNALS = (
+    "_send_command",
+    "_flush_pending",
+    "_flush_queue",
+    "_pending_data_size",
+    "_max_pending_size",
+    "stats",
+)
+
+
+def direct_send_supported(nc: NATS) -> bool:
+    """Whether ``nc`` has the nats-py internals the direct send relies on."""
+    return all(hasattr(nc, name) for name in _INTERNALS) and isinstance(
+        getattr(nc, "stats", None), dict
+    )
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block of ``headers``, byte for byte as nats-py writes it.
+
+    Values are stripped, and line breaks in them become spaces (they would
+    end the header). Names are windshift's own and taken as they are.
+    """
+    lines = "".join([f"{name}: {value.strip()}\r\n" for name, value in headers.items()])
+    if lines.count("\r") != len(headers) or lines.count("\n") != len(headers):
+        lines = "".join(
+            f"{name}: {value.strip().replace(chr(13), ' ').replace(chr(10), ' ')}\r\n"
+            for name, value in headers.items()
+        )
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+def _check_size(nc: NATS, size: int) -> None:
+    # nats-py checks only the body against the server's max_payload, but the
+    # server counts the headers too, and answers a message over the limit by
+    # closing the whole connection (every subscription of the client with
+    # it). Such a message never leaves.
+    if nc.max_payload and size > nc.max_payload:
+        raise nats.errors.MaxPayloadError
+
+
+class AckInbox:
+    """Publishes with a reply subject in one inbox, and hands each its acknowledgement."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._direct = direct_send_supported(nc)
+        self._prefix = ""
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count(1)
+        self._ready: asyncio.Future[None] | None = None
+        self._expiries: deque[tuple[float, asyncio.Future[Msg]]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        prefix = self._nc.new_inbox() + "."
+        try:
+            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            self._ready.exception()  # retrieved: the caller sees it raised
+            self._ready = None
+            raise
+        self._prefix = prefix
+        self._ready.set_result(None)
+
+    def _expire_at(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, waiter: asyncio.Future[Msg]
+    ) -> None:
+        # One timer for all publishes instead of one each: deadlines come in
+        # order (one timeout per client), so a FIFO holds them sorted.
+        expiries = self._expiries
+        while expiries and expiries[0][1].done():
+            expiries.popleft()  # answered: nothing left to expire
+        expiries.append((deadline, waiter))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        expiries, now = self._expiries, loop.time()
+        while expiries and (expiries[0][0] <= now or expiries[0][1].done()):
+            _, waiter = expiries.popleft()
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+        if expiries:
+            self._sweeper = loop.call_at(expiries[0][0], self._sweep, loop)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        waiter = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    async def _send_direct(
+        self, subject: str, reply: str, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        # The checks and bookkeeping of nats-py's publish, in its order; the
+        # subject is windshift-validated (no spaces or line breaks) and the
+        # reply is this inbox's own.
+        nc = self._nc
+        if nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        size = len(body)
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+        ):
+            raise nats.errors.OutboundBufferLimitError
+        block = header_block(headers)
+        _check_size(nc, len(block) + size)
+        command = b"%b%b%b\r\n" % (
+            f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
+            block,
+            body,
+        )
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += size
+        await nc._send_command(command)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    async def request(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> Msg:
+        """Publish with a reply subject of this inbox and wait for the answer.
+
+        ``subject`` must be a valid windshift subject (see
+        :func:`windshift.names.validate_subject`).
+
+        Raises:
+            nats.errors.NoRespondersError: nobody listens on ``subject``.
+            nats.errors.MaxPayloadError: body and headers are larger than the
+                NATS server accepts.
+            TimeoutError: no answer within ``timeout`` seconds.
+            nats.errors.Error: the other refusals of ``nc.publish``.
+        """
+        if not self._prefix:
+            if self._ready is None:
+                await self._start()
+            else:
+                await asyncio.shield(self._ready)
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        waiter: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = waiter
+        self._expire_at(loop, loop.time() + timeout, waiter)
+        try:
+            if self._direct:
+                await self._send_direct(subject, self._prefix + token, body, headers)
+            else:
+                _check_size(self._nc, len(header_block(headers)) + len(body))
+                await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+            answer = await waiter
+        finally:
+            self._waiting.pop(token, None)
+        if not answer.data and answer.headers and answer.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return answer
+
+
+__all__ = ["AckInbox", "direct_send_supported", "header_block"]
