@@ -389,13 +389,19 @@ class EventsClient:
         return response.ack_confirmation
 
     async def reject(
-        self, *ids: int, delay: float | None = None, permanently: bool | None = None
+        self,
+        *ids: int,
+        delay: float | None = None,
+        permanently: bool | None = None,
+        reason: str | None = None,
     ) -> pb.EventsResponse.RejectConfirmation:
         reject = pb.EventsRequest.Reject(ids=ids)
         if delay is not None:
             reject.delay.CopyFrom(duration(delay))
         if permanently is not None:
             reject.permanently = permanently
+        if reason is not None:
+            reject.reason = reason
         self.send(pb.EventsRequest(reject=reject))
         response = await self.answer()
         assert response.HasField("reject_confirmation"), response

@@ -390,6 +390,11 @@ class Secured:
         return [self.admin, self.limited, self.reader, self.nobody]
 
 
+def _dead(stream: str) -> str:
+    """The dead-letter stream of ``stream``; the tokens grant on it what they grant on that."""
+    return f"{stream}dead"
+
+
 @pytest.fixture(scope="module")
 async def secured(
     nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
@@ -412,15 +417,15 @@ async def secured(
                         "name": "limited",
                         "token": hashed(limited),
                         "publish": [f"{allowed}.>"],
-                        "consume": [allowed],
-                        "manage": [allowed, mirror],
+                        "consume": [allowed, _dead(allowed)],
+                        "manage": [allowed, mirror, _dead(allowed)],
                         "read_state": [allowed],
                         "write_state": [allowed],
                     },
                     {
                         "name": "reader",
                         "token": reader,
-                        "consume": [allowed],
+                        "consume": [allowed, _dead(allowed)],
                         "read_state": [allowed],
                     },
                     {"name": "nobody", "token": nobody},
@@ -492,6 +497,24 @@ UNARY: dict[str, Call] = {
     "PublishEvent": lambda ch, target, md: _events(ch).PublishEvent(
         pb.PublishEventRequest(subject=f"{target}.created", data=string_any("x")), metadata=md
     ),
+    "ListDeadLetters": lambda ch, target, md: _events(ch).ListDeadLetters(
+        pb.ListDeadLettersRequest(dead_letter_stream=_dead(target)), metadata=md
+    ),
+    "GetDeadLetter": lambda ch, target, md: _events(ch).GetDeadLetter(
+        pb.GetDeadLetterRequest(dead_letter_stream=_dead(target), id=_letter(target)),
+        metadata=md,
+    ),
+    "ReplayDeadLetter": lambda ch, target, md: _events(ch).ReplayDeadLetter(
+        pb.ReplayDeadLetterRequest(dead_letter_stream=_dead(target), id=_letter(target)),
+        metadata=md,
+    ),
+    "DeleteDeadLetter": lambda ch, target, md: _events(ch).DeleteDeadLetter(
+        pb.DeleteDeadLetterRequest(dead_letter_stream=_dead(target), id=_letter(target)),
+        metadata=md,
+    ),
+    "PurgeDeadLetters": lambda ch, target, md: _events(ch).PurgeDeadLetters(
+        pb.PurgeDeadLettersRequest(dead_letter_stream=_dead(target)), metadata=md
+    ),
     "EnsureStore": lambda ch, target, md: _state(ch).EnsureStore(
         state_pb.EnsureStoreRequest(store=target), metadata=md
     ),
@@ -515,6 +538,15 @@ async def _code(call: Awaitable[Any]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+#: dead-letter stream -> the id of the dead letter :func:`_make_dead_letter` made last.
+_LETTERS: dict[str, int] = {}
+
+
+def _letter(target: str) -> int:
+    """The dead letter the calls on ``target``'s dead-letter stream refer to."""
+    return _LETTERS.get(_dead(target), 1)
+
+
 async def _prepare(secured: Secured, channel: grpc.aio.Channel, rpc: str) -> None:
     """What the allowed call needs to succeed (made by the admin token)."""
     if rpc == "DeleteConsumer":
@@ -524,6 +556,35 @@ async def _prepare(secured: Secured, channel: grpc.aio.Channel, rpc: str) -> Non
             ),
             metadata=metadata(secured.admin),
         )
+    elif "DeadLetter" in rpc:
+        await _make_dead_letter(secured, channel, f"dead-{rpc}")
+
+
+async def _make_dead_letter(secured: Secured, channel: grpc.aio.Channel, consumer: str) -> None:
+    """An event of the allowed stream rejected permanently into its dead-letter stream."""
+    stub, admin, stream = _events(channel), metadata(secured.admin), secured.allowed
+    await stub.EnsureConsumer(
+        pb.EnsureConsumerRequest(
+            stream=stream,
+            name=consumer,
+            subjects=[f"{stream}.poison"],
+            dead_letter_stream=_dead(stream),
+        ),
+        metadata=admin,
+    )
+    event_id = await _publish(channel, f"{stream}.poison", secured.admin, "poison")
+    call = EventsClient(stub, admin)
+    try:
+        await call.subscribe(stream, consumer)
+        assert (await call.next_event()).id == event_id
+        assert list((await call.reject(event_id, permanently=True)).ids) == [event_id]
+    finally:
+        await call.cancel()
+    listed: pb.ListDeadLettersResponse = await stub.ListDeadLetters(
+        pb.ListDeadLettersRequest(dead_letter_stream=_dead(stream), limit=1000), metadata=admin
+    )
+    [letter] = [letter for letter in listed.dead_letters if letter.event_id == event_id]
+    _LETTERS[_dead(stream)] = letter.id
 
 
 @pytest.mark.parametrize("rpc", sorted(UNARY))
@@ -576,6 +637,45 @@ async def test_reading_state_is_not_writing_it(
         )
     # ... and consuming is not managing or publishing.
     for rpc in ("EnsureStream", "EnsureConsumer", "PublishEvent"):
+        assert await _code(UNARY[rpc](secured_channel, secured.allowed, reader)) == (
+            PERMISSION_DENIED
+        )
+
+
+async def test_a_dead_letter_stream_needs_manage_too(
+    secured: Secured, secured_channel: grpc.aio.Channel
+) -> None:
+    def consumer(dead_letter_stream: str) -> pb.EnsureConsumerRequest:
+        return pb.EnsureConsumerRequest(
+            stream=secured.allowed,
+            name="guarded-dead",
+            subjects=[f"{secured.allowed}.>"],
+            dead_letter_stream=dead_letter_stream,
+        )
+
+    stub = _events(secured_channel)
+    as_limited = metadata(secured.limited)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.EnsureConsumer(consumer(_dead(secured.denied)), metadata=as_limited)
+    assert denied.value.code() == PERMISSION_DENIED
+    assert denied.value.details() == (
+        f"token 'limited' may not manage stream '{_dead(secured.denied)}'"
+    )
+    assert await _code(
+        stub.EnsureConsumer(consumer(_dead(secured.allowed)), metadata=as_limited)
+    ) == (grpc.StatusCode.OK)
+
+
+async def test_reading_dead_letters_is_not_managing_them(
+    secured: Secured, secured_channel: grpc.aio.Channel
+) -> None:
+    await _make_dead_letter(secured, secured_channel, "dead-reader")
+    reader = metadata(secured.reader)  # consume on the dead-letter stream, no manage
+    for rpc in ("ListDeadLetters", "GetDeadLetter"):
+        assert await _code(UNARY[rpc](secured_channel, secured.allowed, reader)) == (
+            grpc.StatusCode.OK
+        )
+    for rpc in ("ReplayDeadLetter", "DeleteDeadLetter", "PurgeDeadLetters"):
         assert await _code(UNARY[rpc](secured_channel, secured.allowed, reader)) == (
             PERMISSION_DENIED
         )

@@ -234,3 +234,39 @@ async def test_bad_dead_letter_options(client: windshift.Client, name: str) -> N
     with pytest.raises(NotFoundError, match="ghost"):
         await client.dead_letters("ghost").list()
     assert deadletters.DeadLetterPolicy.of({}) is None
+
+
+async def test_ids_no_dead_letter_can_have_are_simply_not_there(
+    client: windshift.Client, name: str
+) -> None:
+    _, dead = await _setup(client, name)
+    queue = client.dead_letters(dead)
+    for missing in (0, 2**64 - 1):
+        with pytest.raises(NotFoundError, match=f"dead letter {missing} is not in"):
+            await queue.get(missing)
+    assert await queue.list(after_id=2**64 - 1) == []
+
+
+async def test_a_dead_letter_naming_no_valid_subject_is_not_replayed(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    # Dead letters are plain JetStream messages anyone may write; one whose
+    # subject header holds a space must not reach the NATS protocol as is.
+    _, dead = await _setup(client, name)
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().publish(
+            f"{dead}.{name}.worker.1",
+            b"",
+            headers={
+                "WS-Dead-Subject": f"{name}.a b",
+                "WS-Data-Type": "google.protobuf.StringValue",
+            },
+        )
+    finally:
+        await raw.close()
+    queue = client.dead_letters(dead)
+    with pytest.raises(ValidationError, match=f"'{name}.a b' is not a subject NATS accepts"):
+        await queue.replay(stored.seq)
+    assert [letter.id for letter in await queue.list()] == [stored.seq]
+    assert (await client.publish(f"{name}.a", StringValue(value="still connected"))).id == 1

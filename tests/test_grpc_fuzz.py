@@ -22,7 +22,7 @@ import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_fixtures import ServeProcess, http_get, serve_env, string_any
+from grpc_fixtures import EventsClient, ServeProcess, http_get, serve_env, string_any
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,6 +50,7 @@ FUZZ = settings(
 STREAM = "fuzz"  # a real stream and consumer, so that some requests get far
 CONSUMER = "fuzzer"
 STATE_STORE = "fuzzstore"
+DEAD = "fuzzdead"  # a real dead-letter stream holding a few letters
 SERVICE = "/windshift.events.v1alpha1.EventsService/"
 
 # --- building blocks ------------------------------------------------------------
@@ -184,7 +185,42 @@ def ensure_consumer_requests(draw: st.DrawFn) -> pb.EnsureConsumerRequest:
     if pointer is not None:
         getattr(request, "from").CopyFrom(pointer)
     _set_duration(request, "processing_timeout", draw(DURATION))
+    if draw(st.booleans()):
+        request.max_delivery_attempts = draw(U32)
+    if draw(st.booleans()):
+        request.dead_letter_stream = draw(st.one_of(st.just(DEAD), NEW_NAME))
     return request
+
+
+DEAD_NAME = st.one_of(st.just(DEAD), st.just(STREAM), NAME)
+LETTER_ID = st.one_of(st.integers(0, 6), U64)
+LIMIT = st.one_of(st.integers(0, 5), st.sampled_from([1000, 1001]), U32)
+DeadLetterRequest = (
+    pb.ListDeadLettersRequest
+    | pb.GetDeadLetterRequest
+    | pb.ReplayDeadLetterRequest
+    | pb.DeleteDeadLetterRequest
+    | pb.PurgeDeadLettersRequest
+)
+
+
+@st.composite
+def dead_letter_requests(draw: st.DrawFn) -> DeadLetterRequest:
+    kind = draw(st.sampled_from(["list", "list", "get", "get", "replay", "delete", "purge"]))
+    stream = draw(DEAD_NAME)
+    if kind == "list":
+        listing = pb.ListDeadLettersRequest(dead_letter_stream=stream, after_id=draw(LETTER_ID))
+        if draw(st.booleans()):
+            listing.limit = draw(LIMIT)
+        return listing
+    if kind == "purge":
+        return pb.PurgeDeadLettersRequest(dead_letter_stream=stream)
+    letter_id = draw(LETTER_ID)
+    if kind == "get":
+        return pb.GetDeadLetterRequest(dead_letter_stream=stream, id=letter_id)
+    if kind == "replay":
+        return pb.ReplayDeadLetterRequest(dead_letter_stream=stream, id=letter_id)
+    return pb.DeleteDeadLetterRequest(dead_letter_stream=stream, id=letter_id)
 
 
 @st.composite
@@ -262,7 +298,27 @@ async def fuzz_channel(fuzz_server: ServeProcess) -> AsyncIterator[grpc.aio.Chan
             await stub.PublishEvent(
                 pb.PublishEventRequest(subject=f"{STREAM}.a", data=string_any(text))
             )
+        await _dead_letters(stub, 3)
         yield channel
+
+
+async def _dead_letters(stub: Stub, count: int) -> None:
+    """Put ``count`` events of the module's stream into its dead-letter stream."""
+    consumer = pb.EnsureConsumerRequest(
+        stream=STREAM, name="fuzzdl", subjects=[f"{STREAM}.dead"], dead_letter_stream=DEAD
+    )
+    await stub.EnsureConsumer(consumer)
+    for index in range(count):
+        await stub.PublishEvent(
+            pb.PublishEventRequest(subject=f"{STREAM}.dead", data=string_any(str(index)))
+        )
+    call = EventsClient(stub)
+    try:
+        await call.subscribe(STREAM, "fuzzdl")
+        ids = [event.id for event in await call.events(count)]
+        assert list((await call.reject(*ids, permanently=True)).ids) == ids
+    finally:
+        await call.cancel()
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +394,21 @@ async def test_publish_event_answers_with_mapped_codes(
 
 
 @FUZZ
+@given(request=dead_letter_requests())
+async def test_dead_letter_rpcs_answer_with_mapped_codes(
+    fuzz_stub: Stub, request: DeadLetterRequest
+) -> None:
+    method: Any = {
+        pb.ListDeadLettersRequest: fuzz_stub.ListDeadLetters,
+        pb.GetDeadLetterRequest: fuzz_stub.GetDeadLetter,
+        pb.ReplayDeadLetterRequest: fuzz_stub.ReplayDeadLetter,
+        pb.DeleteDeadLetterRequest: fuzz_stub.DeleteDeadLetter,
+        pb.PurgeDeadLettersRequest: fuzz_stub.PurgeDeadLetters,
+    }[type(request)]
+    _check(await _code(method(request, timeout=30)), request)
+
+
+@FUZZ
 @given(requests=st.lists(events_requests(), max_size=6), opened=st.booleans())
 async def test_events_answers_with_mapped_codes(
     fuzz_server: ServeProcess, fuzz_stub: Stub, requests: list[pb.EventsRequest], opened: bool
@@ -364,7 +435,18 @@ async def _responses(call: Any) -> AsyncIterator[pb.EventsResponse]:
 @FUZZ
 @given(
     method=st.sampled_from(
-        ["EnsureStream", "EnsureConsumer", "DeleteConsumer", "PublishEvent", "Events"]
+        [
+            "EnsureStream",
+            "EnsureConsumer",
+            "DeleteConsumer",
+            "PublishEvent",
+            "Events",
+            "ListDeadLetters",
+            "GetDeadLetter",
+            "ReplayDeadLetter",
+            "DeleteDeadLetter",
+            "PurgeDeadLetters",
+        ]
     ),
     payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3),
 )
@@ -449,4 +531,4 @@ async def test_the_server_is_still_ready_and_met_no_unexpected_error(
     ]
     assert unexpected == []
     answered = [line for line in fuzz_server.lines if "windshift_grpc.rpc" in line]
-    assert len(answered) >= 6 * EXAMPLES
+    assert len(answered) >= 7 * EXAMPLES

@@ -208,6 +208,11 @@ async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Cha
         "DeleteConsumer",
         "PublishEvent",
         "Events",
+        "ListDeadLetters",
+        "GetDeadLetter",
+        "ReplayDeadLetter",
+        "DeleteDeadLetter",
+        "PurgeDeadLetters",
     ]
 
 

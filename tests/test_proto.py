@@ -4,17 +4,30 @@ The expected tables below are transcribed from the original service's
 definitions (LevelFourAB/windshift-service, proto/windshift/*/v1alpha1). They
 pin every field number, type, label, `optional` and oneof, so that an edit of
 our .proto that would break clients generated from the original fails here.
+The ``ADDED_*`` tables pin what this implementation adds (the dead-letter
+RPCs and fields): additions only, fields on the original's messages numbered
+from 100 up, and bytes that a peer built from the original reads and passes
+on unharmed.
 """
 
 from __future__ import annotations
 
 import types
 from types import ModuleType
+from typing import Any
 
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import (
+    any_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    message_factory,
+    timestamp_pb2,
+)
 from google.protobuf.message import Message
 
+from windshift_grpc import convert
 from windshift_grpc._proto import generate
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
@@ -252,6 +265,54 @@ EXPECTED_EVENTS_MESSAGES = {
     "Event",
     "Headers",
 }
+
+# Additions of this implementation: not in the original, and only added to it.
+ADDED_EVENTS_FIELDS: dict[str, FieldRow] = {
+    "EnsureConsumerRequest.max_delivery_attempts": (100, "uint32", "", "optional", "optional"),
+    "EnsureConsumerRequest.dead_letter_stream": (101, "string", "", "optional", "optional"),
+    "EventsRequest.Reject.reason": (100, "string", "", "optional", "optional"),
+    "ListDeadLettersRequest.dead_letter_stream": (1, "string", "", "optional", ""),
+    "ListDeadLettersRequest.after_id": (2, "uint64", "", "optional", ""),
+    "ListDeadLettersRequest.limit": (3, "uint32", "", "optional", "optional"),
+    "ListDeadLettersResponse.dead_letters": (1, "message", _EV + "DeadLetter", "repeated", ""),
+    "GetDeadLetterRequest.dead_letter_stream": (1, "string", "", "optional", ""),
+    "GetDeadLetterRequest.id": (2, "uint64", "", "optional", ""),
+    "GetDeadLetterResponse.dead_letter": (1, "message", _EV + "DeadLetter", "optional", ""),
+    "ReplayDeadLetterRequest.dead_letter_stream": (1, "string", "", "optional", ""),
+    "ReplayDeadLetterRequest.id": (2, "uint64", "", "optional", ""),
+    "ReplayDeadLetterResponse.id": (1, "uint64", "", "optional", ""),
+    "ReplayDeadLetterResponse.stream": (2, "string", "", "optional", ""),
+    "DeleteDeadLetterRequest.dead_letter_stream": (1, "string", "", "optional", ""),
+    "DeleteDeadLetterRequest.id": (2, "uint64", "", "optional", ""),
+    "PurgeDeadLettersRequest.dead_letter_stream": (1, "string", "", "optional", ""),
+    "PurgeDeadLettersResponse.purged": (1, "uint64", "", "optional", ""),
+    "DeadLetter.id": (1, "uint64", "", "optional", ""),
+    "DeadLetter.subject": (2, "string", "", "optional", ""),
+    "DeadLetter.stream": (3, "string", "", "optional", ""),
+    "DeadLetter.consumer": (4, "string", "", "optional", ""),
+    "DeadLetter.event_id": (5, "uint64", "", "optional", ""),
+    "DeadLetter.attempts": (6, "uint64", "", "optional", ""),
+    "DeadLetter.reason": (7, "string", "", "optional", ""),
+    "DeadLetter.dead_since": (8, "message", _TIMESTAMP, "optional", ""),
+    "DeadLetter.headers": (9, "message", _EV + "Headers", "optional", ""),
+    "DeadLetter.data": (10, "message", _ANY, "optional", ""),
+}
+ADDED_EVENTS_MESSAGES = {
+    "ListDeadLettersRequest",
+    "ListDeadLettersResponse",
+    "GetDeadLetterRequest",
+    "GetDeadLetterResponse",
+    "ReplayDeadLetterRequest",
+    "ReplayDeadLetterResponse",
+    "DeleteDeadLetterRequest",
+    "DeleteDeadLetterResponse",
+    "PurgeDeadLettersRequest",
+    "PurgeDeadLettersResponse",
+    "DeadLetter",
+}
+#: Field numbers from here up, on the original's messages, are ours.
+FIRST_ADDED_NUMBER = 100
+
 EXPECTED_STATE_MESSAGES = {
     "EnsureStoreRequest",
     "EnsureStoreResponse",
@@ -270,6 +331,13 @@ EXPECTED_EVENTS_METHODS = {
     "DeleteConsumer": ("DeleteConsumerRequest", "DeleteConsumerResponse", False, False),
     "PublishEvent": ("PublishEventRequest", "PublishEventResponse", False, False),
     "Events": ("EventsRequest", "EventsResponse", True, True),
+}
+ADDED_EVENTS_METHODS = {
+    "ListDeadLetters": ("ListDeadLettersRequest", "ListDeadLettersResponse", False, False),
+    "GetDeadLetter": ("GetDeadLetterRequest", "GetDeadLetterResponse", False, False),
+    "ReplayDeadLetter": ("ReplayDeadLetterRequest", "ReplayDeadLetterResponse", False, False),
+    "DeleteDeadLetter": ("DeleteDeadLetterRequest", "DeleteDeadLetterResponse", False, False),
+    "PurgeDeadLetters": ("PurgeDeadLettersRequest", "PurgeDeadLettersResponse", False, False),
 }
 EXPECTED_STATE_METHODS = {
     "EnsureStore": ("EnsureStoreRequest", "EnsureStoreResponse", False, False),
@@ -306,8 +374,12 @@ def _walk(
 
 
 def _field_table(module: ModuleType) -> dict[str, FieldRow]:
+    return _fields_of(_file_proto(module))
+
+
+def _fields_of(file_proto: descriptor_pb2.FileDescriptorProto) -> dict[str, FieldRow]:
     table: dict[str, FieldRow] = {}
-    for path, message in _walk(list(_file_proto(module).message_type)):
+    for path, message in _walk(list(file_proto.message_type)):
         for field in message.field:
             if field.proto3_optional:
                 kind = "optional"
@@ -383,8 +455,12 @@ def test_files_keep_the_original_names(
 def test_events_service_descriptor() -> None:
     service = events_pb2.DESCRIPTOR.services_by_name["EventsService"]
     assert service.full_name == "windshift.events.v1alpha1.EventsService"
-    assert _methods(events_pb2, "EventsService") == EXPECTED_EVENTS_METHODS
-    assert [method.name for method in service.methods] == list(EXPECTED_EVENTS_METHODS)
+    assert _methods(events_pb2, "EventsService") == EXPECTED_EVENTS_METHODS | ADDED_EVENTS_METHODS
+    # The original's methods first, in its order; ours after them.
+    assert [method.name for method in service.methods] == [
+        *EXPECTED_EVENTS_METHODS,
+        *ADDED_EVENTS_METHODS,
+    ]
 
 
 def test_state_service_descriptor() -> None:
@@ -396,9 +472,13 @@ def test_state_service_descriptor() -> None:
 
 def test_events_messages_and_fields_match_the_original() -> None:
     assert {path for path, _ in _walk(list(_file_proto(events_pb2).message_type))} == (
-        EXPECTED_EVENTS_MESSAGES
+        EXPECTED_EVENTS_MESSAGES | ADDED_EVENTS_MESSAGES
     )
-    assert _field_table(events_pb2) == EXPECTED_EVENTS_FIELDS
+    table = _field_table(events_pb2)
+    assert {key: table[key] for key in EXPECTED_EVENTS_FIELDS if key in table} == (
+        EXPECTED_EVENTS_FIELDS
+    )
+    assert table == EXPECTED_EVENTS_FIELDS | ADDED_EVENTS_FIELDS
     enums = {
         f"{path}.{enum.name}": {value.name: value.number for value in enum.value}
         for path, message in _walk(list(_file_proto(events_pb2).message_type))
@@ -406,6 +486,107 @@ def test_events_messages_and_fields_match_the_original() -> None:
     }
     assert enums == EXPECTED_EVENTS_ENUMS
     assert not _file_proto(events_pb2).enum_type
+
+
+def test_the_additions_only_add() -> None:
+    assert not ADDED_EVENTS_MESSAGES & EXPECTED_EVENTS_MESSAGES
+    assert not set(ADDED_EVENTS_METHODS) & set(EXPECTED_EVENTS_METHODS)
+    assert not set(ADDED_EVENTS_FIELDS) & set(EXPECTED_EVENTS_FIELDS)
+    for key, row in ADDED_EVENTS_FIELDS.items():
+        message = key.rpartition(".")[0]
+        if message in EXPECTED_EVENTS_MESSAGES:  # a field added to one of the original's
+            assert row[0] >= FIRST_ADDED_NUMBER, key
+        else:
+            assert message in ADDED_EVENTS_MESSAGES, key
+    # The added RPCs use added messages only, so no original message changes meaning.
+    for request, response, *_ in ADDED_EVENTS_METHODS.values():
+        assert {request, response} <= ADDED_EVENTS_MESSAGES
+
+
+def _drop_added_fields(message: descriptor_pb2.DescriptorProto) -> None:
+    """Remove fields numbered from 100 up (also of nested messages), and their `optional` oneofs."""
+    fields = [field for field in message.field if field.number < FIRST_ADDED_NUMBER]
+    used = sorted({field.oneof_index for field in fields if field.HasField("oneof_index")})
+    oneofs = [message.oneof_decl[index] for index in used]
+    for field in fields:
+        if field.HasField("oneof_index"):
+            field.oneof_index = used.index(field.oneof_index)
+    del message.field[:]
+    message.field.extend(fields)
+    del message.oneof_decl[:]
+    message.oneof_decl.extend(oneofs)
+    for nested in message.nested_type:
+        _drop_added_fields(nested)
+
+
+def _original_events_file() -> descriptor_pb2.FileDescriptorProto:
+    """Our events file with the additions taken out: the original's definition."""
+    original = _file_proto(events_pb2)
+    kept = [
+        message for message in original.message_type if message.name not in ADDED_EVENTS_MESSAGES
+    ]
+    del original.message_type[:]
+    original.message_type.extend(kept)
+    for message in original.message_type:
+        _drop_added_fields(message)
+    (service,) = original.service
+    methods = [method for method in service.method if method.name in EXPECTED_EVENTS_METHODS]
+    del service.method[:]
+    service.method.extend(methods)
+    return original
+
+
+def _original_message_class(name: str) -> type[Message]:
+    """A message class built from the original's definition, as an old peer has it."""
+    pool = descriptor_pool.DescriptorPool()
+    for well_known in (any_pb2, timestamp_pb2, duration_pb2):
+        file_proto = descriptor_pb2.FileDescriptorProto()
+        well_known.DESCRIPTOR.CopyToProto(file_proto)
+        pool.Add(file_proto)
+    pool.Add(_original_events_file())
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"windshift.events.v1alpha1.{name}")
+    )
+
+
+def test_without_the_additions_the_file_is_the_original() -> None:
+    original = _original_events_file()
+    assert _fields_of(original) == EXPECTED_EVENTS_FIELDS
+    assert {path for path, _ in _walk(list(original.message_type))} == EXPECTED_EVENTS_MESSAGES
+    assert [method.name for method in original.service[0].method] == list(EXPECTED_EVENTS_METHODS)
+
+
+def test_an_old_peer_reads_an_ensure_consumer_request_with_the_added_fields() -> None:
+    request = events_pb2.EnsureConsumerRequest(
+        stream="orders",
+        name="billing",
+        subjects=["orders.>"],
+        max_delivery_attempts=5,
+        dead_letter_stream="orders-dead",
+    )
+    getattr(request, "from").start = True
+    sent = request.SerializeToString(deterministic=True)
+
+    old_class = _original_message_class("EnsureConsumerRequest")
+    assert "dead_letter_stream" not in old_class.DESCRIPTOR.fields_by_name
+    read: Any = old_class.FromString(sent)  # a class made at run time: no typed fields
+    # The original's fields read as usual ...
+    assert (read.stream, read.name, list(read.subjects)) == ("orders", "billing", ["orders.>"])
+    assert getattr(read, "from").start
+    # ... the added ones are kept as unknown fields and passed on unchanged.
+    assert read.SerializeToString(deterministic=True) == sent
+    assert events_pb2.EnsureConsumerRequest.FromString(read.SerializeToString()) == request
+
+
+def test_an_old_client_request_leaves_the_added_fields_unset() -> None:
+    old_class = _original_message_class("EnsureConsumerRequest")
+    old = old_class(stream="orders", name="billing", subjects=["orders.>"])
+    request = events_pb2.EnsureConsumerRequest.FromString(old.SerializeToString())
+    assert not request.HasField("max_delivery_attempts")
+    assert not request.HasField("dead_letter_stream")
+    options = convert.consumer_options(request)
+    assert "max_delivery_attempts" not in options
+    assert "dead_letter_stream" not in options
 
 
 def test_state_messages_and_fields_match_the_original() -> None:
@@ -476,6 +657,14 @@ def test_full_names_in_the_descriptor_pool() -> None:
                 )
             ),
             b"\x2a\x09" + b"\x0a\x01\x01" + b"\x12\x01\x02" + b"\x1a\x01\x03",
+        ),
+        # Added EnsureConsumerRequest fields: max_delivery_attempts=100 (tag 800 = a0 06,
+        # varint), dead_letter_stream=101 (tag 810 = aa 06, length-delimited)
+        (
+            events_pb2.EnsureConsumerRequest(
+                stream="s", max_delivery_attempts=3, dead_letter_stream="d"
+            ),
+            b"\x0a\x01s" + b"\xa0\x06\x03" + b"\xaa\x06\x01d",
         ),
         # SetRequest: store=1, key=2, create_only=4, last_revision=5
         (

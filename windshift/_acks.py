@@ -126,8 +126,8 @@ class AckInbox:
         self, subject: str, reply: str, body: bytes, headers: Mapping[str, str]
     ) -> None:
         # The checks and bookkeeping of nats-py's publish, in its order; the
-        # subject is windshift-validated (no spaces or line breaks) and the
-        # reply is this inbox's own.
+        # subject has no whitespace (a subject with some takes nats-py's
+        # publish, which refuses it) and the reply is this inbox's own.
         nc = self._nc
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
@@ -156,15 +156,13 @@ class AckInbox:
     ) -> Msg:
         """Publish with a reply subject of this inbox and wait for the answer.
 
-        ``subject`` must be a valid windshift subject (see
-        :func:`windshift.names.validate_subject`).
-
         Raises:
             nats.errors.NoRespondersError: nobody listens on ``subject``.
             nats.errors.MaxPayloadError: body and headers are larger than the
                 NATS server accepts.
             TimeoutError: no answer within ``timeout`` seconds.
-            nats.errors.Error: the other refusals of ``nc.publish``.
+            nats.errors.Error: the other refusals of ``nc.publish`` (such as
+                BadSubjectError).
         """
         if not self._prefix:
             if self._ready is None:
@@ -177,7 +175,7 @@ class AckInbox:
         self._waiting[token] = waiter
         self._expire_at(loop, loop.time() + timeout, waiter)
         try:
-            if self._direct:
+            if self._direct and " " not in subject and subject.isprintable():
                 await self._send_direct(subject, self._prefix + token, body, headers)
             else:
                 _check_size(self._nc, len(header_block(headers)) + len(body))

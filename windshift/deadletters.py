@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 
-from windshift import metrics, wire
+from windshift import metrics, tracing, wire
 from windshift._jsapi import (
     MESSAGE_DELETE_FAILED,
     NO_MESSAGE_FOUND,
@@ -53,6 +54,9 @@ M = TypeVar("M", bound=Message)
 # Where a consumer keeps its dead-letter settings (JetStream consumer metadata).
 METADATA_STREAM = "windshift.dead_letter_stream"
 METADATA_ATTEMPTS = "windshift.max_delivery_attempts"
+
+# Dead letters are numbered by JetStream's stream sequence: 1 up to this.
+_LAST_ID = 2**64 - 1
 
 _CARRIED = (
     wire.HEADER_DATA_TYPE,
@@ -167,6 +171,22 @@ class DeadLetter:
     data: AnyProto
     headers: Mapping[str, str]
 
+    @property
+    def timestamp(self) -> datetime | None:
+        """When the event was published (``WS-Published-Time``); None when it carries none."""
+        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
+        if not text:
+            return None
+        try:
+            return wire.parse_time(text)
+        except ValueError:
+            return None
+
+    @property
+    def trace_context(self) -> otel_context.Context:
+        """The OpenTelemetry context of the original publish (empty when untraced)."""
+        return tracing.extract_context(self.headers)
+
     def unpack(self, message_type: type[M]) -> M:
         """Parse the data as ``message_type``.
 
@@ -223,7 +243,9 @@ class DeadLetterQueue:
         Raises:
             NotFoundError: no such dead letter (or stream).
         """
-        letter = await self._read({"seq": dead_letter_id}, f"dead letter {dead_letter_id}")
+        letter = None
+        if 1 <= dead_letter_id <= _LAST_ID:  # JetStream calls any other id a bad request
+            letter = await self._read({"seq": dead_letter_id}, f"dead letter {dead_letter_id}")
         if letter is None:
             raise NotFoundError(f"dead letter {dead_letter_id} is not in {self.name!r}")
         return letter
@@ -236,7 +258,7 @@ class DeadLetterQueue:
         """
         letters: list[DeadLetter] = []
         next_id = after_id + 1
-        while len(letters) < limit:
+        while len(letters) < limit and next_id <= _LAST_ID:
             letter = await self._read(
                 {"seq": next_id, "next_by_subj": f"{self.name}.>"}, "dead letters"
             )

@@ -171,7 +171,6 @@ class PublishingMixin(ClientBase):
         return published
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
-        _valid_subject(subject)  # again for callers other than publish (a cache hit)
         timeout = self._settings.request_timeout.total_seconds()
         async with self._publish_slots:
             try:
@@ -182,6 +181,8 @@ class PublishingMixin(ClientBase):
                 raise UnavailableError(
                     f"publish to {subject!r} was not acknowledged within {timeout:g}s"
                 ) from None
+            except nats.errors.BadSubjectError:
+                raise ValidationError(f"{subject!r} is not a subject NATS accepts") from None
             except nats.errors.MaxPayloadError:
                 size = len(body) + len(header_block(headers))
                 raise ValidationError(

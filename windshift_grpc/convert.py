@@ -18,13 +18,19 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from windshift import Event, StreamPointer, StreamSource, ValidationError
+from windshift import DeadLetter, Event, StreamPointer, StreamSource, ValidationError
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+#: Dead letters per ListDeadLetters answer when the request sets no limit.
+DEFAULT_DEAD_LETTER_PAGE = 100
+#: The largest ``limit`` a ListDeadLetters request may ask for.
+MAX_DEAD_LETTER_PAGE = 1000
 
 _DISCARD = {
     pb.EnsureStreamRequest.DISCARD_POLICY_UNSPECIFIED: "old",
@@ -169,6 +175,10 @@ def consumer_options(request: pb.EnsureConsumerRequest) -> dict[str, Any]:
         timeout = duration(request.processing_timeout, "processing_timeout")
         if timeout:  # zero means the default, as in the original service
             options["processing_timeout"] = timeout
+    if request.HasField("max_delivery_attempts"):
+        options["max_delivery_attempts"] = request.max_delivery_attempts  # 0: the library refuses
+    if request.HasField("dead_letter_stream"):
+        options["dead_letter_stream"] = request.dead_letter_stream
     return options
 
 
@@ -184,28 +194,74 @@ def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
     return options
 
 
-def event(value: Event) -> pb.Event:
-    """A delivered event as the proto the Events stream sends."""
-    headers = pb.Headers(timestamp=to_timestamp(value.timestamp))
-    key = value.idempotency_key
-    if key is not None:
-        headers.idempotency_key = key
+def dead_letter_page(request: pb.ListDeadLettersRequest) -> dict[str, Any]:
+    """The keyword arguments of ``DeadLetterQueue.list`` for a ListDeadLetters request.
+
+    Raises:
+        ValidationError: ``limit`` is above :data:`MAX_DEAD_LETTER_PAGE`.
+    """
+    limit = request.limit or DEFAULT_DEAD_LETTER_PAGE  # unset or 0: the default
+    if limit > MAX_DEAD_LETTER_PAGE:
+        raise ValidationError(f"limit must be at most {MAX_DEAD_LETTER_PAGE}, got {limit}")
+    return {"after_id": request.after_id, "limit": limit}
+
+
+def headers(
+    published: datetime | None, idempotency_key: str | None, context: otel_context.Context
+) -> pb.Headers:
+    """The Headers of an event or dead letter: its time, key and trace context."""
+    result = pb.Headers()
+    if published is not None:
+        result.timestamp.CopyFrom(to_timestamp(published))
+    if idempotency_key is not None:
+        result.idempotency_key = idempotency_key
     carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    if "traceparent" in carrier:
+        result.trace_parent = carrier["traceparent"]
+    if "tracestate" in carrier:
+        result.trace_state = carrier["tracestate"]
+    return result
+
+
+def event(value: Event) -> pb.Event:
+    """A delivered event as the proto the Events stream sends.
+
+    Its trace context is the one of the delivery's span (a child of the
+    publish) when there is one, else the publish's.
+    """
     span = value.span
     if span is not None and span.get_span_context().is_valid:
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        context = trace.set_span_in_context(span)
     else:
-        _PROPAGATOR.inject(carrier, context=value.trace_context)
-    if "traceparent" in carrier:
-        headers.trace_parent = carrier["traceparent"]
-    if "tracestate" in carrier:
-        headers.trace_state = carrier["tracestate"]
+        context = value.trace_context
     return pb.Event(
         id=value.id,
         subject=value.subject,
-        headers=headers,
+        headers=headers(value.timestamp, value.idempotency_key, context),
         data=value.data,
         delivery_attempt=value.delivery_attempt,
+    )
+
+
+def dead_letter(value: DeadLetter) -> pb.DeadLetter:
+    """A dead letter as its proto.
+
+    Its headers carry the original publish's time and trace context. The
+    idempotency key stays unset: the event's own key is not kept with a
+    dead letter (its ``Nats-Msg-Id`` is the key of the move).
+    """
+    return pb.DeadLetter(
+        id=value.id,
+        subject=value.subject,
+        stream=value.stream,
+        consumer=value.consumer,
+        event_id=value.event_id,
+        attempts=value.attempts,
+        reason=value.reason,
+        dead_since=to_timestamp(value.dead_since),
+        headers=headers(value.timestamp, None, value.trace_context),
+        data=value.data,
     )
 
 
@@ -217,9 +273,14 @@ def _enum(table: Mapping[Any, str], number: int, field: str) -> str:
 
 
 __all__ = [
+    "DEFAULT_DEAD_LETTER_PAGE",
+    "MAX_DEAD_LETTER_PAGE",
     "consumer_options",
+    "dead_letter",
+    "dead_letter_page",
     "duration",
     "event",
+    "headers",
     "pointer",
     "publish_options",
     "stream_options",

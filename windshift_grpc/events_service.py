@@ -142,5 +142,43 @@ class EventsService(pb_grpc.EventsServiceServicer):
         finally:
             self._open_calls -= 1
 
+    # Dead letters (additions of this implementation; see docs/deadletters.md).
+
+    @mapped
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Any
+    ) -> pb.ListDeadLettersResponse:
+        queue = self._client.dead_letters(request.dead_letter_stream)
+        letters = await queue.list(**convert.dead_letter_page(request))
+        return pb.ListDeadLettersResponse(dead_letters=map(convert.dead_letter, letters))
+
+    @mapped
+    async def GetDeadLetter(
+        self, request: pb.GetDeadLetterRequest, context: Any
+    ) -> pb.GetDeadLetterResponse:
+        letter = await self._client.dead_letters(request.dead_letter_stream).get(request.id)
+        return pb.GetDeadLetterResponse(dead_letter=convert.dead_letter(letter))
+
+    @mapped
+    async def ReplayDeadLetter(
+        self, request: pb.ReplayDeadLetterRequest, context: Any
+    ) -> pb.ReplayDeadLetterResponse:
+        published = await self._client.dead_letters(request.dead_letter_stream).replay(request.id)
+        return pb.ReplayDeadLetterResponse(id=published.id, stream=published.stream)
+
+    @mapped
+    async def DeleteDeadLetter(
+        self, request: pb.DeleteDeadLetterRequest, context: Any
+    ) -> pb.DeleteDeadLetterResponse:
+        await self._client.dead_letters(request.dead_letter_stream).delete(request.id)
+        return pb.DeleteDeadLetterResponse()
+
+    @mapped
+    async def PurgeDeadLetters(
+        self, request: pb.PurgeDeadLettersRequest, context: Any
+    ) -> pb.PurgeDeadLettersResponse:
+        purged = await self._client.dead_letters(request.dead_letter_stream).purge()
+        return pb.PurgeDeadLettersResponse(purged=purged)
+
 
 __all__ = ["EventsService", "mapped", "mapped_stream"]

@@ -298,7 +298,8 @@ class _Call:
         if kind == "reject":
             reject = request.reject
             if reject.permanently:
-                return self._reject(list(reject.ids), None, permanently=True)
+                reason = reject.reason if reject.HasField("reason") else None
+                return self._reject(list(reject.ids), None, permanently=True, reason=reason)
             delay = (
                 convert.duration(reject.delay, "reject.delay") if reject.HasField("delay") else None
             )
@@ -322,10 +323,15 @@ class _Call:
         )
 
     async def _reject(
-        self, ids: list[int], delay: timedelta | None, *, permanently: bool
+        self,
+        ids: list[int],
+        delay: timedelta | None,
+        *,
+        permanently: bool,
+        reason: str | None = None,
     ) -> pb.EventsResponse:
         async def reject(event: Event) -> None:
-            await event.reject(delay=delay, permanently=permanently, confirm=True)
+            await event.reject(delay=delay, permanently=permanently, reason=reason, confirm=True)
 
         done, invalid, failed = await self._settle_ids(ids, reject, True)
         return pb.EventsResponse(

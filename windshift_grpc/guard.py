@@ -17,11 +17,18 @@ RPC                                    needs
 =====================================  ========================================
 EnsureStream                           manage the stream; for a mirror or
                                        aggregate, also consume each source
-EnsureConsumer, DeleteConsumer         manage the stream
+EnsureConsumer                         manage the stream; with a
+                                       dead_letter_stream, also manage that
+                                       (it may be created)
+DeleteConsumer                         manage the stream
 PublishEvent                           publish on the subject
 Events                                 consume the stream, checked on the
                                        subscribe and again on every later
                                        message (ack, reject, ping)
+ListDeadLetters, GetDeadLetter         consume the dead-letter stream
+ReplayDeadLetter, DeleteDeadLetter,    manage the dead-letter stream (a
+PurgeDeadLetters                       replay publishes the letter again, to
+                                       its original subject)
 EnsureStore, Set, Delete               write state of the store
 Get                                    read state of the store
 =====================================  ========================================
@@ -74,12 +81,24 @@ def _ensure_stream(request: events_pb.EnsureStreamRequest) -> list[Need]:
     return needs
 
 
+def _ensure_consumer(request: events_pb.EnsureConsumerRequest) -> list[Need]:
+    needs = [(Permission.MANAGE, request.stream)]
+    if request.HasField("dead_letter_stream"):
+        needs.append((Permission.MANAGE, request.dead_letter_stream))
+    return needs
+
+
 #: The unary RPCs: method -> what a request needs. (Events is checked per message.)
 RULES: dict[str, Rule] = {
     _EVENTS + "EnsureStream": _ensure_stream,
-    _EVENTS + "EnsureConsumer": lambda r: [(Permission.MANAGE, r.stream)],
+    _EVENTS + "EnsureConsumer": _ensure_consumer,
     _EVENTS + "DeleteConsumer": lambda r: [(Permission.MANAGE, r.stream)],
     _EVENTS + "PublishEvent": lambda r: [(Permission.PUBLISH, r.subject)],
+    _EVENTS + "ListDeadLetters": lambda r: [(Permission.CONSUME, r.dead_letter_stream)],
+    _EVENTS + "GetDeadLetter": lambda r: [(Permission.CONSUME, r.dead_letter_stream)],
+    _EVENTS + "ReplayDeadLetter": lambda r: [(Permission.MANAGE, r.dead_letter_stream)],
+    _EVENTS + "DeleteDeadLetter": lambda r: [(Permission.MANAGE, r.dead_letter_stream)],
+    _EVENTS + "PurgeDeadLetters": lambda r: [(Permission.MANAGE, r.dead_letter_stream)],
     _STATE + "EnsureStore": lambda r: [(Permission.WRITE_STATE, r.store)],
     _STATE + "Get": lambda r: [(Permission.READ_STATE, r.store)],
     _STATE + "Set": lambda r: [(Permission.WRITE_STATE, r.store)],

@@ -10,6 +10,13 @@ markers and oneofs are identical, so a client generated from the original
 definition talks to this server unchanged. Only the comments are our own.
 Gaps in field numbering (StreamPointer 4, EventsRequest.Subscribe 3) are
 the original's and must stay unused.
+
+Additions: RPCs, messages and fields marked "Addition of this
+implementation" are not in the original. They only add to it, so clients
+generated from the original definition never see them, and a server
+built from the original ignores the added fields as unknown ones. Fields
+added to the original's messages are numbered from 100 up, out of the way
+of any field the original may add later.
 """
 
 from collections import abc as _abc
@@ -362,6 +369,8 @@ class EnsureConsumerRequest(_message.Message):
     SUBJECTS_FIELD_NUMBER: _builtins.int
     FROM_FIELD_NUMBER: _builtins.int
     PROCESSING_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERY_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     """Existing stream the consumer reads from."""
     name: _builtins.str
@@ -369,6 +378,18 @@ class EnsureConsumerRequest(_message.Message):
     Subscribers sharing a durable consumer share its events, and it keeps
     its position between subscriptions. Without a name the consumer is
     ephemeral.
+    """
+    max_delivery_attempts: _builtins.int
+    """Fields 100 and up: additions of this implementation (see the top of
+    this file).
+
+    Addition of this implementation. Deliver an event at most this often
+    (at least 1); no limit when unset.
+    """
+    dead_letter_stream: _builtins.str
+    """Addition of this implementation. Move events rejected permanently, or
+    out of delivery attempts, to this stream (created, collecting
+    `<name>.>`, when missing) instead of dropping them.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -387,19 +408,29 @@ class EnsureConsumerRequest(_message.Message):
         name: _builtins.str | None = ...,
         subjects: _abc.Iterable[_builtins.str] | None = ...,
         processing_timeout: _duration_pb2.Duration | None = ...,
+        max_delivery_attempts: _builtins.int | None = ...,
+        dead_letter_stream: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_from", b"_from", "_name", b"_name", "_processing_timeout", b"_processing_timeout", "from", b"from", "name", b"name", "processing_timeout", b"processing_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dead_letter_stream", b"_dead_letter_stream", "_from", b"_from", "_max_delivery_attempts", b"_max_delivery_attempts", "_name", b"_name", "_processing_timeout", b"_processing_timeout", "dead_letter_stream", b"dead_letter_stream", "from", b"from", "max_delivery_attempts", b"max_delivery_attempts", "name", b"name", "processing_timeout", b"processing_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from", b"_from", "_name", b"_name", "_processing_timeout", b"_processing_timeout", "from", b"from", "name", b"name", "processing_timeout", b"processing_timeout", "stream", b"stream", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dead_letter_stream", b"_dead_letter_stream", "_from", b"_from", "_max_delivery_attempts", b"_max_delivery_attempts", "_name", b"_name", "_processing_timeout", b"_processing_timeout", "dead_letter_stream", b"dead_letter_stream", "from", b"from", "max_delivery_attempts", b"max_delivery_attempts", "name", b"name", "processing_timeout", b"processing_timeout", "stream", b"stream", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dead_letter_stream: _TypeAlias = _typing.Literal["dead_letter_stream"]  # noqa: Y015
+    _WhichOneofArgType__dead_letter_stream: _TypeAlias = _typing.Literal["_dead_letter_stream", b"_dead_letter_stream"]  # noqa: Y015
     _WhichOneofReturnType__from: _TypeAlias = _typing.Literal["from"]  # noqa: Y015
     _WhichOneofArgType__from: _TypeAlias = _typing.Literal["_from", b"_from"]  # noqa: Y015
+    _WhichOneofReturnType__max_delivery_attempts: _TypeAlias = _typing.Literal["max_delivery_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_delivery_attempts: _TypeAlias = _typing.Literal["_max_delivery_attempts", b"_max_delivery_attempts"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     _WhichOneofReturnType__processing_timeout: _TypeAlias = _typing.Literal["processing_timeout"]  # noqa: Y015
     _WhichOneofArgType__processing_timeout: _TypeAlias = _typing.Literal["_processing_timeout", b"_processing_timeout"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dead_letter_stream) -> _WhichOneofReturnType__dead_letter_stream | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__from) -> _WhichOneofReturnType__from | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_delivery_attempts) -> _WhichOneofReturnType__max_delivery_attempts | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
     @_typing.overload
@@ -627,8 +658,14 @@ class EventsRequest(_message.Message):
         IDS_FIELD_NUMBER: _builtins.int
         PERMANENTLY_FIELD_NUMBER: _builtins.int
         DELAY_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
         permanently: _builtins.bool
         """True: never deliver these events again. Not combined with delay."""
+        reason: _builtins.str
+        """Addition of this implementation. With permanently: why, as the
+        dead letter records it when the consumer has a dead-letter stream
+        ("rejected permanently" when unset). Ignored otherwise.
+        """
         @_builtins.property
         def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
         @_builtins.property
@@ -644,19 +681,24 @@ class EventsRequest(_message.Message):
             ids: _abc.Iterable[_builtins.int] | None = ...,
             permanently: _builtins.bool | None = ...,
             delay: _duration_pb2.Duration | None = ...,
+            reason: _builtins.str | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_permanently", b"_permanently", "delay", b"delay", "permanently", b"permanently"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_permanently", b"_permanently", "_reason", b"_reason", "delay", b"delay", "permanently", b"permanently", "reason", b"reason"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_permanently", b"_permanently", "delay", b"delay", "ids", b"ids", "permanently", b"permanently"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_permanently", b"_permanently", "_reason", b"_reason", "delay", b"delay", "ids", b"ids", "permanently", b"permanently", "reason", b"reason"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__delay: _TypeAlias = _typing.Literal["delay"]  # noqa: Y015
         _WhichOneofArgType__delay: _TypeAlias = _typing.Literal["_delay", b"_delay"]  # noqa: Y015
         _WhichOneofReturnType__permanently: _TypeAlias = _typing.Literal["permanently"]  # noqa: Y015
         _WhichOneofArgType__permanently: _TypeAlias = _typing.Literal["_permanently", b"_permanently"]  # noqa: Y015
+        _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
+        _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
         @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__delay) -> _WhichOneofReturnType__delay | None: ...
         @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__permanently) -> _WhichOneofReturnType__permanently | None: ...
+        @_typing.overload
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
 
     @_typing.final
     class Ping(_message.Message):
@@ -1006,3 +1048,315 @@ class Headers(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__trace_state) -> _WhichOneofReturnType__trace_state | None: ...
 
 Global___Headers: _TypeAlias = Headers  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """Addition of this implementation. Which dead letters to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    dead_letter_stream: _builtins.str
+    """The dead-letter stream."""
+    after_id: _builtins.int
+    """Only dead letters with a higher id: 0 for the first page, the last id
+    of the previous page for the next one.
+    """
+    limit: _builtins.int
+    """Most dead letters to answer with; 100 when unset or 0, at most 1000."""
+    def __init__(
+        self,
+        *,
+        dead_letter_stream: _builtins.str = ...,
+        after_id: _builtins.int = ...,
+        limit: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "after_id", b"after_id", "dead_letter_stream", b"dead_letter_stream", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """Addition of this implementation. Reply to ListDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
+        """In id order; fewer than the limit on the last page."""
+
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class GetDeadLetterRequest(_message.Message):
+    """Addition of this implementation. Identifies one dead letter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    dead_letter_stream: _builtins.str
+    """The dead-letter stream."""
+    id: _builtins.int
+    """The dead letter's id in that stream."""
+    def __init__(
+        self,
+        *,
+        dead_letter_stream: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_stream", b"dead_letter_stream", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeadLetterRequest: _TypeAlias = GetDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class GetDeadLetterResponse(_message.Message):
+    """Addition of this implementation. Reply to GetDeadLetter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letter(self) -> Global___DeadLetter: ...
+    def __init__(
+        self,
+        *,
+        dead_letter: Global___DeadLetter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeadLetterResponse: _TypeAlias = GetDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLetterRequest(_message.Message):
+    """Addition of this implementation. Identifies the dead letter to replay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    dead_letter_stream: _builtins.str
+    """The dead-letter stream."""
+    id: _builtins.int
+    """The dead letter's id in that stream."""
+    def __init__(
+        self,
+        *,
+        dead_letter_stream: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_stream", b"dead_letter_stream", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLetterRequest: _TypeAlias = ReplayDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class ReplayDeadLetterResponse(_message.Message):
+    """Addition of this implementation. Reply to ReplayDeadLetter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Id of the new event in the stream that stored it."""
+    stream: _builtins.str
+    """The stream that stored it."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        stream: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLetterResponse: _TypeAlias = ReplayDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDeadLetterRequest(_message.Message):
+    """Addition of this implementation. Identifies the dead letter to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    dead_letter_stream: _builtins.str
+    """The dead-letter stream."""
+    id: _builtins.int
+    """The dead letter's id in that stream."""
+    def __init__(
+        self,
+        *,
+        dead_letter_stream: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_stream", b"dead_letter_stream", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterRequest: _TypeAlias = DeleteDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDeadLetterResponse(_message.Message):
+    """Addition of this implementation. Reply to DeleteDeadLetter; carries
+    nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterResponse: _TypeAlias = DeleteDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class PurgeDeadLettersRequest(_message.Message):
+    """Addition of this implementation. The dead-letter stream to empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _builtins.int
+    dead_letter_stream: _builtins.str
+    def __init__(
+        self,
+        *,
+        dead_letter_stream: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_stream", b"dead_letter_stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeDeadLettersRequest: _TypeAlias = PurgeDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class PurgeDeadLettersResponse(_message.Message):
+    """Addition of this implementation. Reply to PurgeDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGED_FIELD_NUMBER: _builtins.int
+    purged: _builtins.int
+    """How many dead letters were removed."""
+    def __init__(
+        self,
+        *,
+        purged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purged", b"purged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeDeadLettersResponse: _TypeAlias = PurgeDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """Addition of this implementation. An event a consumer gave up on, kept in
+    a dead-letter stream with where it came from and why.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DEAD_SINCE_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Id in the dead-letter stream: what Get, Replay and Delete refer to."""
+    subject: _builtins.str
+    """Subject the event was originally published on."""
+    stream: _builtins.str
+    """Stream the event came from."""
+    consumer: _builtins.str
+    """Consumer that gave up on it."""
+    event_id: _builtins.int
+    """Id of the event in the stream it came from."""
+    attempts: _builtins.int
+    """How often it had been delivered."""
+    reason: _builtins.str
+    """Why it was given up on."""
+    @_builtins.property
+    def dead_since(self) -> _timestamp_pb2.Timestamp:
+        """When it was moved to the dead-letter stream."""
+
+    @_builtins.property
+    def headers(self) -> Global___Headers:
+        """Metadata stored with the event: when it happened and its trace context."""
+
+    @_builtins.property
+    def data(self) -> _any_pb2.Any:
+        """The published message."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        subject: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        event_id: _builtins.int = ...,
+        attempts: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        dead_since: _timestamp_pb2.Timestamp | None = ...,
+        headers: Global___Headers | None = ...,
+        data: _any_pb2.Any | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dead_since", b"dead_since", "headers", b"headers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "consumer", b"consumer", "data", b"data", "dead_since", b"dead_since", "event_id", b"event_id", "headers", b"headers", "id", b"id", "reason", b"reason", "stream", b"stream", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015

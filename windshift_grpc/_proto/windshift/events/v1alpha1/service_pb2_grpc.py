@@ -61,6 +61,31 @@ class EventsServiceStub:
                 request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsRequest.SerializeToString,
                 response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/ListDeadLetters',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.GetDeadLetter = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/GetDeadLetter',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetter = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/ReplayDeadLetter',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeadLetter = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/DeleteDeadLetter',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/PurgeDeadLetters',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class EventsServiceServicer:
@@ -108,6 +133,44 @@ class EventsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Addition of this implementation. Lists the dead letters of a
+        dead-letter stream, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeadLetter(self, request, context):
+        """Addition of this implementation. Reads one dead letter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetter(self, request, context):
+        """Addition of this implementation. Publishes a dead letter again to the
+        subject it was originally published to, then removes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeadLetter(self, request, context):
+        """Addition of this implementation. Removes one dead letter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeDeadLetters(self, request, context):
+        """Addition of this implementation. Removes every dead letter of a
+        dead-letter stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +198,31 @@ def add_EventsServiceServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsRequest.FromString,
                     response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'GetDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeadLetter,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterResponse.SerializeToString,
+            ),
+            'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetter,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterResponse.SerializeToString,
+            ),
+            'DeleteDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeadLetter,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterResponse.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +362,141 @@ class EventsService:
             '/windshift.events.v1alpha1.EventsService/Events',
             windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsRequest.SerializeToString,
             windshift_dot_events_dot_v1alpha1_dot_service__pb2.EventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/ListDeadLetters',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/GetDeadLetter',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.GetDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/ReplayDeadLetter',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.ReplayDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/DeleteDeadLetter',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.DeleteDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/PurgeDeadLetters',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

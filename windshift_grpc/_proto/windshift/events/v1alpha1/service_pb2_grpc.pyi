@@ -11,6 +11,13 @@ markers and oneofs are identical, so a client generated from the original
 definition talks to this server unchanged. Only the comments are our own.
 Gaps in field numbering (StreamPointer 4, EventsRequest.Subscribe 3) are
 the original's and must stay unused.
+
+Additions: RPCs, messages and fields marked "Addition of this
+implementation" are not in the original. They only add to it, so clients
+generated from the original definition never see them, and a server
+built from the original ignores the added fields as unknown ones. Fields
+added to the original's messages are numbered from 100 up, out of the way
+of any field the original may add later.
 """
 
 from collections import abc as _abc
@@ -63,6 +70,22 @@ class EventsServiceStub:
     settles them with Ack or Reject and keeps slow ones alive with Ping,
     and each of those gets a confirmation back.
     """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListDeadLettersRequest, _service_pb2.ListDeadLettersResponse]
+    """Addition of this implementation. Lists the dead letters of a
+    dead-letter stream, oldest first, a page at a time.
+    """
+    GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetDeadLetterRequest, _service_pb2.GetDeadLetterResponse]
+    """Addition of this implementation. Reads one dead letter."""
+    ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_service_pb2.ReplayDeadLetterRequest, _service_pb2.ReplayDeadLetterResponse]
+    """Addition of this implementation. Publishes a dead letter again to the
+    subject it was originally published to, then removes it.
+    """
+    DeleteDeadLetter: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteDeadLetterRequest, _service_pb2.DeleteDeadLetterResponse]
+    """Addition of this implementation. Removes one dead letter."""
+    PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_service_pb2.PurgeDeadLettersRequest, _service_pb2.PurgeDeadLettersResponse]
+    """Addition of this implementation. Removes every dead letter of a
+    dead-letter stream.
+    """
 
 @_typing.type_check_only
 class EventsServiceAsyncStub(EventsServiceStub):
@@ -88,6 +111,22 @@ class EventsServiceAsyncStub(EventsServiceStub):
     server answers with Subscribed and then streams events; the client
     settles them with Ack or Reject and keeps slow ones alive with Ping,
     and each of those gets a confirmation back.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_service_pb2.ListDeadLettersRequest, _service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Lists the dead letters of a
+    dead-letter stream, oldest first, a page at a time.
+    """
+    GetDeadLetter: _aio.UnaryUnaryMultiCallable[_service_pb2.GetDeadLetterRequest, _service_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Reads one dead letter."""
+    ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_service_pb2.ReplayDeadLetterRequest, _service_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Publishes a dead letter again to the
+    subject it was originally published to, then removes it.
+    """
+    DeleteDeadLetter: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteDeadLetterRequest, _service_pb2.DeleteDeadLetterResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Removes one dead letter."""
+    PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_service_pb2.PurgeDeadLettersRequest, _service_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Removes every dead letter of a
+    dead-letter stream.
     """
 
 class EventsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,6 +180,52 @@ class EventsServiceServicer(metaclass=_abc_1.ABCMeta):
         server answers with Subscribed and then streams events; the client
         settles them with Ack or Reject and keeps slow ones alive with Ping,
         and each of those gets a confirmation back.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _service_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListDeadLettersResponse, _abc.Awaitable[_service_pb2.ListDeadLettersResponse]]:
+        """Addition of this implementation. Lists the dead letters of a
+        dead-letter stream, oldest first, a page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeadLetter(
+        self,
+        request: _service_pb2.GetDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.GetDeadLetterResponse, _abc.Awaitable[_service_pb2.GetDeadLetterResponse]]:
+        """Addition of this implementation. Reads one dead letter."""
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetter(
+        self,
+        request: _service_pb2.ReplayDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_service_pb2.ReplayDeadLetterResponse]]:
+        """Addition of this implementation. Publishes a dead letter again to the
+        subject it was originally published to, then removes it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDeadLetter(
+        self,
+        request: _service_pb2.DeleteDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.DeleteDeadLetterResponse, _abc.Awaitable[_service_pb2.DeleteDeadLetterResponse]]:
+        """Addition of this implementation. Removes one dead letter."""
+
+    @_abc_1.abstractmethod
+    def PurgeDeadLetters(
+        self,
+        request: _service_pb2.PurgeDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_service_pb2.PurgeDeadLettersResponse]]:
+        """Addition of this implementation. Removes every dead letter of a
+        dead-letter stream.
         """
 
 def add_EventsServiceServicer_to_server(servicer: EventsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
