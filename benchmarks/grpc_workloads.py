@@ -64,6 +64,28 @@ async def serve(nats_url: str) -> AsyncIterator[str]:
         await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def serve_noop() -> AsyncIterator[str]:
+    """The no-op server of ``grpc_noop_server.py`` in a subprocess; yields its target."""
+    port = free_port()
+    script = Path(__file__).with_name("grpc_noop_server.py")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        yield target
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 def _data(message: bytes) -> Any:
     data = Any()
     data.type_url = "type.googleapis.com/google.protobuf.StringValue"

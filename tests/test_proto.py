@@ -13,6 +13,7 @@ on unharmed.
 from __future__ import annotations
 
 import types
+from datetime import UTC, datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
 
@@ -722,3 +723,20 @@ def test_servicer_and_stub_classes_exist() -> None:
     assert callable(events_grpc.add_EventsServiceServicer_to_server)
     assert callable(state_grpc.add_StateServiceServicer_to_server)
     assert isinstance(events_grpc, types.ModuleType)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 18, 59, 59, 999999, tzinfo=timezone(-timedelta(hours=5))),
+    ],
+)
+def test_times_become_the_timestamps_protobuf_makes(moment: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment)
+    assert convert.to_timestamp(moment) == expected
+    assert convert.to_timestamp(moment).ToDatetime(tzinfo=UTC) == moment

@@ -123,7 +123,7 @@ class AckInbox:
             waiter.set_result(msg)
 
     async def _send_direct(
-        self, subject: str, reply: str, body: bytes, headers: Mapping[str, str]
+        self, subject: str, reply: str, body: bytes, headers: Mapping[str, str] | None
     ) -> None:
         # The checks and bookkeeping of nats-py's publish, in its order; the
         # subject has no whitespace (a subject with some takes nats-py's
@@ -138,13 +138,17 @@ class AckInbox:
             nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
         ):
             raise nats.errors.OutboundBufferLimitError
-        block = header_block(headers)
-        _check_size(nc, len(block) + size)
-        command = b"%b%b%b\r\n" % (
-            f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
-            block,
-            body,
-        )
+        if headers is None:
+            _check_size(nc, size)
+            command = b"%b%b\r\n" % (f"PUB {subject} {reply} {size}\r\n".encode(), body)
+        else:
+            block = header_block(headers)
+            _check_size(nc, len(block) + size)
+            command = b"%b%b%b\r\n" % (
+                f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
+                block,
+                body,
+            )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += size
         await nc._send_command(command)
@@ -152,9 +156,13 @@ class AckInbox:
             await nc._flush_pending()
 
     async def request(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+        self, subject: str, body: bytes, headers: dict[str, str] | None, timeout: float
     ) -> Msg:
         """Publish with a reply subject of this inbox and wait for the answer.
+
+        Publishes (``headers`` given) and confirmed settlements of events
+        (``headers`` None: a plain ``PUB`` to the event's reply subject) both
+        come this way.
 
         Raises:
             nats.errors.NoRespondersError: nobody listens on ``subject``.
@@ -178,7 +186,8 @@ class AckInbox:
             if self._direct and " " not in subject and subject.isprintable():
                 await self._send_direct(subject, self._prefix + token, body, headers)
             else:
-                _check_size(self._nc, len(header_block(headers)) + len(body))
+                block_size = 0 if headers is None else len(header_block(headers))
+                _check_size(self._nc, block_size + len(body))
                 await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
             answer = await waiter
         finally:

@@ -253,13 +253,15 @@ class Event:
         await subscription.release(self)
 
     async def _send(self, payload: bytes, confirm: bool) -> None:
-        nc = self._subscription.nc
+        subscription = self._subscription
         try:
             if confirm:
-                await nc.request(self._reply, payload, timeout=self._subscription.request_timeout)
+                await subscription.acks.request(
+                    self._reply, payload, None, subscription.request_timeout
+                )
             else:
-                await nc.publish(self._reply, payload)
-        except nats.errors.TimeoutError:
+                await subscription.nc.publish(self._reply, payload)
+        except TimeoutError:
             raise UnavailableError(f"NATS did not confirm settling event {self.id}") from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             raise UnavailableError(

@@ -109,6 +109,7 @@ class Subscription:
         self.nc = nc
         self._api = api
         self._publisher = publisher
+        self.acks = publisher._acks  # where confirmed settlements get their answer
         self.dead_letters: DeadLetterPolicy | None = None
         self._moving: set[asyncio.Task[None]] = set()
         self._listeners = listeners

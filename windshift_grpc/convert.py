@@ -23,9 +23,11 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from windshift import DeadLetter, Event, StreamPointer, StreamSource, ValidationError
+from windshift.wire import HEADER_TRACE_PARENT
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Dead letters per ListDeadLetters answer when the request sets no limit.
 DEFAULT_DEAD_LETTER_PAGE = 100
@@ -82,9 +84,10 @@ def timestamp(value: Timestamp, field: str) -> datetime:
 
 def to_timestamp(value: datetime) -> Timestamp:
     """An aware datetime as a proto Timestamp."""
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
+    # Exact arithmetic on the difference; Timestamp.FromDatetime gives the
+    # same, several times slower (it is on the path of every event).
+    since = value - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def pointer(value: pb.StreamPointer) -> StreamPointer | None:
@@ -207,14 +210,16 @@ def dead_letter_page(request: pb.ListDeadLettersRequest) -> dict[str, Any]:
 
 
 def headers(
-    published: datetime | None, idempotency_key: str | None, context: otel_context.Context
+    published: datetime | None, idempotency_key: str | None, context: otel_context.Context | None
 ) -> pb.Headers:
-    """The Headers of an event or dead letter: its time, key and trace context."""
+    """The Headers of an event or dead letter: its time, key and trace context (if any)."""
     result = pb.Headers()
     if published is not None:
         result.timestamp.CopyFrom(to_timestamp(published))
     if idempotency_key is not None:
         result.idempotency_key = idempotency_key
+    if context is None:
+        return result
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=context)
     if "traceparent" in carrier:
@@ -231,9 +236,10 @@ def event(value: Event) -> pb.Event:
     publish) when there is one, else the publish's.
     """
     span = value.span
+    context: otel_context.Context | None = None
     if span is not None and span.get_span_context().is_valid:
         context = trace.set_span_in_context(span)
-    else:
+    elif HEADER_TRACE_PARENT in value.headers:
         context = value.trace_context
     return pb.Event(
         id=value.id,
