@@ -434,20 +434,7 @@ async def _responses(call: Any) -> AsyncIterator[pb.EventsResponse]:
 
 @FUZZ
 @given(
-    method=st.sampled_from(
-        [
-            "EnsureStream",
-            "EnsureConsumer",
-            "DeleteConsumer",
-            "PublishEvent",
-            "Events",
-            "ListDeadLetters",
-            "GetDeadLetter",
-            "ReplayDeadLetter",
-            "DeleteDeadLetter",
-            "PurgeDeadLetters",
-        ]
-    ),
+    method=st.sampled_from(list(pb.DESCRIPTOR.services_by_name["EventsService"].methods_by_name)),
     payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3),
 )
 async def test_bytes_that_are_no_request_are_answered_with_mapped_codes(
