@@ -1,9 +1,10 @@
 """The way out for publishes and the way back for JetStream's acknowledgements.
 
-Every publish carries a reply subject in one inbox of the client; JetStream
-answers there, and a future per publish receives the answer. That is cheaper
-than ``nc.request`` per publish (no ``wait_for`` task machinery): a token per
-publish, one timer for all of them, one dict entry.
+Every publish, and every settlement of an event that waits for NATS to
+confirm it, carries a reply subject in one inbox of the client; JetStream
+answers there, and a future per request receives the answer. That is cheaper
+than ``nc.request`` each time (no ``wait_for`` task machinery, no random
+inbox token): a counter token, one timer for all of them, one dict entry.
 
 The publish itself is written straight into nats-py's outgoing buffer as one
 ``HPUB`` command whose header block is encoded in one go. nats-py's
@@ -98,8 +99,9 @@ class AckInbox:
     def _expire_at(
         self, loop: asyncio.AbstractEventLoop, deadline: float, waiter: asyncio.Future[Msg]
     ) -> None:
-        # One timer for all publishes instead of one each: deadlines come in
-        # order (one timeout per client), so a FIFO holds them sorted.
+        # One timer for all requests instead of one each: deadlines come in
+        # order (publishes and confirmed settlements both wait the client's
+        # request_timeout), so a FIFO holds them sorted.
         expiries = self._expiries
         while expiries and expiries[0][1].done():
             expiries.popleft()  # answered: nothing left to expire
