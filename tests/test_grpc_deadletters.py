@@ -111,21 +111,40 @@ async def test_ensure_consumer_sets_and_keeps_the_dead_letter_settings(
     assert (info.dead_letter_stream, info.max_delivery_attempts) == (dead, 2)
     assert info.processing_timeout == timedelta(seconds=45)
 
-    # EnsureConsumer sets the whole configuration: leaving them out removes them.
-    request = _consumer_request(name)
+    # A request without them, as any client generated from the original
+    # protos sends, keeps them too (the other options are set as given).
+    request = _consumer_request(name, timeout=50)
     request.ClearField("max_delivery_attempts")
     request.ClearField("dead_letter_stream")
     await stub.EnsureConsumer(request)
     info = await client.consumer_info(name, CONSUMER)
+    assert (info.dead_letter_stream, info.max_delivery_attempts) == (dead, 2)
+    assert info.processing_timeout == timedelta(seconds=50)
+
+    # 0 and "" remove them.
+    request = _consumer_request(name)
+    request.max_delivery_attempts = 0
+    request.dead_letter_stream = ""
+    await stub.EnsureConsumer(request)
+    info = await client.consumer_info(name, CONSUMER)
     assert (info.dead_letter_stream, info.max_delivery_attempts) == (None, None)
+
+    # Left out on a consumer that has none: still none; on a new one: none.
+    request.ClearField("max_delivery_attempts")
+    request.ClearField("dead_letter_stream")
+    await stub.EnsureConsumer(request)
+    request.name = "fresh"
+    await stub.EnsureConsumer(request)
+    for consumer in (CONSUMER, "fresh"):
+        info = await client.consumer_info(name, consumer)
+        assert (info.dead_letter_stream, info.max_delivery_attempts) == (None, None)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "named"),
     [
-        ("max_delivery_attempts", 0, "max_delivery_attempts must be 1 or more, got 0"),
         ("dead_letter_stream", "bad name", "'bad name'"),
-        ("dead_letter_stream", "", "dead-letter stream"),
+        ("dead_letter_stream", "a.b", "'a.b'"),
     ],
 )
 async def test_ensure_consumer_refuses_bad_dead_letter_settings(

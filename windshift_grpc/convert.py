@@ -178,10 +178,12 @@ def consumer_options(request: pb.EnsureConsumerRequest) -> dict[str, Any]:
         timeout = duration(request.processing_timeout, "processing_timeout")
         if timeout:  # zero means the default, as in the original service
             options["processing_timeout"] = timeout
+    # The additions: set means set (0 and "" mean none); unset leaves the
+    # keys out, for the servicer to keep what an existing consumer has.
     if request.HasField("max_delivery_attempts"):
-        options["max_delivery_attempts"] = request.max_delivery_attempts  # 0: the library refuses
+        options["max_delivery_attempts"] = request.max_delivery_attempts or None
     if request.HasField("dead_letter_stream"):
-        options["dead_letter_stream"] = request.dead_letter_stream
+        options["dead_letter_stream"] = request.dead_letter_stream or None
     return options
 
 

@@ -27,6 +27,10 @@ from windshift_grpc.events_stream import events_call
 from windshift_grpc.refusal import RequestStream
 from windshift_grpc.status import TooManyCallsError, status_for
 
+#: EnsureConsumer options that an update without them keeps (additions of this
+#: implementation; the original's options are set as a whole).
+_DEAD_LETTER_OPTIONS = frozenset({"max_delivery_attempts", "dead_letter_stream"})
+
 Q = TypeVar("Q")
 R = TypeVar("R")
 S = TypeVar("S")
@@ -103,9 +107,15 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def EnsureConsumer(
         self, request: pb.EnsureConsumerRequest, context: Any
     ) -> pb.EnsureConsumerResponse:
-        consumer = await self._client.ensure_consumer(
-            request.stream, **convert.consumer_options(request)
-        )
+        options = convert.consumer_options(request)
+        kept = _DEAD_LETTER_OPTIONS - options.keys()
+        if kept and request.HasField("name"):
+            # A client that does not know the additions (any client generated
+            # from the original protos) must not wipe what another one set.
+            with contextlib.suppress(windshift.NotFoundError):
+                existing = await self._client.consumer_info(request.stream, request.name)
+                options.update((key, getattr(existing, key)) for key in kept)
+        consumer = await self._client.ensure_consumer(request.stream, **options)
         return pb.EnsureConsumerResponse(id=consumer.id)
 
     @mapped

@@ -83,7 +83,7 @@ def _ensure_stream(request: events_pb.EnsureStreamRequest) -> list[Need]:
 
 def _ensure_consumer(request: events_pb.EnsureConsumerRequest) -> list[Need]:
     needs = [(Permission.MANAGE, request.stream)]
-    if request.HasField("dead_letter_stream"):
+    if request.dead_letter_stream:  # "" removes it: nothing to manage
         needs.append((Permission.MANAGE, request.dead_letter_stream))
     return needs
 

@@ -380,16 +380,17 @@ class EnsureConsumerRequest(_message.Message):
     ephemeral.
     """
     max_delivery_attempts: _builtins.int
-    """Fields 100 and up: additions of this implementation (see the top of
-    this file).
+    """Unlike the original's fields, these two are kept when left out: an
+    update without them (say, from a client generated from the original)
+    leaves an existing consumer's settings as they are.
 
-    Addition of this implementation. Deliver an event at most this often
-    (at least 1); no limit when unset.
+    Addition of this implementation. Deliver an event at most this often;
+    0 means no limit.
     """
     dead_letter_stream: _builtins.str
     """Addition of this implementation. Move events rejected permanently, or
     out of delivery attempts, to this stream (created, collecting
-    `<name>.>`, when missing) instead of dropping them.
+    `<name>.>`, when missing) instead of dropping them; empty means none.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
