@@ -180,6 +180,19 @@ async def test_grpc_health_service_reports_serving(channel: grpc.aio.Channel) ->
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_server_streaming_call_with_bytes_that_are_no_request_is_invalid_argument(
+    channel: grpc.aio.Channel,
+) -> None:
+    # Health/Watch takes one request and streams answers: a request that does
+    # not parse must be refused as such, not reach the handler.
+    call = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"\xff\xff\xff", timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in call:
+            pass
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Watch" in str(raised.value.details())
+
+
 async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Channel) -> None:
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = [

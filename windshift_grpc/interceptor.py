@@ -122,14 +122,19 @@ class _Rpc:
             return
         if not self._admission.enter():
             self.code = grpc.StatusCode.UNAVAILABLE
-            if requests is not None:
-                await requests.read_first()
-            await context.abort(self.code, REFUSAL)
+            await self._abort(context, REFUSAL, requests)
         self._admitted = True
 
-    async def fail(self, context: Any, error: Exception) -> None:
+    async def fail(
+        self, context: Any, error: Exception, requests: RequestStream[Any] | None = None
+    ) -> None:
         """Answer ``error`` with its mapped status (raises AbortError)."""
         self.code, message = status_for(error, self.method)
+        await self._abort(context, message, requests)
+
+    async def _abort(self, context: Any, message: str, requests: RequestStream[Any] | None) -> None:
+        if requests is not None:
+            await requests.read_first()  # see windshift_grpc.refusal
         await context.abort(self.code, message)
 
     def finish(self, context: Any, error: BaseException | None) -> None:
@@ -256,7 +261,9 @@ def _streaming(
         requests = RequestStream(_checked(method, request)) if streaming else None
         try:
             await rpc.admit(context, requests)
-            responses = behavior(request if requests is None else requests, context)
+            responses = behavior(
+                _request(method, request, False) if requests is None else requests, context
+            )
             async with contextlib.aclosing(responses):
                 async for response in responses:
                     yield response
@@ -265,9 +272,7 @@ def _streaming(
             raise
         except Exception as exc:
             error = exc
-            if requests is not None:
-                await requests.read_first()
-            await rpc.fail(context, exc)
+            await rpc.fail(context, exc, requests)
         finally:
             rpc.finish(context, error)
 
