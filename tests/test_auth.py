@@ -664,6 +664,10 @@ async def test_a_dead_letter_stream_needs_manage_too(
     assert await _code(
         stub.EnsureConsumer(consumer(_dead(secured.allowed)), metadata=as_limited)
     ) == (grpc.StatusCode.OK)
+    # Removing it ("") names no stream to manage: only the consumer's stream counts.
+    assert await _code(stub.EnsureConsumer(consumer(""), metadata=as_limited)) == (
+        grpc.StatusCode.OK
+    )
 
 
 async def test_reading_dead_letters_is_not_managing_them(
