@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 
 import pytest
@@ -91,9 +92,14 @@ async def test_event_larger_than_max_event_size_is_refused(
     client: windshift.Client, name: str
 ) -> None:
     await client.ensure_stream(name, subjects=[f"{name}.>"], max_event_size=300)
-    with pytest.raises(ValidationError, match="size"):
+    with pytest.raises(ValidationError) as refused:
         await client.publish(f"{name}.a", StringValue(value="x" * 500))
-    await client.publish(f"{name}.a", StringValue(value="small"))
+    # the message names the event's size and the stream's limit
+    message = str(refused.value)
+    assert re.search(r"the event is \d{3} bytes with its headers", message), message
+    assert f"max_event_size of stream {name!r} (300 bytes)" in message, message
+    assert (await client.publish(f"{name}.a", StringValue(value="small"))).id == 1
+    assert (await client.stream_info(name)).events == 1
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -17,7 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 from windshift import metrics, tracing, wire
 from windshift._acks import AckInbox, header_block
 from windshift._core import ClientBase
-from windshift._jsapi import WRONG_LAST_SEQUENCE, ApiError, raise_api_error
+from windshift._jsapi import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE, ApiError, raise_api_error
 from windshift.errors import (
     ConflictError,
     NotFoundError,
@@ -208,9 +209,31 @@ class PublishingMixin(ClientBase):
             except ApiError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     raise ConflictError(f"publish to {subject!r}: {exc.description}") from None
+                if exc.err_code == MESSAGE_TOO_LARGE:
+                    size = len(body) + len(header_block(headers))
+                    raise await self._too_large(subject, size) from None
                 raise exc.to_windshift(f"publish to {subject!r}") from None
         return PublishedEvent(
             id=int(reply["seq"]), stream=reply["stream"], duplicate=bool(reply.get("duplicate"))
+        )
+
+    async def _too_large(self, subject: str, size: int) -> ValidationError:
+        # The stream refused the event for its max_event_size. Its answer
+        # names neither the size nor the limit; look the limit up (this path
+        # is rare) so that the message says both.
+        limit = ""
+        with contextlib.suppress(ApiError, WindshiftError, LookupError, TypeError, ValueError):
+            names = await self._api.request(
+                "STREAM.NAMES", {"subject": subject}, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
+            )
+            stream = names["streams"][0]
+            info = await self._api.request(
+                f"STREAM.INFO.{stream}", None, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
+            )
+            limit = f" of stream {stream!r} ({int(info['config']['max_msg_size'])} bytes)"
+        return ValidationError(
+            f"publish to {subject!r}: the event is {size} bytes with its headers, more than "
+            f"the max_event_size{limit}"
         )
 
     async def _no_responders(self, subject: str) -> WindshiftError:
