@@ -13,13 +13,15 @@ an exception the table does not know.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_fixtures import EventsClient, ServeProcess, http_get, serve_env, string_any
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 ESR = pb.EnsureStreamRequest
 ALLOWED = MAPPED_CODES | {grpc.StatusCode.OK}
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXAMPLES = 100
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -499,6 +502,130 @@ async def test_state_service_answers_with_mapped_codes(
         state_pb.DeleteRequest: state.Delete,
     }[type(request)]
     _check(await _code(method(request, timeout=30)), request)
+
+
+# --- requests whose bytes do not decode --------------------------------------------
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(number: int, block: bytes) -> bytes:
+    return _key(number, 2) + _varint(len(block)) + block
+
+
+def _string_fields(descriptor: Descriptor, depth: int = 3) -> Iterator[tuple[str, list[int]]]:
+    """Every string field reachable in ``descriptor``: its path and its field numbers."""
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            yield field.name, [field.number]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type and depth > 1:
+            for path, numbers in _string_fields(field.message_type, depth - 1):
+                yield f"{field.name}.{path}", [field.number, *numbers]
+
+
+def _nested(numbers: list[int], value: bytes) -> bytes:
+    """``value`` as the string at ``numbers`` (outermost first)."""
+    for number in reversed(numbers):
+        value = _length_delimited(number, value)
+    return value
+
+
+RETENTION = ESR.DESCRIPTOR.fields_by_name["retention_policy"].number
+NOT_UTF8 = b"ok\xff\xfe\xc3"  # a lone continuation byte, then a cut-short sequence
+STRING_FIELDS = [
+    (service, method.name, path, numbers)
+    for service, module in (("EventsService", pb), ("StateService", state_pb))
+    for method in module.DESCRIPTOR.services_by_name[service].methods
+    for path, numbers in _string_fields(method.input_type)
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "numbers"),
+    STRING_FIELDS,
+    ids=[f"{method}.{path}" for _, method, path, _ in STRING_FIELDS],
+)
+async def test_a_string_field_that_is_not_utf8_is_named(
+    fuzz_channel: grpc.aio.Channel,
+    service: str,
+    method: str,
+    path: str,
+    numbers: list[int],
+) -> None:
+    """Every string field of every request, at any depth: INVALID_ARGUMENT naming the field."""
+    raw = _nested(numbers, NOT_UTF8)
+    name = f"/windshift.{'events' if service == 'EventsService' else 'state'}.v1alpha1.{service}/"
+    if method == "Events":
+        # one message, then the end of the requests: the refusal comes after both
+        call = fuzz_channel.stream_stream(name + method)(iter([raw]), timeout=30)
+        async for _ in _responses(call):
+            pass
+        assert await call.code() == INVALID
+        assert await call.details() == (
+            f"{name}{method}: the request message could not be decoded: "
+            f"{path} is not valid UTF-8 (bytes 6f 6b ff fe c3)"
+        )
+        return
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await fuzz_channel.unary_unary(name + method)(raw, timeout=30)
+    assert refused.value.code() == INVALID
+    assert refused.value.details() == (
+        f"{name}{method}: the request message could not be decoded: "
+        f"{path} is not valid UTF-8 (bytes 6f 6b ff fe c3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (_key(1, 2) + _varint(9) + b"ab", "name: 9 bytes announced, 2 sent"),
+        (_key(1, 2) + b"\xff" * 11, "name: a number is cut short or too long"),
+        (
+            _length_delimited(RETENTION, _key(1, 1) + b"\x00"),
+            "retention_policy.max_age: the value is cut short",
+        ),
+        (_key(1, 3), "name: wire type 3 is not one a request may use"),
+    ],
+)
+async def test_a_request_cut_short_or_mis_encoded_is_explained(
+    fuzz_channel: grpc.aio.Channel, raw: bytes, why: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await fuzz_channel.unary_unary(SERVICE + "EnsureStream")(raw, timeout=30)
+    assert refused.value.code() == INVALID
+    assert why in str(refused.value.details()), refused.value.details()
+
+
+async def test_an_event_beyond_max_event_size_is_refused_naming_size_and_limit(
+    fuzz_stub: Stub,
+) -> None:
+    await fuzz_stub.EnsureStream(
+        ESR(name="sized", subjects=ESR.Subjects(subjects=["sized.>"]), max_event_size=1024)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await fuzz_stub.PublishEvent(
+            pb.PublishEventRequest(subject="sized.big", data=string_any("x" * 2000))
+        )
+    assert refused.value.code() == INVALID
+    details = str(refused.value.details())
+    assert re.search(r"the event is \d+ bytes with its headers", details), details
+    assert "max_event_size of stream 'sized' (1024 bytes)" in details, details
+    # nothing was stored; an event that fits is
+    fits = await fuzz_stub.PublishEvent(
+        pb.PublishEventRequest(subject="sized.small", data=string_any("x" * 100))
+    )
+    assert fits.id == 1
 
 
 async def test_the_server_is_still_ready_and_met_no_unexpected_error(

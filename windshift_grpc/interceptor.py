@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -35,6 +36,7 @@ from windshift import ValidationError
 from windshift_grpc.admission import REFUSAL, Admission
 from windshift_grpc.refusal import RequestStream
 from windshift_grpc.status import status_for
+from windshift_grpc.undecodable import explain
 
 logger = logging.getLogger("windshift_grpc.rpc")
 
@@ -68,12 +70,15 @@ _GETTER = _MetadataGetter()
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
+    # A generated message's FromString: its class holds the descriptor.
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as exc:
-            return _Malformed(str(exc) or type(exc).__name__)
+            why = explain(descriptor, data) if isinstance(descriptor, Descriptor) else None
+            return _Malformed(why or str(exc) or type(exc).__name__)
 
     return deserialize
 
