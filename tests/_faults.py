@@ -113,9 +113,13 @@ class Ledger:
         self._poke()
 
     def record_delivery(self, event: Event) -> None:
-        self.deliveries.append((self.clock(), event.id, event.delivery_attempt))
-        self.received[event.id] += 1
-        self.delivered_keys.setdefault(event.id, event.unpack(StringValue).value)
+        self.record_received(event.id, event.delivery_attempt, event.unpack(StringValue).value)
+
+    def record_received(self, event_id: int, attempt: int, key: str) -> None:
+        """One delivery to a handler, from any client (the library or a gRPC call)."""
+        self.deliveries.append((self.clock(), event_id, attempt))
+        self.received[event_id] += 1
+        self.delivered_keys.setdefault(event_id, key)
         self._poke()
 
     def record_settled(self, event_id: int) -> None:

@@ -7,15 +7,19 @@ import signal
 from typing import TYPE_CHECKING
 
 import grpc
+from _faults import Ledger
 from grpc_fixtures import (
     EventsClient,
     StartServe,
     ensure_consumer,
     ensure_stream,
     http_get,
-    publish,
+    string_any,
+    unpack_text,
 )
 
+from windshift.embedded import EmbeddedNats
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 
 SERVICE = "/windshift.events.v1alpha1.EventsService/"
@@ -26,10 +30,65 @@ if TYPE_CHECKING:
     )
 
 
-async def test_killed_serve_loses_nothing_its_clients_held(
-    start_serve: StartServe, name: str
+GRPC_TOTAL = 2_000
+HOLDERS = 2  # Events clients of the server that dies; each holds what it is given
+HELD_EACH = 8  # their max_processing_events
+TAKERS = 2  # Events clients of the server that lives; they settle everything
+# Codes after which a publish may or may not have been stored: retried, with
+# the same idempotency key, through the other server.
+MAYBE_STORED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+async def publish_with_failover(stubs: list[Stub], ledger: Ledger, subject: str, key: str) -> None:
+    """Publish ``key`` (payload and idempotency key) until a server acknowledges it.
+
+    ``stubs[0]`` is the server in use; one that fails is moved to the back,
+    as a client with two targets would do.
+    """
+    ledger.attempted.add(key)
+    request = pb.PublishEventRequest(subject=subject, data=string_any(key), idempotency_key=key)
+    while True:
+        stub = stubs[0]
+        try:
+            response = await stub.PublishEvent(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in MAYBE_STORED:
+                raise
+            ledger.errors[exc.code().name] += 1
+            if stubs[0] is stub:
+                stubs.append(stubs.pop(0))
+            await asyncio.sleep(0.05)  # retry pacing
+            continue
+        ledger.record_ack(key, response.id)
+        return
+
+
+async def take_events(
+    call: EventsClient, ledger: Ledger, attempts: dict[int, int], *, settle: bool
 ) -> None:
+    """Record every event ``call`` is given; settle it (or hold it) as told. Runs until cancelled."""
+    while True:
+        event = await call.next_event(timeout=120)
+        attempts[event.id] = max(attempts.get(event.id, 0), event.delivery_attempt)
+        ledger.record_received(event.id, event.delivery_attempt, unpack_text(event))
+        if settle:
+            await call.ack(event.id)
+            ledger.record_settled(event.id)
+
+
+async def test_killed_serve_loses_nothing_its_clients_held(
+    start_serve: StartServe, nats_server: EmbeddedNats, name: str
+) -> None:
+    """Scenario 3: a serve process SIGKILLed while its Events clients hold unsettled
+    events, in the middle of a run of publishes through it: the other server's
+    clients get every event, the held ones again with a higher delivery attempt;
+    lost 0, duplicated 0 (counted by the test's ledger and a raw read of the stream)."""
+    loop = asyncio.get_running_loop()
     doomed, survivor = await start_serve(), await start_serve()
+    ledger = Ledger("grpc/serve-killed")
+    keys = [f"k{i}" for i in range(GRPC_TOTAL)]
+    held: dict[int, int] = {}  # id -> highest attempt, as the doomed server's clients saw it
+    taken: dict[int, int] = {}  # the same, for the surviving server's clients
     async with (
         grpc.aio.insecure_channel(doomed.target) as doomed_channel,
         grpc.aio.insecure_channel(survivor.target) as survivor_channel,
@@ -38,30 +97,69 @@ async def test_killed_serve_loses_nothing_its_clients_held(
         survivor_stub: Stub = pb_grpc.EventsServiceStub(survivor_channel)  # type: ignore[assignment]
         await ensure_stream(survivor_stub, name)
         await ensure_consumer(survivor_stub, name, "shared", timeout=1)
-        published = await publish(survivor_stub, f"{name}.a", *(f"e{i}" for i in range(20)))
 
-        holder = EventsClient(doomed_stub)
-        await holder.subscribe(name, "shared", max_processing_events=8)
-        held = await holder.events(8)  # received, never settled
+        holders = [EventsClient(doomed_stub) for _ in range(HOLDERS)]
+        takers = [EventsClient(survivor_stub) for _ in range(TAKERS)]
+        for call in holders:
+            await call.subscribe(name, "shared", max_processing_events=HELD_EACH)
+        for call in takers:
+            await call.subscribe(name, "shared", max_processing_events=HELD_EACH)
+        consuming = [
+            *(asyncio.create_task(take_events(c, ledger, held, settle=False)) for c in holders),
+            *(asyncio.create_task(take_events(c, ledger, taken, settle=True)) for c in takers),
+        ]
+        stubs = [doomed_stub, survivor_stub]  # publishing goes through the doomed one first
+        pending = iter(keys)
+
+        async def publisher() -> None:
+            for key in pending:
+                await publish_with_failover(stubs, ledger, f"{name}.created", key)
+
+        publishing = asyncio.gather(*(publisher() for _ in range(16)))
+        await ledger.wait_until(
+            lambda: len(held) == HOLDERS * HELD_EACH and len(ledger.acked) >= GRPC_TOTAL // 2,
+            60,
+            "the doomed server's clients to hold their events, half the publishes",
+        )
+        held_at_kill = dict(held)
+        killed_at = loop.time()
         assert await doomed.signal(signal.SIGKILL) == -signal.SIGKILL
-        await holder.cancel()
+        for call in holders:
+            assert await call.finish() == grpc.StatusCode.UNAVAILABLE
+        await asyncio.wait_for(publishing, 60)
+        await ledger.wait_until(ledger.received_all_acked, 60, "every acked event")
+        await ledger.wait_until(ledger.settled_all_acked, 60, "every event settled")
+        for task in consuming:
+            task.cancel()
+        await asyncio.gather(*consuming, return_exceptions=True)
+        for call in takers:
+            await call.cancel()
+    figures = await ledger.audit([nats_server.url], name, f"{name}.>")
 
-        ledger: dict[int, int] = {}  # independent record: id -> deliveries seen by the survivor
-        taker = EventsClient(survivor_stub)
-        try:
-            await taker.subscribe(name, "shared", max_processing_events=8)
-            while set(ledger) != set(published):
-                event = await taker.next_event(timeout=30)
-                ledger[event.id] = ledger.get(event.id, 0) + 1
-                await taker.ack(event.id)
-        finally:
-            await taker.cancel()
-    lost = set(published) - set(ledger)
-    print(f"serve killed holding {len(held)} events: lost {len(lost)}, received {len(ledger)}")
-    assert not lost
-    assert {e.id for e in held} <= set(ledger)
-    # The held ones came back redelivered, the others the first time.
-    assert all(e.delivery_attempt >= 1 for e in held)
+    back = [
+        at - killed_at
+        for at, event_id, _ in ledger.deliveries
+        if at > killed_at and event_id in held_at_kill
+    ]
+    ledger.report(
+        figures,
+        held_at_kill=len(held_at_kill),
+        held_back_after=max(back, default=None),
+        publish_failovers=sum(ledger.errors.values()),
+    )
+    ledger.check_deliveries()
+    assert figures.published == figures.acknowledged == figures.stored == GRPC_TOTAL
+    assert figures.lost == 0
+    assert figures.duplicated == 0
+    assert figures.unreceived == 0
+    assert figures.settled == GRPC_TOTAL
+    # What the dead server's clients held reached the other server's clients,
+    # as a redelivery (it had been delivered once already).
+    assert set(held_at_kill) <= set(taken)
+    assert all(taken[event_id] >= 2 for event_id in held_at_kill), {
+        event_id: taken[event_id] for event_id in held_at_kill
+    }
+    assert ledger.errors, "publishes in flight through the killed server should have failed over"
 
 
 async def test_a_flood_of_events_calls_meets_the_limit(start_serve: StartServe, name: str) -> None:
