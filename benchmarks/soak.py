@@ -1,12 +1,19 @@
 """Soak: windshift through repeated SIGKILLs, beside careful raw nats-py and FastStream.
 
-The long version of the resilience scenarios 1 and 2 (tests/test_resilience.py):
+The long version of the resilience scenarios 1 and 2 (tests/test_resilience.py)
+and 3 (tests/test_grpc_resilience.py):
 
 * ``--mode single``: one nats-server, SIGKILLed every ``--kill-interval``
   seconds and restarted at once on the same store;
 * ``--mode cluster``: three nats-servers, a stream with 3 replicas; every
   ``--kill-interval`` seconds the stream's leader is SIGKILLed, and brought
-  back ``--down`` seconds after the cluster elected a new one.
+  back ``--down`` seconds after the cluster elected a new one;
+* ``--mode grpc``: two ``windshift-grpc serve`` processes on one nats-server,
+  SIGKILLed in turn while their Events clients hold events; described in
+  ``soak_grpc.py``, which runs it with this module's record, publisher loop,
+  stream audit and report.
+
+The rest of this docstring is about the first two.
 
 One publisher (windshift, idempotency keys, retried with the same key
 while NATS is unavailable) writes ``--events`` events (or for
@@ -33,6 +40,7 @@ read of the whole stream at the end, never from the libraries' counters.
     .venv/bin/python benchmarks/soak.py --mode single --events 100000 --kill-interval 8
     .venv/bin/python benchmarks/soak.py --mode cluster --events 60000 --kill-interval 15
     .venv/bin/python benchmarks/soak.py --mode single --duration 600 --json soak.json
+    .venv/bin/python benchmarks/soak.py --mode grpc --events 20000 --kill-interval 6
 """
 
 from __future__ import annotations
@@ -310,12 +318,19 @@ async def run_faststream(
 # --------------------------------------------------------------------------- the run
 
 
-class Soak:
-    def __init__(self, args: argparse.Namespace, servers: Servers) -> None:
+class Run:
+    """What every mode shares: the record, the subscribers' sides, the publisher, the end.
+
+    A mode gives :meth:`publisher` its own way of publishing one key (which
+    fills :attr:`record`), and computes its figures with :meth:`totals`.
+    """
+
+    mode = ""
+
+    def __init__(self, args: argparse.Namespace, side_names: Sequence[str]) -> None:
         self.args = args
-        self.servers = servers
         self.record = Record()
-        self.sides = {name: Side(name) for name in args.libraries}
+        self.sides = {name: Side(name) for name in side_names}
         self.kills: list[Kill] = []
         self.publishing = asyncio.Event()
         self.publishing.set()
@@ -327,24 +342,18 @@ class Soak:
         # are taken up to the next of these, when nothing new comes anyway
         self.quiet_from: list[float] = []
 
+    async def run(self) -> dict[str, Any]:
+        """Set up, publish through the kills, wait for the subscribers; the figures."""
+        raise NotImplementedError
+
     # -- publishing
 
-    async def publish(self, client: windshift.Client, key: str) -> None:
-        self.record.attempted.add(key)
-        while True:
-            try:
-                published = await client.publish(
-                    SUBJECT, StringValue(value=key), idempotency_key=key
-                )
-            except UnavailableError as exc:
-                self.record.publish_errors[type(exc).__name__] += 1
-                await asyncio.sleep(0.05)  # retry pacing
-                continue
-            self.record.acked.setdefault(key, published.id)
-            self.record.ack_times.append(now())
-            return
+    async def publisher(self, publish: Callable[[str], Awaitable[None]]) -> None:
+        """Publish ``k0``, ``k1``... with ``--concurrency`` calls of ``publish`` in flight.
 
-    async def publisher(self, client: windshift.Client) -> None:
+        Up to ``--events`` keys or for ``--duration`` seconds; waits while
+        :attr:`publishing` is clear.
+        """
         deadline = now() + self.args.duration if self.args.duration else None
         counter = iter(range(10**12))
 
@@ -358,7 +367,7 @@ class Soak:
                 self.in_flight += 1
                 self.nothing_in_flight.clear()
                 try:
-                    await self.publish(client, f"k{i}")
+                    await publish(f"k{i}")
                 finally:
                     self.in_flight -= 1
                     if not self.in_flight:
@@ -383,6 +392,66 @@ class Soak:
                     await asyncio.wait_for(side.changed.wait(), remaining)
         return True
 
+    # -- figures
+
+    def totals(
+        self, stored: dict[int, str | None], seconds: float, caught_up: bool
+    ) -> dict[str, Any]:
+        """The figures of every mode, from the record and the stream as read at the end."""
+        record = self.record
+        stored_keys = Counter(stored.values())
+        acked = record.acked
+        sides = {}
+        for name, side in self.sides.items():
+            sides[name] = {
+                "received": len(side.received),
+                "deliveries": len(side.deliveries),
+                "redelivered": sum(1 for count in side.received.values() if count > 1),
+                "unreceived": len(acked.keys() - side.received.keys()),
+                "errors": dict(side.errors),
+            }
+        return {
+            "mode": self.mode,
+            "seconds": round(seconds, 1),
+            "kills": len(self.kills),
+            "published": len(record.attempted),
+            "acknowledged": len(acked),
+            "stored": len(stored),
+            "lost": sum(1 for key, eid in acked.items() if stored.get(eid) != key),
+            "duplicated": sum(count - 1 for count in stored_keys.values() if count > 1),
+            "publish_retries": sum(record.publish_errors.values()),
+            "caught_up": caught_up,
+            "subscribers": sides,
+        }
+
+
+class Soak(Run):
+    """``--mode single`` and ``--mode cluster``: nats-servers killed under three subscribers."""
+
+    def __init__(self, args: argparse.Namespace, servers: Servers) -> None:
+        super().__init__(args, args.libraries)
+        self.servers = servers
+        self.mode = "cluster" if servers.cluster else "single"
+
+    # -- publishing
+
+    async def publish(self, client: windshift.Client, key: str) -> None:
+        self.record.attempted.add(key)
+        while True:
+            try:
+                published = await client.publish(
+                    SUBJECT, StringValue(value=key), idempotency_key=key
+                )
+            except UnavailableError as exc:
+                self.record.publish_errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.05)  # retry pacing
+                continue
+            self.record.acked.setdefault(key, published.id)
+            self.record.ack_times.append(now())
+            return
+
+    # -- failures
+
     async def quiesce(self) -> None:
         """Pause publishing and let every subscriber catch up (for an idle kill)."""
         self.publishing.clear()
@@ -391,8 +460,6 @@ class Soak:
             await self.nothing_in_flight.wait()
         if not await self.caught_up(60):
             print("  (a subscriber did not catch up within 60 s before this kill)")
-
-    # -- failures
 
     async def killer(self) -> None:
         number = 0
@@ -501,7 +568,7 @@ class Soak:
             reconnect_wait=timedelta(seconds=RECONNECT_WAIT),
         ) as client:
             killer = asyncio.create_task(self.killer())
-            await self.publisher(client)
+            await self.publisher(lambda key: self.publish(client, key))
             await killer
         published_in = now() - started
         caught_up = await self.caught_up(args.settle_timeout)
@@ -520,9 +587,6 @@ class Soak:
     def figures(
         self, stored: dict[int, str | None], seconds: float, caught_up: bool
     ) -> dict[str, Any]:
-        record = self.record
-        stored_keys = Counter(stored.values())
-        acked = record.acked
         for kill in self.kills:
             for name, side in self.sides.items():
                 if kill.listening_at is not None:
@@ -536,27 +600,8 @@ class Soak:
                     default=kill.killed_at + 120,
                 )
                 kill.late[name] = side.late_after(kill.killed_at, next_kill)
-        sides = {}
-        for name, side in self.sides.items():
-            sides[name] = {
-                "received": len(side.received),
-                "deliveries": len(side.deliveries),
-                "redelivered": sum(1 for count in side.received.values() if count > 1),
-                "unreceived": len(acked.keys() - side.received.keys()),
-                "errors": dict(side.errors),
-            }
         return {
-            "mode": "cluster" if self.servers.cluster else "single",
-            "seconds": round(seconds, 1),
-            "kills": len(self.kills),
-            "published": len(record.attempted),
-            "acknowledged": len(acked),
-            "stored": len(stored),
-            "lost": sum(1 for key, eid in acked.items() if stored.get(eid) != key),
-            "duplicated": sum(count - 1 for count in stored_keys.values() if count > 1),
-            "publish_retries": sum(record.publish_errors.values()),
-            "caught_up": caught_up,
-            "subscribers": sides,
+            **self.totals(stored, seconds, caught_up),
             "per_kill": [asdict(kill) for kill in self.kills],
         }
 
@@ -633,7 +678,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         )
     print()
     kills = result["per_kill"]
-    if result["mode"] == "single":
+    if result["mode"] == "grpc":
+        import soak_grpc  # see soak()
+
+        soak_grpc.report_kills(result)
+    elif result["mode"] == "single":
         print("first event after the server listened again (s):")
         header = ["kill", "pattern", *args.libraries]
         print("  " + " | ".join(f"{h:>10}" for h in header))
@@ -683,7 +732,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--mode", choices=["single", "cluster"], default="single")
+    parser.add_argument("--mode", choices=["single", "cluster", "grpc"], default="single")
     parser.add_argument(
         "--events", type=int, default=100_000, help="events to publish (0: no limit)"
     )
@@ -695,13 +744,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pattern",
         choices=["mixed", "busy", "idle"],
         default="mixed",
-        help="kill while subscribers are busy, idle, or alternate",
+        help="kill while subscribers are busy, idle, or alternate (grpc: always busy)",
     )
     parser.add_argument(
         "--down",
         type=float,
-        default=2.0,
-        help="cluster: seconds the old leader stays down after the election",
+        help="cluster: seconds the old leader stays down after the election (default 2); "
+        "grpc: seconds a killed serve process stays down (default 1)",
     )
     parser.add_argument("--concurrency", type=int, default=32, help="publishes in flight")
     parser.add_argument("--batch", type=int, default=50, help="max pending events / fetch batch")
@@ -712,13 +761,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="raw and FastStream fetch timeout (s; both default to 5)",
     )
     parser.add_argument(
-        "--request-timeout", type=float, default=1.0, help="windshift publish timeout (s)"
+        "--request-timeout",
+        type=float,
+        default=1.0,
+        help="windshift publish timeout; grpc: the PublishEvent deadline (s)",
     )
     parser.add_argument(
         "--settle-timeout",
         type=float,
-        default=120.0,
-        help="how long subscribers may take to catch up at the end",
+        help="how long subscribers may take to catch up at the end (s; default 120; "
+        "grpc: twice the processing timeout + 30, from the last publish)",
+    )
+    parser.add_argument(
+        "--grpc-clients",
+        type=int,
+        default=2,
+        help="grpc: Events clients on each of the two serve processes",
+    )
+    parser.add_argument(
+        "--processing-timeout",
+        type=float,
+        default=5.0,
+        help="grpc: the shared consumer's processing timeout (s)",
+    )
+    parser.add_argument(
+        "--work",
+        type=float,
+        default=0.05,
+        help="grpc: seconds each Events client's handler takes per event, before its ack",
     )
     parser.add_argument("--libraries", default=",".join(SIDES), help="subscribers to run")
     parser.add_argument(
@@ -732,6 +802,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown libraries: {sorted(unknown)}")
     if not args.events and not args.duration:
         parser.error("give --events or --duration")
+    if args.down is None:
+        args.down = 1.0 if args.mode == "grpc" else 2.0
+    if args.settle_timeout is None:
+        args.settle_timeout = 2 * args.processing_timeout + 30 if args.mode == "grpc" else 120.0
     return args
 
 
@@ -740,13 +814,27 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         servers = Servers(Path(root), args.mode == "cluster", sync_always=not args.no_sync)
         await servers.start()
         try:
+            run: Run
+            if args.mode == "grpc":
+                # soak_grpc imports this module (as ``soak``) for the record and
+                # its helpers; imported here, on use, so that neither module
+                # needs the other loaded first.
+                import soak_grpc
+
+                run = soak_grpc.GrpcSoak(args, servers.nodes[0], Path(root))
+                what = soak_grpc.describe(args)
+            else:
+                run = Soak(args, servers)
+                what = (
+                    f"a kill every {args.kill_interval:g}s ({args.pattern}), "
+                    f"subscribers {', '.join(args.libraries)}"
+                )
             print(
                 f"soak: {args.mode}, {args.events or 'unlimited'} events"
-                f"{f' / {args.duration:g}s' if args.duration else ''}, a kill every "
-                f"{args.kill_interval:g}s ({args.pattern}), subscribers {', '.join(args.libraries)}"
+                f"{f' / {args.duration:g}s' if args.duration else ''}, {what}"
             )
             wall = time.perf_counter()
-            result = await Soak(args, servers).run()
+            result = await run.run()
             result["wall_seconds"] = round(time.perf_counter() - wall, 1)
             result["options"] = {k: v for k, v in vars(args).items() if k != "json"}
         finally:
@@ -762,7 +850,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     ok = result["lost"] == 0 and result["duplicated"] == 0
-    ok = ok and result["subscribers"].get("windshift", {}).get("unreceived", 0) == 0
+    # windshift's subscriber, and the gRPC clients together, must receive every
+    # acknowledged event; raw nats-py's and FastStream's misses are reported only
+    ok = ok and all(
+        result["subscribers"].get(name, {}).get("unreceived", 0) == 0
+        for name in ("windshift", "grpc")
+    )
+    # grpc: an event a client held when its server died, never handed out
+    # again, was never processed
+    ok = ok and not result.get("held_not_back", 0)
     return 0 if ok else 1
 
 
