@@ -35,6 +35,7 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as 
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.status import MAPPED_CODES
+from windshift_grpc.undecodable import explain
 
 if TYPE_CHECKING:
     from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
@@ -605,6 +606,19 @@ async def test_a_request_cut_short_or_mis_encoded_is_explained(
         await fuzz_channel.unary_unary(SERVICE + "EnsureStream")(raw, timeout=30)
     assert refused.value.code() == INVALID
     assert why in str(refused.value.details()), refused.value.details()
+
+
+def test_the_explanation_gives_up_on_a_request_of_very_many_fields() -> None:
+    # Explaining walks the bytes in Python: a request of many tiny fields is
+    # left with the parser's own message rather than walked to its end.
+    bad_end = _length_delimited(1, NOT_UTF8)
+    tiny = _key(5, 0) + b"\x00"  # expected_last_id = 0
+    publish = pb.PublishEventRequest.DESCRIPTOR
+    assert (
+        explain(publish, tiny * 100 + bad_end)
+        == "subject is not valid UTF-8 (bytes 6f 6b ff fe c3)"
+    )
+    assert explain(publish, tiny * 20_000 + bad_end) is None
 
 
 async def test_an_event_beyond_max_event_size_is_refused_naming_size_and_limit(

@@ -230,7 +230,8 @@ class PublishingMixin(ClientBase):
             info = await self._api.request(
                 f"STREAM.INFO.{stream}", None, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
             )
-            limit = f" of stream {stream!r} ({int(info['config']['max_msg_size'])} bytes)"
+            most = int(info["config"]["max_msg_size"])
+            limit = f" of stream {stream!r} ({most} bytes)" if most > 0 else ""
         return ValidationError(
             f"publish to {subject!r}: the event is {size} bytes with its headers, more than "
             f"the max_event_size{limit}"
