@@ -217,16 +217,20 @@ class PublishingMixin(ClientBase):
             id=int(reply["seq"]), stream=reply["stream"], duplicate=bool(reply.get("duplicate"))
         )
 
+    async def _streams_collecting(self, subject: str) -> list[str]:
+        """The names of the streams that collect ``subject`` (JetStream's own answer)."""
+        answer = await self._api.request(
+            "STREAM.NAMES", {"subject": subject}, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
+        )
+        return [str(name) for name in answer.get("streams") or []]
+
     async def _too_large(self, subject: str, size: int) -> ValidationError:
         # The stream refused the event for its max_event_size. Its answer
         # names neither the size nor the limit; look the limit up (this path
         # is rare) so that the message says both.
         limit = ""
         with contextlib.suppress(ApiError, WindshiftError, LookupError, TypeError, ValueError):
-            names = await self._api.request(
-                "STREAM.NAMES", {"subject": subject}, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
-            )
-            stream = names["streams"][0]
+            stream = (await self._streams_collecting(subject))[0]
             info = await self._api.request(
                 f"STREAM.INFO.{stream}", None, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
             )
@@ -245,15 +249,12 @@ class PublishingMixin(ClientBase):
         # must not read as "not found", or callers stop retrying during a
         # failover (seen in tests/test_resilience.py, scenario 2).
         try:
-            answer = await self._api.request(
-                "STREAM.NAMES", {"subject": subject}, timeout=_NO_RESPONDERS_CHECK_TIMEOUT
-            )
+            streams = await self._streams_collecting(subject)
         except (ApiError, UnavailableError) as exc:
             return UnavailableError(
                 f"publish to {subject!r}: no stream answered, and JetStream cannot say "
                 f"whether one collects the subject ({exc}); retry later"
             )
-        streams = answer.get("streams") or []
         if not streams:
             return NotFoundError(f"no stream collects subject {subject!r}")
         return UnavailableError(
