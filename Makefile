@@ -1,22 +1,34 @@
-# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+# Two commands do all set-up on a fresh machine with Python 3.11+ and pip:
 #   make serve   run windshift-grpc on an embedded NATS (creates .venv first)
 #   make test    ruff, mypy --strict and the whole test suite (creates .venv first)
+# Every package comes at the version uv.lock names; `make lock` updates the lock
+# after a change to pyproject.toml (CI fails while the lock is stale).
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# uv itself, pinned, in a small bootstrap environment of its own (uv sync
+# makes .venv exactly the lock, which would remove a uv installed there).
+UV_VERSION = 0.13.9
+UV_HOME = .uv
+UV = $(UV_HOME)/bin/uv
+export UV_PROJECT_ENVIRONMENT = $(VENV)
+export UV_PYTHON_DOWNLOADS = never
 
-.PHONY: serve test lint bench proto clean
+.PHONY: serve test test-quick lint lock bench proto clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+$(BIN)/.installed: pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $@
 
 serve: $(BIN)/.installed
 	$(BIN)/windshift-grpc serve
 
 lint: $(BIN)/.installed
+	$(UV) lock --check --quiet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy windshift windshift_grpc tests examples benchmarks
@@ -24,8 +36,15 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -q
 
+# The quick loop: everything but the fault scenarios (marked slow).
+test-quick: $(BIN)/.installed
+	$(BIN)/pytest -q -m "not slow"
+
+lock: $(UV)
+	$(UV) lock
+
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(UV_HOME) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -537,8 +537,12 @@ def _original_events_file() -> descriptor_pb2.FileDescriptorProto:
     return original
 
 
-def _original_message_class(name: str) -> type[Message]:
-    """A message class built from the original's definition, as an old peer has it."""
+def _original_message_class(name: str) -> Any:
+    """A message class built from the original's definition, as an old peer has it.
+
+    Typed ``Any``: a class made at run time has no typed fields or keywords
+    (types-protobuf's ``Message.__init__`` takes none).
+    """
     pool = descriptor_pool.DescriptorPool()
     for well_known in (any_pb2, timestamp_pb2, duration_pb2):
         file_proto = descriptor_pb2.FileDescriptorProto()
