@@ -1,10 +1,18 @@
-"""Shared fixtures: a real nats-server for the session, clients, unique names."""
+"""Shared fixtures: a real nats-server for the session, clients, unique names.
+
+The tests are split by area: ``library/`` (the windshift package), ``grpc/``
+(``windshift-grpc serve`` subprocesses and real channels) and ``faults/``
+(servers killed, clusters failing over, backlogs), whose every test is marked
+``slow`` here, so that ``make test-quick`` (``pytest -m "not slow"``) leaves
+them out.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -17,6 +25,13 @@ from windshift.embedded import EmbeddedNats
 
 _counter = itertools.count(1)
 _EXPORTER = InMemorySpanExporter()
+_FAULTS = Path(__file__).parent / "faults"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _FAULTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +76,7 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
 
 # gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers;
 # certificates for the TLS tests.
-pytest_plugins = ["grpc_fixtures", "_pki"]
+pytest_plugins = ["tests.grpc_fixtures", "tests._pki"]
 
 
 # Metrics: an in-memory reader behind the global meter provider (installed once;

@@ -7,10 +7,10 @@ import re
 from datetime import timedelta
 
 import pytest
-from _util import publish_many, take, text
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._util import publish_many, take, text
 from windshift import StreamPointer
 from windshift.errors import EventSettledError, NotFoundError, ValidationError
 

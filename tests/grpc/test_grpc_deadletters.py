@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import EventsClient, ServeProcess, duration, ensure_stream, publish, string_any
 
 import windshift
+from tests.grpc_fixtures import (
+    EventsClient,
+    ServeProcess,
+    duration,
+    ensure_stream,
+    publish,
+    string_any,
+)
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 if TYPE_CHECKING:

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import nats
 import pytest
-from _util import take, text
 from google.protobuf.wrappers_pb2 import StringValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import windshift
+from tests._util import take, text
 from windshift import StreamPointer, deadletters
 from windshift.embedded import EmbeddedNats
 from windshift.errors import NotFoundError, ValidationError

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from grpc_fixtures import (
+
+import windshift
+from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
     ensure_consumer,
@@ -20,8 +22,6 @@ from grpc_fixtures import (
     string_any,
     unpack_text,
 )
-
-import windshift
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 

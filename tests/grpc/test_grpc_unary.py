@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import duration, ensure_stream, publish, string_any
 
 import windshift
+from tests.grpc_fixtures import duration, ensure_stream, publish, string_any
 from windshift import Event, NotFoundError, StreamPointer
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 

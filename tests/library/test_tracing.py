@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import nats
-from _util import take
 from google.protobuf.wrappers_pb2 import StringValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 import windshift
+from tests._util import take
 from windshift import StreamPointer
 from windshift.embedded import EmbeddedNats
 

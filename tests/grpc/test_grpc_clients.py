@@ -15,7 +15,8 @@ import shutil
 import sys
 
 import pytest
-from grpc_fixtures import ROOT, ServeProcess
+
+from tests.grpc_fixtures import ROOT, ServeProcess
 
 NODE_CLIENT = ROOT / "examples" / "node-client"
 RUN_TIMEOUT = 60.0

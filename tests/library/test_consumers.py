@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from _util import publish_many, take
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._util import publish_many, take
 from windshift import StreamPointer
 from windshift.errors import NotFoundError, ValidationError
 

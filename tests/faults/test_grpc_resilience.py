@@ -7,8 +7,9 @@ import signal
 from typing import TYPE_CHECKING
 
 import grpc
-from _faults import Ledger
-from grpc_fixtures import (
+
+from tests._faults import Ledger
+from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
     ensure_consumer,
@@ -17,7 +18,6 @@ from grpc_fixtures import (
     string_any,
     unpack_text,
 )
-
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc

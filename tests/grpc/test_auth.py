@@ -24,7 +24,11 @@ import grpc
 import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import windshift
+from tests.grpc_fixtures import (
     EventsClient,
     ServeProcess,
     StartServe,
@@ -33,10 +37,6 @@ from grpc_fixtures import (
     string_any,
     unpack_text,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-import windshift
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc

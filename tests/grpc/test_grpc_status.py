@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from grpc_fixtures import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
     ensure_consumer,
@@ -25,8 +27,6 @@ from grpc_fixtures import (
     publish,
     string_any,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from windshift import (
     AlreadyExistsError,
     ConfigurationConflictError,

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from _util import take
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._util import take
 from windshift import StreamPointer
 from windshift.embedded import EmbeddedNats
 from windshift.errors import UnavailableError

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from _pki import Pki
-from grpc_fixtures import StartServe, serve_command, serve_env
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests._pki import Pki
+from tests.grpc_fixtures import StartServe, serve_command, serve_env
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc

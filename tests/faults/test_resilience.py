@@ -17,8 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from _cluster import ensure_replicated_stream, nats_cluster
-from _faults import (
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.wrappers_pb2 import StringValue
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import windshift
+from tests._cluster import ensure_replicated_stream, nats_cluster
+from tests._faults import (
     ChildSubscriber,
     Ledger,
     api,
@@ -34,12 +40,6 @@ from _faults import (
     wait_replica_current,
     watch_election,
 )
-from google.protobuf.any_pb2 import Any as AnyProto
-from google.protobuf.wrappers_pb2 import StringValue
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import windshift
 from windshift import Event, StreamPointer, StreamSource
 from windshift.embedded import EmbeddedNats
 from windshift.errors import ValidationError, WindshiftError

@@ -24,11 +24,11 @@ from typing import Any
 import grpc
 import nkeys
 import pytest
-from _pki import Pki
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import StartServe, serve_command, serve_env
 
 import windshift
+from tests._pki import Pki
+from tests.grpc_fixtures import StartServe, serve_command, serve_env
 from windshift import UnavailableError, ValidationError
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb

@@ -6,10 +6,10 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-from _cluster import ensure_replicated_stream, nats_cluster, stream_leader
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._cluster import ensure_replicated_stream, nats_cluster, stream_leader
 from windshift import StreamPointer
 from windshift.errors import WindshiftError
 

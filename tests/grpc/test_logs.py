@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import (
+
+import windshift
+from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
     ensure_stream,
@@ -19,8 +21,6 @@ from grpc_fixtures import (
     serve_env,
     string_any,
 )
-
-import windshift
 from windshift import StreamPointer
 from windshift.embedded import EmbeddedNats, free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb

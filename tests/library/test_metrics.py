@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from _util import take, text
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_fixtures import EventsClient, StartServe, ensure_consumer, ensure_stream, publish
 from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
@@ -29,6 +27,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 import windshift
+from tests._util import take, text
+from tests.grpc_fixtures import EventsClient, StartServe, ensure_consumer, ensure_stream, publish
 from windshift import StreamPointer
 from windshift import metrics as ws_metrics
 from windshift.errors import NotFoundError

@@ -24,11 +24,11 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_fixtures import EventsClient, ServeProcess, http_get, serve_env, string_any
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.grpc_fixtures import EventsClient, ServeProcess, http_get, serve_env, string_any
 from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc

@@ -23,7 +23,7 @@ import pytest
 import windshift
 from windshift.embedded import EmbeddedNats
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 RUN_TIMEOUT = 60.0  # seconds one example may take, embedded nats-server start included
 
