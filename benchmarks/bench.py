@@ -6,7 +6,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench.py --quick    # smaller numbers, under a minute
     .venv/bin/python benchmarks/bench.py --json results.json
 
-One nats-server (``windshift.embedded.EmbeddedNats(sync_always=False)``) on
+One nats-server (``windshift.EmbeddedNats(sync_always=False)``) on
 loopback serves every measurement; each measurement gets its own fresh
 stream, deleted afterwards. Every library publishes and reads the same small
 protobuf message (``google.protobuf.StringValue``, 100 bytes serialized).
@@ -49,12 +49,13 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import windshift
-from windshift import StreamPointer, wire
+from windshift import StreamPointer
+from windshift import _wire as wire
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc_workloads
 
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 
 LIBRARIES = ("windshift", "raw", "faststream")
 WORKLOADS = ("sequential", "pipelined", "consume", "latency", "memory", "grpc")

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.any_pb2 import Any
 
-from windshift.embedded import free_port
+from windshift._embedded import free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 

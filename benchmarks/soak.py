@@ -70,7 +70,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import windshift
 from windshift import StreamPointer
-from windshift.embedded import EmbeddedNats, free_port
+from windshift._embedded import EmbeddedNats, free_port
 from windshift.errors import UnavailableError, WindshiftError
 
 STREAM = "soak"

@@ -70,7 +70,7 @@ from soak import (
     summarize,
 )
 
-from windshift.embedded import EmbeddedNats, _die_with_parent, free_port
+from windshift._embedded import EmbeddedNats, _die_with_parent, free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 

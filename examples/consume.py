@@ -35,8 +35,7 @@ from datetime import timedelta
 from orders_pb2 import OrderCreated
 
 import windshift
-from windshift import StreamPointer
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, StreamPointer
 
 STREAM = "orders"
 SUBJECT = "orders.created"

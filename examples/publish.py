@@ -31,8 +31,7 @@ from datetime import timedelta
 from orders_pb2 import OrderCreated
 
 import windshift
-from windshift import PublishedEvent
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, PublishedEvent
 
 STREAM = "orders"
 SUBJECT = "orders.created"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import windshift
-from windshift.embedded import EmbeddedNats, free_port
+from windshift._embedded import EmbeddedNats, free_port
 from windshift.errors import WindshiftError
 
 

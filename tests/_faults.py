@@ -38,8 +38,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import windshift
-from windshift import Event
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, Event
 from windshift.errors import UnavailableError, WindshiftError
 
 HERE = Path(__file__).resolve().parent

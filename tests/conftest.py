@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import windshift
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 
 _counter = itertools.count(1)
 _EXPORTER = InMemorySpanExporter()

@@ -9,47 +9,64 @@ Example:
     ...     async with client.subscribe("orders", consumer.id) as events:
     ...         async for event in events:
     ...             await event.ack()
+
+Every public name lives here, at the package root (its ``__module__`` says
+``windshift``); the modules beside it are private (``windshift._client``,
+...) and may change at any time. :mod:`windshift.errors` is the one public
+submodule: it holds the exception tree, also exported here.
 """
 
-from windshift.client import Client, connect
-from windshift.consumers import ConsumerInfo
-from windshift.deadletters import DeadLetter, DeadLetterQueue
+from windshift._client import Client, connect
+from windshift._consumers import ConsumerInfo
+from windshift._core import ClientSettings
+from windshift._deadletters import DeadLetter, DeadLetterQueue
+from windshift._embedded import EmbeddedNats
+from windshift._events import Event
+from windshift._pointers import StreamPointer
+from windshift._publishing import PublishedEvent
+from windshift._state import StateChange, StateEntry, StateStore, StateWatch
+from windshift._streams import StreamInfo, StreamSource
+from windshift._subscriptions import Subscription
 from windshift.errors import (
     AlreadyExistsError,
     ConfigurationConflictError,
     ConflictError,
+    ConsumerNotFoundError,
     EventSettledError,
+    KeyNotFoundError,
     NotFoundError,
+    StoreNotFoundError,
+    StreamNotFoundError,
     UnavailableError,
     ValidationError,
     WindshiftError,
 )
-from windshift.events import Event
-from windshift.pointers import StreamPointer
-from windshift.publishing import PublishedEvent
-from windshift.state import StateChange, StateEntry, StateStore, StateWatch
-from windshift.streams import StreamInfo, StreamSource
-from windshift.subscriptions import Subscription
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExistsError",
     "Client",
+    "ClientSettings",
     "ConfigurationConflictError",
     "ConflictError",
     "ConsumerInfo",
+    "ConsumerNotFoundError",
     "DeadLetter",
     "DeadLetterQueue",
+    "EmbeddedNats",
     "Event",
     "EventSettledError",
+    "KeyNotFoundError",
     "NotFoundError",
     "PublishedEvent",
     "StateChange",
     "StateEntry",
     "StateStore",
     "StateWatch",
+    "StoreNotFoundError",
     "StreamInfo",
+    "StreamNotFoundError",
     "StreamPointer",
     "StreamSource",
     "Subscription",
@@ -58,3 +75,8 @@ __all__ = [
     "WindshiftError",
     "connect",
 ]
+
+# Reprs, tracebacks and docs name ``windshift.Client``, not the private module.
+for _name in __all__:
+    globals()[_name].__module__ = "windshift"
+del _name

@@ -12,7 +12,10 @@ from nats.aio.client import Client as NATS
 
 from windshift.errors import (
     ConfigurationConflictError,
+    ConflictError,
+    ConsumerNotFoundError,
     NotFoundError,
+    StreamNotFoundError,
     UnavailableError,
     ValidationError,
     WindshiftError,
@@ -24,11 +27,21 @@ CONSUMER_NOT_FOUND = 10014
 STREAM_NAME_IN_USE = 10058
 SUBJECTS_OVERLAP = 10065
 WRONG_LAST_SEQUENCE = 10071
-CONSUMER_ALREADY_EXISTS = 10148
 MESSAGE_TOO_LARGE = 10054
 NO_MESSAGE_FOUND = 10037
 MESSAGE_DELETE_FAILED = 10057  # e.g. "no message found"
 STREAM_STORE_FULL = 10077  # a limit with discard "new" refuses the event
+STREAM_INVALID_CONFIG = 10052  # on an update: a change the existing stream cannot take
+MIRROR_NOT_UPDATABLE = 10055
+MIRROR_WITH_SUBJECTS = 10034
+
+# Refusals that say the request is fine but clashes with what exists.
+_CONFLICTS = frozenset(
+    {STREAM_NAME_IN_USE, SUBJECTS_OVERLAP, STREAM_STORE_FULL, MIRROR_NOT_UPDATABLE}
+)
+# Refusals of an update to an existing stream (a create with the same
+# configuration would be a validation error instead).
+_UPDATE_CONFLICTS = frozenset({STREAM_INVALID_CONFIG, MIRROR_WITH_SUBJECTS})
 
 _DEFAULT_PREFIX = "$JS.API"
 
@@ -42,19 +55,43 @@ class ApiError(Exception):
         self.err_code = err_code
         self.description = description
 
-    def to_windshift(self, context: str) -> WindshiftError:
-        """The windshift error for this answer, with ``context`` saying what was attempted."""
+    def to_windshift(
+        self,
+        context: str,
+        *,
+        stream: str | None = None,
+        consumer: str | None = None,
+        update: bool = False,
+    ) -> WindshiftError:
+        """The windshift error for this answer.
+
+        Mapped by JetStream's ``err_code`` first, then by the status class.
+
+        Args:
+            context: what was attempted, the start of the message.
+            stream: the stream the request was about (for StreamNotFoundError).
+            consumer: the consumer it was about (for ConsumerNotFoundError).
+            update: the request changed an existing resource, so a refused
+                configuration is a conflict with it, not a bad request.
+        """
         message = f"{context}: {self.description}"
-        if self.err_code == STREAM_STORE_FULL:
+        err_code = self.err_code
+        if err_code == STREAM_NOT_FOUND and stream is not None:
+            return StreamNotFoundError(message, stream=stream)
+        if err_code == CONSUMER_NOT_FOUND and stream is not None and consumer is not None:
+            return ConsumerNotFoundError(message, stream=stream, consumer=consumer)
+        if err_code == STREAM_STORE_FULL:
             return ConfigurationConflictError(
                 f"{message} (the stream discards new events at its limit)"
             )
+        if err_code in _CONFLICTS or (update and err_code in _UPDATE_CONFLICTS):
+            return ConfigurationConflictError(message)
+        if err_code == WRONG_LAST_SEQUENCE:
+            return ConflictError(message)
+        if self.code >= 500:
+            return UnavailableError(message)
         if self.code == 404:
             return NotFoundError(message)
-        if self.code == 503:
-            return UnavailableError(message)
-        if self.err_code in (SUBJECTS_OVERLAP, STREAM_NAME_IN_USE):
-            return ConfigurationConflictError(message)
         if self.code == 400:
             return ValidationError(message)
         return ConfigurationConflictError(message)

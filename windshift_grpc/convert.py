@@ -23,7 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from windshift import DeadLetter, Event, StreamPointer, StreamSource, ValidationError
-from windshift.wire import HEADER_TRACE_PARENT
+from windshift._wire import HEADER_TRACE_PARENT
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -40,7 +40,7 @@ from grpc_reflection.v1alpha import reflection
 
 import windshift
 from windshift import UnavailableError
-from windshift.embedded import EmbeddedNats, free_port
+from windshift._embedded import EmbeddedNats, free_port
 from windshift_grpc import telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc

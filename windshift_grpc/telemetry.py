@@ -3,7 +3,7 @@
 At runtime the façade needs only ``opentelemetry-api``: spans are created and
 trace context is propagated (from the caller's ``traceparent`` metadata into
 the events' ``WS-Trace-Parent``) whether or not anything records them, and
-the library's instruments (:mod:`windshift.metrics`) are no-ops. When
+the library's instruments (``windshift._metrics``) are no-ops. When
 ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` is ``console``, or
 ``otlp`` (the default) with an OTLP endpoint set
 (``OTEL_EXPORTER_OTLP_ENDPOINT``, or the ``_TRACES_`` / ``_METRICS_`` one),

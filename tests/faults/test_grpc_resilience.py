@@ -18,7 +18,7 @@ from tests.grpc_fixtures import (
     string_any,
     unpack_text,
 )
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 

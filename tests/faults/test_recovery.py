@@ -12,8 +12,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
 from tests._util import take
-from windshift import StreamPointer
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, StreamPointer
 from windshift.errors import UnavailableError
 
 

@@ -40,10 +40,9 @@ from tests._faults import (
     wait_replica_current,
     watch_election,
 )
-from windshift import Event, StreamPointer, StreamSource
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, Event, StreamPointer, StreamSource
+from windshift._names import validate_name, validate_subject
 from windshift.errors import ValidationError, WindshiftError
-from windshift.names import validate_name, validate_subject
 
 T = TypeVar("T")
 

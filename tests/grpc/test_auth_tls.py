@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests._pki import Pki
 from tests.grpc_fixtures import StartServe, serve_command, serve_env
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.auth import hashed

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.grpc_fixtures import EventsClient, ServeProcess, http_get, serve_env, string_any
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb

@@ -32,7 +32,7 @@ from tests.grpc_fixtures import (
     string_any,
     unpack_text,
 )
-from windshift.embedded import free_port
+from windshift._embedded import free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.settings import SETTINGS, Settings, SettingsError

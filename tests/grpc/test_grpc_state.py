@@ -12,7 +12,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from tests.grpc_fixtures import ServeProcess
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as pb_grpc
 

@@ -31,13 +31,13 @@ from windshift import (
     AlreadyExistsError,
     ConfigurationConflictError,
     ConflictError,
+    EmbeddedNats,
     EventSettledError,
     NotFoundError,
     UnavailableError,
     ValidationError,
     WindshiftError,
 )
-from windshift.embedded import EmbeddedNats
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.auth import AuthenticationError, PermissionDeniedError

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+import windshift._wire
 from tests.grpc_fixtures import duration, ensure_stream, publish, string_any
 from windshift import Event, NotFoundError, StreamPointer
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
@@ -152,7 +153,7 @@ async def test_ensure_stream_aggregate_with_pointers(
     assert "opt_start_time" not in by_name[f"{name}a"]
     assert by_name[f"{name}b"]["opt_start_time"].startswith("2030-01-02T03:04:05")
     start_time = by_name[f"{name}c"]["opt_start_time"]
-    assert windshift.wire.parse_time(start_time) >= before_end  # "end" = from now on
+    assert windshift._wire.parse_time(start_time) >= before_end  # "end" = from now on
 
 
 # --- EnsureConsumer -------------------------------------------------------------

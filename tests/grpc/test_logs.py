@@ -22,7 +22,7 @@ from tests.grpc_fixtures import (
     string_any,
 )
 from windshift import StreamPointer
-from windshift.embedded import EmbeddedNats, free_port
+from windshift._embedded import EmbeddedNats, free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb

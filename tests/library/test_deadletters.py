@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import windshift
 from tests._util import take, text
-from windshift import StreamPointer, deadletters
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, StreamPointer
+from windshift import _deadletters as deadletters
 from windshift.errors import NotFoundError, ValidationError
 
 

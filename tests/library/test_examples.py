@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 
 import windshift
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

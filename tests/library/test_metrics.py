@@ -30,7 +30,7 @@ import windshift
 from tests._util import take, text
 from tests.grpc_fixtures import EventsClient, StartServe, ensure_consumer, ensure_stream, publish
 from windshift import StreamPointer
-from windshift import metrics as ws_metrics
+from windshift import _metrics as ws_metrics
 from windshift.errors import NotFoundError
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.settings import Settings, SettingsError

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from windshift._names import validate_name, validate_subject, validate_subjects
 from windshift.errors import ValidationError
-from windshift.names import validate_name, validate_subject, validate_subjects
 
 
 @pytest.mark.parametrize("good", ["orders", "Orders_v1", "a-b", "0", "x" * 255])

@@ -29,8 +29,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 import windshift
 from tests._pki import Pki
 from tests.grpc_fixtures import StartServe, serve_command, serve_env
-from windshift import UnavailableError, ValidationError
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, UnavailableError, ValidationError
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.settings import Settings, SettingsError

@@ -1,43 +1,97 @@
-"""The package root is the public API; its names are pinned."""
+"""The public surface: every public name is exported from the package root, and nothing else.
+
+In the manner of httpx's ``test_exported_members``: a public name that appears
+or disappears fails here until the list below is changed on purpose (and
+docs/api.md with it).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import windshift
+import windshift.errors
+
+EXPORTED = [
+    "AlreadyExistsError",
+    "Client",
+    "ClientSettings",
+    "ConfigurationConflictError",
+    "ConflictError",
+    "ConsumerInfo",
+    "ConsumerNotFoundError",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "EmbeddedNats",
+    "Event",
+    "EventSettledError",
+    "KeyNotFoundError",
+    "NotFoundError",
+    "PublishedEvent",
+    "StateChange",
+    "StateEntry",
+    "StateStore",
+    "StateWatch",
+    "StoreNotFoundError",
+    "StreamInfo",
+    "StreamNotFoundError",
+    "StreamPointer",
+    "StreamSource",
+    "Subscription",
+    "UnavailableError",
+    "ValidationError",
+    "WindshiftError",
+    "connect",
+]
+
+#: The submodules a user may import; every other one is private (``_name``).
+PUBLIC_SUBMODULES = {"errors"}
 
 
-def test_public_names_are_pinned_and_sorted() -> None:
-    assert windshift.__all__ == [
-        "AlreadyExistsError",
-        "Client",
-        "ConfigurationConflictError",
-        "ConflictError",
-        "ConsumerInfo",
-        "DeadLetter",
-        "DeadLetterQueue",
-        "Event",
-        "EventSettledError",
-        "NotFoundError",
-        "PublishedEvent",
-        "StateChange",
-        "StateEntry",
-        "StateStore",
-        "StateWatch",
-        "StreamInfo",
-        "StreamPointer",
-        "StreamSource",
-        "Subscription",
-        "UnavailableError",
-        "ValidationError",
-        "WindshiftError",
-        "connect",
-    ]
+def test_the_exported_names_are_pinned_and_sorted() -> None:
+    assert windshift.__all__ == EXPORTED
     assert windshift.__all__ == sorted(windshift.__all__)
-    for public in windshift.__all__:
-        assert getattr(windshift, public).__doc__, f"{public} has no docstring"
+
+
+def test_every_public_name_at_the_root_is_exported() -> None:
+    public = {
+        name
+        for name, value in vars(windshift).items()
+        if not name.startswith("_") and not isinstance(value, type(windshift))
+    }
+    assert public == set(EXPORTED)
+
+
+def test_exported_names_belong_to_the_package_root() -> None:
+    for name in EXPORTED:
+        value = getattr(windshift, name)
+        assert value.__module__ == "windshift", f"{name}.__module__ is {value.__module__}"
+        assert value.__doc__, f"{name} has no docstring"
+
+
+def test_implementation_modules_are_private() -> None:
+    found = {module.name for module in pkgutil.iter_modules(windshift.__path__)}
+    public = {name for name in found if not name.startswith("_")}
+    assert public == PUBLIC_SUBMODULES
+    for name in found:
+        importlib.import_module(f"windshift.{name}")
+
+
+def test_the_errors_module_exports_the_tree_the_root_exports() -> None:
+    errors = {
+        name
+        for name in EXPORTED
+        if isinstance(getattr(windshift, name), type)
+        and issubclass(getattr(windshift, name), Exception)
+    }
+    assert set(windshift.errors.__all__) == errors
+    for name in errors:
+        assert getattr(windshift.errors, name) is getattr(windshift, name)
 
 
 def test_every_error_derives_from_windshift_error() -> None:
-    for public in windshift.__all__:
-        value = getattr(windshift, public)
+    for name in EXPORTED:
+        value = getattr(windshift, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, windshift.WindshiftError)

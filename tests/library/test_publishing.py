@@ -11,7 +11,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift.errors import ConflictError, NotFoundError, ValidationError
 
 
@@ -163,7 +163,7 @@ async def test_connect_refuses_bad_options() -> None:
 
 
 async def test_connect_to_nothing_is_unavailable() -> None:
-    from windshift.embedded import free_port
+    from windshift._embedded import free_port
     from windshift.errors import UnavailableError
 
     with pytest.raises(UnavailableError, match="cannot connect"):

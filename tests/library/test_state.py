@@ -11,7 +11,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 import windshift
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats
 from windshift.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 
 

@@ -10,8 +10,7 @@ from opentelemetry.trace import SpanKind
 
 import windshift
 from tests._util import take
-from windshift import StreamPointer
-from windshift.embedded import EmbeddedNats
+from windshift import EmbeddedNats, StreamPointer
 
 
 async def test_publish_and_receive_spans_form_one_trace(

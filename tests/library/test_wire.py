@@ -13,9 +13,9 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 import windshift
-from windshift import StreamPointer, wire
+from windshift import EmbeddedNats, StreamPointer
+from windshift import _wire as wire
 from windshift._acks import header_block as wire_header_block
-from windshift.embedded import EmbeddedNats
 from windshift.errors import ValidationError
 
 

@@ -30,17 +30,18 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.api import Header
 
-from windshift import deadletters, tracing
+from windshift import _deadletters as deadletters
+from windshift import _tracing as tracing
+from windshift._deadletters import DeadLetterPolicy
+from windshift._events import Event
 from windshift._jsapi import ApiError, JetStreamApi
-from windshift.deadletters import DeadLetterPolicy
+from windshift._metrics import SubscriptionMetrics
+from windshift._names import quote_value, validate_name
+from windshift._wire import HEADER_DATA_TYPE
 from windshift.errors import NotFoundError, ValidationError, WindshiftError
-from windshift.events import Event
-from windshift.metrics import SubscriptionMetrics
-from windshift.names import quote_value, validate_name
-from windshift.wire import HEADER_DATA_TYPE
 
 if TYPE_CHECKING:
-    from windshift.publishing import PublishingMixin
+    from windshift._publishing import PublishingMixin
 
 logger = logging.getLogger("windshift.subscriptions")
 

@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
+from windshift._names import quote_value
 from windshift.errors import ValidationError
-from windshift.names import quote_value
 
 HEADER_DATA_TYPE = "WS-Data-Type"
 HEADER_PUBLISHED_TIME = "WS-Published-Time"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from windshift._names import quote_value
+from windshift._wire import format_time
 from windshift.errors import ValidationError
-from windshift.names import quote_value
-from windshift.wire import format_time
 
 PointerKind = Literal["start", "end", "time", "offset"]
 

@@ -32,7 +32,9 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 
-from windshift import metrics, tracing, wire
+from windshift import _metrics as metrics
+from windshift import _tracing as tracing
+from windshift import _wire as wire
 from windshift._jsapi import (
     MESSAGE_DELETE_FAILED,
     NO_MESSAGE_FOUND,
@@ -40,12 +42,12 @@ from windshift._jsapi import (
     ApiError,
     JetStreamApi,
 )
+from windshift._names import validate_name
 from windshift.errors import ConflictError, NotFoundError, ValidationError
-from windshift.names import validate_name
 
 if TYPE_CHECKING:
-    from windshift.events import Event
-    from windshift.publishing import PublishedEvent, PublishingMixin
+    from windshift._events import Event
+    from windshift._publishing import PublishedEvent, PublishingMixin
 
 logger = logging.getLogger("windshift.deadletters")
 

@@ -12,11 +12,12 @@ from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span
 
-from windshift import tracing, wire
+from windshift import _tracing as tracing
+from windshift import _wire as wire
 from windshift.errors import EventSettledError, UnavailableError, ValidationError
 
 if TYPE_CHECKING:
-    from windshift.subscriptions import Subscription
+    from windshift._subscriptions import Subscription
 
 M = TypeVar("M", bound=Message)
 

@@ -15,10 +15,13 @@ import nats.errors
 from google.protobuf.message import Message
 from opentelemetry.trace import Status, StatusCode
 
-from windshift import metrics, tracing, wire
+from windshift import _metrics as metrics
+from windshift import _tracing as tracing
+from windshift import _wire as wire
 from windshift._acks import AckInbox, header_block
 from windshift._core import ClientBase
 from windshift._jsapi import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE, ApiError, raise_api_error
+from windshift._names import quote_value, validate_subject
 from windshift.errors import (
     ConflictError,
     NotFoundError,
@@ -26,7 +29,6 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
-from windshift.names import quote_value, validate_subject
 
 
 @dataclass(frozen=True, slots=True)

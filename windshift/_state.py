@@ -32,8 +32,10 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from windshift import wire
+from windshift import _wire as wire
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
+from windshift._names import validate_name, validate_subject
+from windshift._publishing import PublishingMixin
 from windshift.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -41,8 +43,6 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
-from windshift.names import validate_name, validate_subject
-from windshift.publishing import PublishingMixin
 
 logger = logging.getLogger("windshift.state")
 

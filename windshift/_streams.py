@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from windshift._core import ClientBase
 from windshift._jsapi import STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
+from windshift._names import quote_value, validate_name, validate_subjects
+from windshift._pointers import StreamPointer
+from windshift._wire import duration_to_nanos, nanos_to_duration, parse_time
 from windshift.errors import ConfigurationConflictError, NotFoundError, ValidationError
-from windshift.names import quote_value, validate_name, validate_subjects
-from windshift.pointers import StreamPointer
-from windshift.wire import duration_to_nanos, nanos_to_duration, parse_time
 
 logger = logging.getLogger("windshift.streams")
 

@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from windshift._core import ClientBase
+from windshift._deadletters import METADATA_ATTEMPTS, METADATA_STREAM, DeadLetterPolicy
 from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
-from windshift.deadletters import METADATA_ATTEMPTS, METADATA_STREAM, DeadLetterPolicy
+from windshift._names import quote_value, validate_name, validate_subjects
+from windshift._pointers import StreamPointer
+from windshift._streams import DEFAULT_DEDUPLICATION_WINDOW, build_stream_config
+from windshift._wire import duration_to_nanos, nanos_to_duration
 from windshift.errors import NotFoundError, ValidationError
-from windshift.names import quote_value, validate_name, validate_subjects
-from windshift.pointers import StreamPointer
-from windshift.streams import DEFAULT_DEDUPLICATION_WINDOW, build_stream_config
-from windshift.wire import duration_to_nanos, nanos_to_duration
 
 logger = logging.getLogger("windshift.consumers")
 

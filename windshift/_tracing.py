@@ -19,7 +19,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from windshift.wire import HEADER_TRACE_PARENT, HEADER_TRACE_STATE
+from windshift._wire import HEADER_TRACE_PARENT, HEADER_TRACE_STATE
 
 _TO_HEADER = {"traceparent": HEADER_TRACE_PARENT, "tracestate": HEADER_TRACE_STATE}
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -18,15 +18,15 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from windshift._acks import AckInbox
+from windshift._consumers import ConsumersMixin
 from windshift._core import ClientSettings
+from windshift._deadletters import DeadLetterQueue
 from windshift._jsapi import JetStreamApi
-from windshift.consumers import ConsumersMixin
-from windshift.deadletters import DeadLetterQueue
+from windshift._names import quote_value
+from windshift._state import StoresMixin
+from windshift._streams import StreamsMixin
+from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
 from windshift.errors import UnavailableError, ValidationError
-from windshift.names import quote_value
-from windshift.state import StoresMixin
-from windshift.streams import StreamsMixin
-from windshift.subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
 
 logger = logging.getLogger("windshift.client")
 
