@@ -51,5 +51,5 @@ async def ensure_replicated_stream(
 
 async def stream_leader(client: windshift.Client, name: str) -> str:
     """The server name of the stream's current leader."""
-    answer = await client._api.request(f"STREAM.INFO.{name}")
+    answer = await client._connection.api.request(f"STREAM.INFO.{name}")
     return str(answer["cluster"]["leader"])

@@ -17,15 +17,16 @@ submodule: it holds the exception tree, also exported here.
 """
 
 from windshift._client import Client, connect
+from windshift._connection import ClientSettings
 from windshift._consumers import ConsumerInfo
-from windshift._core import ClientSettings
 from windshift._deadletters import DeadLetter, DeadLetterQueue
 from windshift._embedded import EmbeddedNats
 from windshift._events import Event
+from windshift._options import ConsumerOptions, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
 from windshift._publishing import PublishedEvent
 from windshift._state import StateChange, StateEntry, StateStore, StateWatch
-from windshift._streams import StreamInfo, StreamSource
+from windshift._streams import StreamInfo
 from windshift._subscriptions import Subscription
 from windshift.errors import (
     AlreadyExistsError,
@@ -52,6 +53,7 @@ __all__ = [
     "ConflictError",
     "ConsumerInfo",
     "ConsumerNotFoundError",
+    "ConsumerOptions",
     "DeadLetter",
     "DeadLetterQueue",
     "EmbeddedNats",
@@ -67,6 +69,7 @@ __all__ = [
     "StoreNotFoundError",
     "StreamInfo",
     "StreamNotFoundError",
+    "StreamOptions",
     "StreamPointer",
     "StreamSource",
     "Subscription",

@@ -1,39 +1,51 @@
-"""connect() and Client: the NATS connection and everything done through it."""
+"""connect() and Client: the NATS connection and everything done through it.
+
+:class:`Client` is the one object users hold. It owns the connection core
+(:class:`~windshift._connection.Connection`) and delegates to small services,
+one per concern: :class:`~windshift._publishing.Publisher`,
+:class:`~windshift._streams.Streams`, :class:`~windshift._consumers.Consumers`,
+:class:`~windshift._state.Stores`, plus subscriptions and dead-letter queues
+made on demand.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
 import ssl
-from collections.abc import Generator, Sequence
-from datetime import timedelta
+from collections.abc import Generator, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, Unpack
 
 import nats
 import nats.errors
+from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 
-from windshift._acks import AckInbox
-from windshift._consumers import ConsumersMixin
-from windshift._core import ClientSettings
+from windshift._connection import ClientSettings, Connection
+from windshift._consumers import ConsumerInfo, Consumers
 from windshift._deadletters import DeadLetterQueue
-from windshift._jsapi import JetStreamApi
 from windshift._names import quote_value
-from windshift._state import StoresMixin
-from windshift._streams import StreamsMixin
-from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, ReconnectListener, Subscription
+from windshift._options import ConsumerOptionArgs, ConsumerOptions, StreamOptionArgs, StreamOptions
+from windshift._publishing import PublishedEvent, Publisher
+from windshift._state import StateStore, Stores
+from windshift._streams import StreamInfo, Streams
+from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, Subscription
 from windshift.errors import UnavailableError, ValidationError
 
 logger = logging.getLogger("windshift.client")
 
 _INITIAL_ATTEMPTS = 3
 
+_O = TypeVar("_O", StreamOptions, ConsumerOptions)
 
-class Client(StreamsMixin, ConsumersMixin, StoresMixin):
+
+class Client:
     """A connection to NATS JetStream and the Windshift API on top of it.
 
     Get one from :func:`connect`. Close it with :meth:`close`, or use it
@@ -44,27 +56,195 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         ...     await client.ensure_stream("orders", subjects=["orders.>"])
     """
 
-    def __init__(self, nc: NATS, settings: ClientSettings) -> None:
-        self._nc = nc
-        self._settings = settings
-        self._api = JetStreamApi(nc, timeout=settings.request_timeout.total_seconds())
-        self._publish_slots = asyncio.Semaphore(settings.publish_max_pending)
-        self._acks = AckInbox(nc)
-        self._reconnect_listeners: set[ReconnectListener] = set()
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._publisher = Publisher(connection)
+        self._streams = Streams(connection)
+        self._consumers = Consumers(connection)
+        self._stores = Stores(connection, self._publisher)
 
     @property
     def settings(self) -> ClientSettings:
         """The settings this client was connected with."""
-        return self._settings
+        return self._connection.settings
 
     @property
     def is_connected(self) -> bool:
         """Whether the NATS connection is up right now."""
-        return bool(self._nc.is_connected)
+        return bool(self._connection.nc.is_connected)
 
-    def dead_letters(self, stream: str) -> DeadLetterQueue:
-        """The dead letters kept in ``stream`` (see :mod:`windshift.deadletters`)."""
-        return DeadLetterQueue(self, self._api, stream)
+    @property
+    def nats(self) -> NATS:
+        """The underlying nats-py connection (for what windshift does not cover)."""
+        return self._connection.nc
+
+    # Streams
+
+    async def ensure_stream(
+        self,
+        name: str,
+        options: StreamOptions | None = None,
+        **changes: Unpack[StreamOptionArgs],
+    ) -> StreamInfo:
+        """Create a stream, or update it to match these options.
+
+        Example:
+            >>> await client.ensure_stream("orders", subjects=["orders.>"],
+            ...                            max_age=timedelta(days=30))
+            >>> await client.ensure_stream("orders", StreamOptions(subjects=["orders.>"]))
+
+        Every call states the whole configuration: an option left out is
+        reset to its default (a retention limit that was set is removed).
+        Safe to call from many tasks or processes at once.
+
+        Args:
+            name: the stream's name (``A-Z a-z 0-9 _ -``).
+            options: the options as one :class:`StreamOptions`; the defaults
+                when not given.
+            **changes: options given one by one (the fields of
+                :class:`StreamOptions`: ``subjects``, ``mirror``, ``sources``,
+                ``max_age``, ``max_events``, ``max_events_per_subject``,
+                ``max_bytes``, ``discard``, ``discard_new_per_subject``,
+                ``storage``, ``replicas``, ``deduplication_window``,
+                ``max_event_size``); they replace those of ``options``.
+
+        Raises:
+            ValidationError: a bad name, subject or option combination.
+            ConfigurationConflictError: JetStream refuses the change (storage
+                type, a mirror's source, a subject already bound to another stream).
+            UnavailableError: NATS did not answer.
+        """
+        return await self._streams.ensure(name, _options(StreamOptions, options, changes))
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        """Describe a stream.
+
+        Raises:
+            StreamNotFoundError: no stream has this name.
+        """
+        return await self._streams.info(name)
+
+    async def delete_stream(self, name: str) -> None:
+        """Delete a stream with all its events and consumers.
+
+        Raises:
+            StreamNotFoundError: no stream has this name.
+        """
+        await self._streams.delete(name)
+
+    # Consumers
+
+    async def ensure_consumer(
+        self,
+        stream: str,
+        name: str | None = None,
+        options: ConsumerOptions | None = None,
+        **changes: Unpack[ConsumerOptionArgs],
+    ) -> ConsumerInfo:
+        """Create a consumer of ``stream``, or update a durable one.
+
+        Example:
+            >>> consumer = await client.ensure_consumer(
+            ...     "orders", "order-processor", subjects=["orders.created"],
+            ...     start=StreamPointer.start())
+            >>> consumer.id
+            'order-processor'
+
+        Without a name the consumer is ephemeral: the server names it, and
+        removes it after an hour nobody reads it (``inactive_threshold``
+        changes that). With a name it is durable and never expires unless
+        ``inactive_threshold`` is given. Updating a durable consumer (its
+        subjects, timeout, attempts) keeps its position; ``start`` only
+        matters when it is created.
+
+        Args:
+            stream: the stream to read.
+            name: the durable consumer's name; None for an ephemeral one.
+            options: the options as one :class:`ConsumerOptions`.
+            **changes: options given one by one (the fields of
+                :class:`ConsumerOptions`: ``subjects``, ``start``,
+                ``processing_timeout`` (default 30 s), ``max_delivery_attempts``,
+                ``inactive_threshold``, ``dead_letter_stream``); they replace
+                those of ``options``.
+
+        Raises:
+            ValidationError: a bad name, subject or option.
+            StreamNotFoundError: the stream does not exist.
+            UnavailableError: NATS did not answer.
+        """
+        return await self._consumers.ensure(
+            stream, name, _options(ConsumerOptions, options, changes)
+        )
+
+    async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
+        """Describe a consumer.
+
+        Raises:
+            StreamNotFoundError: the stream does not exist.
+            ConsumerNotFoundError: the consumer does not exist.
+        """
+        return await self._consumers.info(stream, consumer)
+
+    async def delete_consumer(self, stream: str, consumer: str) -> None:
+        """Delete a consumer (its position is lost).
+
+        Raises:
+            StreamNotFoundError: the stream does not exist.
+            ConsumerNotFoundError: the consumer does not exist.
+        """
+        await self._consumers.delete(stream, consumer)
+
+    # Publishing and receiving
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message,
+        *,
+        timestamp: datetime | int | None = None,
+        idempotency_key: str | None = None,
+        expected_last_id: int | None = None,
+        expected_last_stream_id: int | None = None,
+    ) -> PublishedEvent:
+        """Publish an event and wait until JetStream has stored it.
+
+        Example:
+            >>> published = await client.publish(
+            ...     "orders.created", OrderCreated(id="123"), idempotency_key="order-123")
+            >>> published.id
+            17
+
+        Many concurrent calls share one pipeline: up to
+        ``publish_max_pending`` (see :func:`~windshift.connect`) publishes
+        await their acknowledgement at once.
+
+        Args:
+            subject: the event's subject (no wildcards); a stream must collect it.
+            message: a protobuf message, or a ``google.protobuf.Any`` holding one.
+            timestamp: the event's publication time: an aware datetime, or
+                nanoseconds since the Unix epoch (an int, every digit kept);
+                now by default.
+            idempotency_key: publishing the same key again within the stream's
+                deduplication window stores nothing and returns the first id.
+            expected_last_id: refuse unless the last event on this *subject*
+                has this id (0: no event on the subject yet).
+            expected_last_stream_id: refuse unless the last event in the whole
+                *stream* has this id (0: the stream is empty).
+
+        Raises:
+            ValidationError: bad subject, data, key or timestamp; event too large.
+            NotFoundError: no stream collects this subject.
+            ConflictError: an expected last id did not match.
+            UnavailableError: NATS did not acknowledge in time.
+        """
+        return await self._publisher.publish(
+            subject,
+            message,
+            timestamp=timestamp,
+            idempotency_key=idempotency_key,
+            expected_last_id=expected_last_id,
+            expected_last_stream_id=expected_last_stream_id,
+        )
 
     def subscribe(
         self,
@@ -87,43 +267,59 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
             max_pending_events: at most this many events are delivered to this
                 subscription and unsettled at any time (default 50).
             auto_ping: ping held events every third of the processing timeout
-                so they are not redelivered while being worked on.
+                so they are not redelivered while being worked on. Without it,
+                an event the holder does not ping within the processing
+                timeout is given up (NATS delivers it again; settling the old
+                delivery raises EventSettledError).
 
         Raises:
             ValidationError: bad names or ``max_pending_events``.
-            NotFoundError: (on entering) the stream or consumer does not exist.
+            StreamNotFoundError, ConsumerNotFoundError: (on entering) the
+                stream or consumer does not exist.
         """
         return Subscription(
-            self._nc,
-            self._api,
-            self._reconnect_listeners,
-            self,
+            self._connection,
+            self._publisher,
             stream,
             consumer,
             max_pending_events=max_pending_events,
             auto_ping=auto_ping,
         )
 
-    async def _on_reconnect(self) -> None:
-        url = self._nc.connected_url
-        # host and port only: a URL may carry a user and password
-        logger.info("reconnected to NATS at %s", f"{url.hostname}:{url.port}" if url else "?")
-        for listener in list(self._reconnect_listeners):
-            try:
-                await listener()
-            except Exception:
-                logger.exception("a subscription failed to resume after reconnecting")
+    # State stores and dead letters
+
+    async def ensure_store(self, name: str) -> StateStore:
+        """Create the state store ``name`` if it does not exist, and return it.
+
+        Safe to call from many tasks or processes at once.
+
+        Raises:
+            ValidationError: a bad name.
+            UnavailableError: NATS did not answer.
+        """
+        return await self._stores.ensure_store(name)
+
+    def store(self, name: str) -> StateStore:
+        """A handle on the existing state store ``name`` (no request is made)."""
+        return self._stores.store(name)
+
+    def dead_letters(self, stream: str) -> DeadLetterQueue:
+        """The dead letters kept in ``stream`` (see :class:`~windshift.DeadLetterQueue`)."""
+        return DeadLetterQueue(self._publisher, self._connection.api, stream)
+
+    # Closing
 
     async def close(self) -> None:
         """Flush what is still buffered and close the connection."""
-        if self._nc.is_closed:
+        nc = self._connection.nc
+        if nc.is_closed:
             return
         with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
-            await self._nc.drain()
-        if not self._nc.is_closed:
+            await nc.drain()
+        if not nc.is_closed:
             # a connection that broke (a server going away) closes all the same
             with contextlib.suppress(OSError):
-                await self._nc.close()
+                await nc.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -135,6 +331,20 @@ class Client(StreamsMixin, ConsumersMixin, StoresMixin):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _options(kind: type[_O], options: _O | None, changes: Mapping[str, Any]) -> _O:
+    """``options`` (or the defaults) with ``changes`` applied, of the dataclass ``kind``."""
+    if options is None:
+        base = kind()
+    elif isinstance(options, kind):
+        base = options
+    else:
+        raise ValidationError(f"options must be a {kind.__name__}, got {quote_value(options)}")
+    try:
+        return dataclasses.replace(base, **changes)
+    except TypeError as exc:  # an unknown keyword
+        raise ValidationError(f"{exc}; the options are the fields of {kind.__name__}") from None
 
 
 class _Connecting:
@@ -152,7 +362,7 @@ class _Connecting:
 
         async def reconnected() -> None:
             if client_holder:
-                await client_holder[0]._on_reconnect()
+                await client_holder[0]._connection.on_reconnect()
 
         async def disconnected() -> None:
             if not nc.is_closed and not nc.is_draining:
@@ -215,7 +425,7 @@ class _Connecting:
         if failure is not None:
             raise failure
         nc.options["max_reconnect_attempts"] = -1
-        client = Client(nc, self._settings)
+        client = Client(Connection(nc, self._settings))
         client_holder.append(client)
         return client
 

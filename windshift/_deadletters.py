@@ -43,19 +43,16 @@ from windshift._jsapi import (
     JetStreamApi,
 )
 from windshift._names import validate_name
-from windshift.errors import ConflictError, NotFoundError, ValidationError
+from windshift._options import METADATA_DEAD_LETTER_STREAM, METADATA_MAX_DELIVERY_ATTEMPTS
+from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from windshift._events import Event
-    from windshift._publishing import PublishedEvent, PublishingMixin
+    from windshift._publishing import PublishedEvent, Publisher
 
 logger = logging.getLogger("windshift.deadletters")
 
 M = TypeVar("M", bound=Message)
-
-# Where a consumer keeps its dead-letter settings (JetStream consumer metadata).
-METADATA_STREAM = "windshift.dead_letter_stream"
-METADATA_ATTEMPTS = "windshift.max_delivery_attempts"
 
 # Dead letters are numbered by JetStream's stream sequence: 1 up to this.
 _LAST_ID = 2**64 - 1
@@ -77,12 +74,19 @@ class DeadLetterPolicy:
 
     @classmethod
     def of(cls, consumer_config: Mapping[str, Any]) -> DeadLetterPolicy | None:
+        """The settings in a consumer's configuration; None when it has no dead-letter stream."""
         metadata = consumer_config.get("metadata") or {}
-        stream = metadata.get(METADATA_STREAM)
+        stream = metadata.get(METADATA_DEAD_LETTER_STREAM)
         if not stream:
             return None
-        attempts = metadata.get(METADATA_ATTEMPTS)
+        attempts = metadata.get(METADATA_MAX_DELIVERY_ATTEMPTS)
         return cls(stream, int(attempts) if attempts else None)
+
+    def last_attempt(self, delivery_attempt: int) -> bool:
+        """Whether no delivery after this one may be handed out."""
+        return self.max_delivery_attempts is not None and (
+            delivery_attempt >= self.max_delivery_attempts
+        )
 
     def exhausted(self, delivery_attempt: int) -> bool:
         """Whether a delivery is past the last allowed attempt."""
@@ -96,14 +100,18 @@ def _header_value(text: str) -> str:
 
 
 async def move(
-    publisher: PublishingMixin,
+    publisher: Publisher,
     policy: DeadLetterPolicy,
     event: Event,
     stream: str,
     consumer: str,
     reason: str,
+    attempts: int,
 ) -> bool:
     """Store ``event`` in the dead-letter stream (once, however often this is retried).
+
+    Args:
+        attempts: how often the event was handed out to be processed.
 
     Returns:
         True when this call stored it, False when an earlier try already had.
@@ -115,7 +123,7 @@ async def move(
             wire.HEADER_DEAD_STREAM: stream,
             wire.HEADER_DEAD_CONSUMER: consumer,
             wire.HEADER_DEAD_EVENT_ID: str(event.id),
-            wire.HEADER_DEAD_ATTEMPTS: str(event.delivery_attempt),
+            wire.HEADER_DEAD_ATTEMPTS: str(attempts),
             wire.HEADER_DEAD_REASON: _header_value(reason),
             wire.HEADER_DEAD_TIME: wire.format_time(None),
             wire.HEADER_MSG_ID: f"dead.{stream}.{consumer}.{event.id}",
@@ -124,7 +132,7 @@ async def move(
     )
     subject = f"{policy.stream}.{stream}.{consumer}.{event.id}"
     try:
-        stored = not (await publisher._send(subject, event.body, headers)).duplicate
+        stored = not (await publisher.send(subject, event.body, headers)).duplicate
     except ConflictError:  # an earlier try stored it: the subject holds it
         stored = False
     logger.warning(
@@ -176,11 +184,17 @@ class DeadLetter:
     @property
     def timestamp(self) -> datetime | None:
         """When the event was published (``WS-Published-Time``); None when it carries none."""
+        nanos = self.timestamp_ns
+        return None if nanos is None else wire.time_from_nanos(nanos)
+
+    @property
+    def timestamp_ns(self) -> int | None:
+        """When the event was published, in nanoseconds since the Unix epoch (exact)."""
         text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
         if not text:
             return None
         try:
-            return wire.parse_time(text)
+            return wire.parse_time_ns(text)
         except ValueError:
             return None
 
@@ -207,7 +221,7 @@ class DeadLetter:
 class DeadLetterQueue:
     """The dead letters of one dead-letter stream; from :meth:`Client.dead_letters`."""
 
-    def __init__(self, publisher: PublishingMixin, api: JetStreamApi, name: str) -> None:
+    def __init__(self, publisher: Publisher, api: JetStreamApi, name: str) -> None:
         validate_name("dead-letter stream", name)
         self._publisher = publisher
         self._api = api
@@ -223,8 +237,10 @@ class DeadLetterQueue:
             if exc.err_code == NO_MESSAGE_FOUND:
                 return None
             if exc.err_code == STREAM_NOT_FOUND:
-                raise NotFoundError(f"dead-letter stream {self.name!r} does not exist") from None
-            raise exc.to_windshift(f"read {what} of {self.name!r}") from None
+                raise StreamNotFoundError(
+                    f"dead-letter stream {self.name!r} does not exist", stream=self.name
+                ) from None
+            raise exc.to_windshift(f"read {what} of {self.name!r}", stream=self.name) from None
         headers = stored.headers
         return DeadLetter(
             id=stored.sequence,
@@ -290,7 +306,7 @@ class DeadLetterQueue:
         headers[wire.HEADER_PUBLISHED_TIME] = wire.format_time(None)
         headers[wire.HEADER_MSG_ID] = f"replay.{self.name}.{letter.id}"
         started = time.perf_counter()
-        published = await self._publisher._send(letter.subject, letter.data.value, headers)
+        published = await self._publisher.send(letter.subject, letter.data.value, headers)
         metrics.published(
             published.stream, time.perf_counter() - started, duplicate=published.duplicate
         )
@@ -338,7 +354,7 @@ class DeadLetterQueue:
         try:
             answer = await self._api.request(f"STREAM.PURGE.{self.name}", {})
         except ApiError as exc:
-            raise exc.to_windshift(f"purge {self.name!r}") from None
+            raise exc.to_windshift(f"purge {self.name!r}", stream=self.name) from None
         purged = int(answer.get("purged", 0))
         logger.info(
             "purged %d dead letters of %s",

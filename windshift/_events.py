@@ -1,12 +1,18 @@
-"""Event: one delivery of a stream event to a subscription, and how to settle it."""
+"""Event: one delivery of a stream event, and how to settle it.
+
+An :class:`Event` knows its data and its delivery; everything it needs from
+whoever delivered it goes through the small :class:`EventSource` protocol:
+send a settlement, move the event to the dead letters, release it, read the
+clock. A :class:`~windshift.Subscription` is the real source; a test can
+hand an Event a source of its own and check what it was told.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-import nats.errors
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
@@ -14,19 +20,57 @@ from opentelemetry.trace import Span
 
 from windshift import _tracing as tracing
 from windshift import _wire as wire
-from windshift.errors import EventSettledError, UnavailableError, ValidationError
+from windshift.errors import EventSettledError, ValidationError
 
 if TYPE_CHECKING:
-    from windshift._subscriptions import Subscription
+    from windshift._deadletters import DeadLetterPolicy
 
 M = TypeVar("M", bound=Message)
 
-Settlement = Literal["acknowledged", "rejected"]
+#: How an event ended, once it has: settled by its holder, or given up on
+#: (``"expired"``: not pinged within the processing timeout, with
+#: ``auto_ping=False``; NATS delivers it again).
+Settlement = Literal["acknowledged", "rejected", "expired"]
+#: What :meth:`EventSource.release` is told (``"dead-lettered"``: moved, then terminated).
+Outcome = Literal["acknowledged", "rejected", "rejected permanently", "dead-lettered", "expired"]
 
-_ACK = b"+ACK"
-_NAK = b"-NAK"
-_TERM = b"+TERM"
-_PING = b"+WPI"
+ACK = b"+ACK"
+NAK = b"-NAK"
+TERM = b"+TERM"
+PING = b"+WPI"
+
+#: The reason recorded with an event whose delivery attempts ran out.
+ATTEMPTS_EXHAUSTED = "max delivery attempts reached"
+
+
+class EventSource(Protocol):
+    """What an :class:`Event` needs from whoever delivered it.
+
+    A :class:`~windshift.Subscription` implements it over NATS. Settling
+    methods raise :class:`~windshift.UnavailableError` when the settlement
+    could not be sent (or, with ``confirm``, was not confirmed).
+    """
+
+    @property
+    def dead_letters(self) -> DeadLetterPolicy | None:
+        """The consumer's dead-letter settings; None without a dead-letter stream."""
+        ...
+
+    def clock(self) -> float:
+        """Now, in the seconds the source measures processing times with."""
+        ...
+
+    async def send(self, event: Event, payload: bytes, *, confirm: bool) -> None:
+        """Send a settlement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) for ``event``."""
+        ...
+
+    async def dead_letter(self, event: Event, reason: str, attempts: int) -> None:
+        """Store ``event`` in the dead-letter stream, recording ``reason`` and ``attempts``."""
+        ...
+
+    async def release(self, event: Event, outcome: Outcome) -> None:
+        """``event`` is settled (or given up on): forget it and make room for the next."""
+        ...
 
 
 class Event:
@@ -46,14 +90,17 @@ class Event:
     :meth:`reject` to have it delivered again (now, after a delay, or never).
     Until then the subscription pings it every third of the processing
     timeout, unless the subscription was opened with ``auto_ping=False``
-    (then call :meth:`ping` during long work).
+    (then call :meth:`ping` during long work: an event not pinged within the
+    processing timeout is given up, and NATS delivers it again).
 
     Attributes:
         id: the event's id: its sequence in the stream, equal to what
             ``publish`` returned and the same on every redelivery.
         subject: the subject it was published to.
         headers: the NATS headers it carries.
+        body: the serialized protobuf message (the value of :attr:`data`).
         delivery_attempt: 1 on first delivery, 2 on the first redelivery, ...
+        last_ping: the source's clock when the event was last pinged (or received).
     """
 
     __slots__ = (
@@ -61,8 +108,8 @@ class Event:
         "_published_ns",
         "_reply",
         "_settled",
+        "_source",
         "_span",
-        "_subscription",
         "body",
         "delivery_attempt",
         "headers",
@@ -73,7 +120,7 @@ class Event:
 
     def __init__(
         self,
-        subscription: Subscription,
+        source: EventSource,
         reply: str,
         subject: str,
         headers: Mapping[str, str],
@@ -83,11 +130,11 @@ class Event:
         published_ns: int,
         now: float,
     ) -> None:
-        self._subscription = subscription
+        self._source = source
         self._reply = reply
         self._settled: Settlement | None = None
         self._span: Span | None = None
-        self._handed_out = 0.0  # the subscription's clock when handed out; 0: not yet
+        self._handed_out = 0.0  # the source's clock when handed out; 0: not yet
         self._published_ns = published_ns
         self.subject = subject
         self.headers = headers
@@ -101,6 +148,11 @@ class Event:
             f"Event(id={self.id}, subject={self.subject!r}, data_type={self.data_type!r}, "
             f"delivery_attempt={self.delivery_attempt})"
         )
+
+    @property
+    def reply(self) -> str:
+        """The NATS subject settlements of this delivery are sent to."""
+        return self._reply
 
     @property
     def data_type(self) -> str:
@@ -131,7 +183,11 @@ class Event:
 
     @property
     def timestamp(self) -> datetime:
-        """When the event was published (``WS-Published-Time``, else the stream's time)."""
+        """When the event was published (``WS-Published-Time``, else the stream's time).
+
+        It keeps the offset the publisher wrote. A ``datetime`` holds
+        microseconds; :attr:`timestamp_ns` has every digit.
+        """
         text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
         if text:
             try:
@@ -139,6 +195,17 @@ class Event:
             except ValueError:
                 pass
         return wire.time_from_nanos(self._published_ns)
+
+    @property
+    def timestamp_ns(self) -> int:
+        """When the event was published, in nanoseconds since the Unix epoch (exact)."""
+        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
+        if text:
+            try:
+                return wire.parse_time_ns(text)
+            except ValueError:
+                pass
+        return self._published_ns
 
     @property
     def idempotency_key(self) -> str | None:
@@ -163,7 +230,7 @@ class Event:
 
     @property
     def settled(self) -> Settlement | None:
-        """None while unsettled, else "acknowledged" or "rejected"."""
+        """None while unsettled, else "acknowledged", "rejected" or "expired"."""
         return self._settled
 
     async def ack(self, *, confirm: bool = False) -> None:
@@ -173,11 +240,11 @@ class Event:
             confirm: wait until NATS confirms it recorded the acknowledgement.
 
         Raises:
-            EventSettledError: the event was already acknowledged or rejected.
+            EventSettledError: the event was already settled (or expired).
             UnavailableError: with ``confirm``, NATS did not answer (the event
                 stays unsettled; the call may be retried).
         """
-        await self._settle("acknowledged", _ACK, confirm)
+        await self._settle("acknowledged", ACK, confirm)
 
     async def reject(
         self,
@@ -190,90 +257,101 @@ class Event:
         """Reject the event.
 
         Without options it is delivered again at once; with ``delay``, not
-        before the delay; with ``permanently=True``, never again: when the
-        consumer has a dead-letter stream, the event is moved there first
+        before the delay; with ``permanently=True``, never again. When the
+        consumer has a dead-letter stream, an event rejected permanently, or
+        rejected on its last allowed delivery attempt, is moved there first
         (with ``reason``), and only then removed from the consumer's work.
 
         Raises:
             ValidationError: ``delay`` together with ``permanently``, or a
                 negative delay.
-            EventSettledError: the event was already acknowledged or rejected.
-            UnavailableError: with ``confirm``, NATS did not answer.
+            EventSettledError: the event was already settled (or expired).
+            UnavailableError: with ``confirm`` (or a dead-letter move), NATS
+                did not answer.
         """
-        if permanently:
-            if delay is not None:
-                raise ValidationError("reject takes either delay or permanently=True, not both")
-            payload = _TERM
-            if self._subscription.dead_letters is not None:
-                why = reason or "rejected permanently"
-                await self._settle("rejected", payload, True, dead_letter=why)
+        if permanently and delay is not None:
+            raise ValidationError("reject takes either delay or permanently=True, not both")
+        policy = self._source.dead_letters
+        if policy is not None:
+            if permanently:
+                await self._give_up(reason or "rejected permanently")
                 return
-        elif delay is not None:
+            if policy.last_attempt(self.delivery_attempt):
+                # No later attempt would be handed out: move it now, rather
+                # than after the delay and one more (unseen) delivery.
+                await self._give_up(reason or ATTEMPTS_EXHAUSTED)
+                return
+        if permanently:
+            await self._settle("rejected", TERM, confirm, outcome="rejected permanently")
+            return
+        payload = NAK
+        if delay is not None:
             nanos = wire.duration_to_nanos(delay, "delay")
-            payload = b'-NAK {"delay":%d}' % nanos if nanos else _NAK
-        else:
-            payload = _NAK
+            if nanos:
+                payload = b'-NAK {"delay":%d}' % nanos
         await self._settle("rejected", payload, confirm)
 
     async def ping(self, *, confirm: bool = False) -> None:
         """Tell NATS the event is still being processed: its timeout starts again.
 
         Raises:
-            EventSettledError: the event was already acknowledged or rejected.
+            EventSettledError: the event was already settled (or expired).
             UnavailableError: with ``confirm``, NATS did not answer.
         """
-        if self._settled is not None:
-            raise EventSettledError(f"event {self.id} was already {self._settled}")
-        await self._send(_PING, confirm)
-        self.last_ping = self._subscription.clock()
+        self._check_unsettled()
+        await self._source.send(self, PING, confirm=confirm)
+        self.last_ping = self._source.clock()
 
-    async def _settle(
-        self, outcome: Settlement, payload: bytes, confirm: bool, dead_letter: str | None = None
-    ) -> None:
+    def expire(self) -> bool:
+        """Give the event up unsettled (its source's business); False if it was settled."""
         if self._settled is not None:
-            raise EventSettledError(f"event {self.id} was already {self._settled}")
-        self._settled = outcome
+            return False
+        self._settled = "expired"
+        self._end_span("expired")
+        return True
+
+    async def _give_up(self, reason: str, *, attempts: int | None = None) -> None:
+        """Move the event to the dead letters, then terminate it (confirmed)."""
+        self._check_unsettled()
+        self._settled = "rejected"
         try:
-            if dead_letter is not None:
-                await self._subscription.move_to_dead_letters(self, dead_letter)
-            await self._send(payload, confirm)
+            await self._source.dead_letter(
+                self, reason, self.delivery_attempt if attempts is None else attempts
+            )
+            await self._source.send(self, TERM, confirm=True)
         except BaseException:
             self._settled = None
             raise
+        self._end_span("rejected")
+        await self._source.release(self, "dead-lettered")
+
+    async def _settle(
+        self, settlement: Settlement, payload: bytes, confirm: bool, outcome: Outcome | None = None
+    ) -> None:
+        self._check_unsettled()
+        self._settled = settlement
+        try:
+            await self._source.send(self, payload, confirm=confirm)
+        except BaseException:
+            self._settled = None
+            raise
+        self._end_span(settlement)
+        await self._source.release(self, outcome or settlement)
+
+    def _check_unsettled(self) -> None:
+        if self._settled == "expired":
+            raise EventSettledError(
+                f"event {self.id} was given up: it was not pinged within the processing "
+                "timeout, and NATS delivers it again"
+            )
+        if self._settled is not None:
+            raise EventSettledError(f"event {self.id} was already {self._settled}")
+
+    def _end_span(self, outcome: str) -> None:
         if self._span is not None:
             self._span.set_attribute("windshift.outcome", outcome)
             self._span.end()
             self._span = None
-        subscription = self._subscription
-        if self._handed_out:  # not for events the subscription gave up on itself
-            seconds = subscription.clock() - self._handed_out
-            if outcome == "acknowledged":
-                subscription._metrics.acknowledged(seconds)
-            else:
-                subscription._metrics.rejected(seconds, permanently=payload == _TERM)
-        await subscription.release(self)
-
-    async def _send(self, payload: bytes, confirm: bool) -> None:
-        subscription = self._subscription
-        try:
-            if confirm:
-                await subscription.acks.request(
-                    self._reply, payload, None, subscription.request_timeout
-                )
-            else:
-                await subscription.nc.publish(self._reply, payload)
-        except TimeoutError:
-            raise UnavailableError(f"NATS did not confirm settling event {self.id}") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise UnavailableError(
-                f"cannot settle event {self.id}: the NATS connection is closed"
-            ) from None
-        except nats.errors.OutboundBufferLimitError:
-            # Disconnected, and nats-py's reconnect buffer is full.
-            raise UnavailableError(
-                f"cannot settle event {self.id}: NATS is unreachable and the reconnect "
-                "buffer is full"
-            ) from None
 
 
-__all__ = ["Event"]
+__all__ = ["ATTEMPTS_EXHAUSTED", "Event", "EventSource", "Outcome", "Settlement"]

@@ -1,8 +1,12 @@
-"""Publishing events: headers, idempotency, optimistic concurrency, pipelined acks."""
+"""Publishing events: headers, idempotency, optimistic concurrency, pipelined acks.
+
+The Publisher service of a client: ``Client.publish`` and everything else that
+writes to a stream (dead-letter moves and replays, state store writes) goes
+through :meth:`Publisher.send`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -18,8 +22,8 @@ from opentelemetry.trace import Status, StatusCode
 from windshift import _metrics as metrics
 from windshift import _tracing as tracing
 from windshift import _wire as wire
-from windshift._acks import AckInbox, header_block
-from windshift._core import ClientBase
+from windshift._acks import header_block
+from windshift._connection import Connection
 from windshift._jsapi import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE, ApiError, raise_api_error
 from windshift._names import quote_value, validate_subject
 from windshift.errors import (
@@ -83,19 +87,22 @@ _PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)",\s*"seq":(\d+)\}')
 _NO_RESPONDERS_CHECK_TIMEOUT = 1.0
 
 
-class PublishingMixin(ClientBase):
-    """The ``publish`` method of :class:`~windshift.Client`."""
+class Publisher:
+    """Publishing over one connection (behind ``Client.publish``)."""
 
-    _acks: AckInbox
-
-    _publish_slots: asyncio.Semaphore
+    def __init__(self, connection: Connection) -> None:
+        self._nc = connection.nc
+        self._api = connection.api
+        self._acks = connection.acks
+        self._publish_slots = connection.publish_slots
+        self._timeout = connection.request_timeout
 
     async def publish(
         self,
         subject: str,
         message: Message,
         *,
-        timestamp: datetime | None = None,
+        timestamp: datetime | int | None = None,
         idempotency_key: str | None = None,
         expected_last_id: int | None = None,
         expected_last_stream_id: int | None = None,
@@ -115,7 +122,9 @@ class PublishingMixin(ClientBase):
         Args:
             subject: the event's subject (no wildcards); a stream must collect it.
             message: a protobuf message, or a ``google.protobuf.Any`` holding one.
-            timestamp: the event's publication time (aware datetime); now by default.
+            timestamp: the event's publication time: an aware datetime, or
+                nanoseconds since the Unix epoch (an int, kept to the
+                nanosecond); now by default.
             idempotency_key: publishing the same key again within the stream's
                 deduplication window stores nothing and returns the first id.
             expected_last_id: refuse unless the last event on this *subject*
@@ -161,7 +170,7 @@ class PublishingMixin(ClientBase):
         span = tracing.start_publish_span(subject, headers)
         started = time.perf_counter()
         try:
-            published = await self._send(subject, body, headers)
+            published = await self.send(subject, body, headers)
         except WindshiftError as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             span.end()
@@ -173,8 +182,16 @@ class PublishingMixin(ClientBase):
         span.end()
         return published
 
-    async def _send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
-        timeout = self._settings.request_timeout.total_seconds()
+    async def send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
+        """Publish ``body`` with exactly these headers and wait for JetStream's acknowledgement.
+
+        Raises:
+            ValidationError: NATS refuses the subject, or the event is too large.
+            NotFoundError: no stream collects the subject.
+            ConflictError: an expected last sequence header did not match.
+            UnavailableError: no acknowledgement in time, or no leader right now.
+        """
+        timeout = self._timeout
         async with self._publish_slots:
             try:
                 answer = await self._acks.request(subject, body, headers, timeout)
@@ -266,4 +283,4 @@ class PublishingMixin(ClientBase):
         )
 
 
-__all__ = ["PublishedEvent", "PublishingMixin"]
+__all__ = ["PublishedEvent", "Publisher"]

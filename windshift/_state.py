@@ -33,9 +33,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from windshift import _wire as wire
+from windshift._connection import Connection
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift._names import validate_name, validate_subject
-from windshift._publishing import PublishingMixin
+from windshift._publishing import Publisher
 from windshift.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -134,9 +135,9 @@ def _check_revision(value: int | None, what: str) -> None:
 
 
 class StateStore:
-    """A key-value store; get one from :meth:`StoresMixin.ensure_store`."""
+    """A key-value store; get one from :meth:`windshift.Client.ensure_store`."""
 
-    def __init__(self, client: StoresMixin, name: str) -> None:
+    def __init__(self, client: Stores, name: str) -> None:
         self._client = client
         self.name = name
         self._stream = f"KV_{name}"
@@ -379,8 +380,16 @@ class StateWatch:
                 await client._api.request(f"CONSUMER.DELETE.{self._store._stream}.{self._consumer}")
 
 
-class StoresMixin(PublishingMixin):
-    """State store methods of :class:`~windshift.Client` (writes go through publishing)."""
+class Stores:
+    """State stores over one connection (behind ``Client.ensure_store`` and ``Client.store``).
+
+    Its stores write through the client's :class:`~windshift._publishing.Publisher`.
+    """
+
+    def __init__(self, connection: Connection, publisher: Publisher) -> None:
+        self._nc = connection.nc
+        self._api = connection.api
+        self._send = publisher.send
 
     async def ensure_store(self, name: str) -> StateStore:
         """Create the state store ``name`` if it does not exist, and return it.
@@ -431,4 +440,4 @@ class StoresMixin(PublishingMixin):
         return StateStore(self, name)
 
 
-__all__ = ["StateChange", "StateEntry", "StateStore", "StateWatch", "StoresMixin", "validate_key"]
+__all__ = ["StateChange", "StateEntry", "StateStore", "StateWatch", "Stores", "validate_key"]

@@ -19,29 +19,32 @@ import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
-from nats.aio.client import Client as NATS
+import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.api import Header
 
 from windshift import _deadletters as deadletters
 from windshift import _tracing as tracing
+from windshift._connection import Connection
 from windshift._deadletters import DeadLetterPolicy
-from windshift._events import Event
-from windshift._jsapi import ApiError, JetStreamApi
+from windshift._events import ATTEMPTS_EXHAUSTED, Event, Outcome
+from windshift._jsapi import ApiError
 from windshift._metrics import SubscriptionMetrics
 from windshift._names import quote_value, validate_name
-from windshift._wire import HEADER_DATA_TYPE
-from windshift.errors import NotFoundError, ValidationError, WindshiftError
-
-if TYPE_CHECKING:
-    from windshift._publishing import PublishingMixin
+from windshift._publishing import Publisher
+from windshift._wire import HEADER_DATA_TYPE, parse_reply
+from windshift.errors import (
+    ConsumerNotFoundError,
+    UnavailableError,
+    ValidationError,
+    WindshiftError,
+)
 
 logger = logging.getLogger("windshift.subscriptions")
 
@@ -58,8 +61,6 @@ _HEARTBEAT = 1.0
 _REFUSED_BACKOFF = 0.25
 # How long a consumer must stay missing before the subscription gives up on it.
 _MISSING_GRACE = 3.0
-
-ReconnectListener = Callable[[], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -86,10 +87,8 @@ class Subscription:
 
     def __init__(
         self,
-        nc: NATS,
-        api: JetStreamApi,
-        listeners: set[ReconnectListener],
-        publisher: PublishingMixin,
+        connection: Connection,
+        publisher: Publisher,
         stream: str,
         consumer: str,
         *,
@@ -107,13 +106,13 @@ class Subscription:
                 f"max_pending_events must be between 1 and {MAX_PENDING_EVENTS_LIMIT}, "
                 f"got {quote_value(max_pending_events)}"
             )
-        self.nc = nc
-        self._api = api
+        self.nc = connection.nc
+        self._connection = connection
+        self._api = api = connection.api
         self._publisher = publisher
-        self.acks = publisher._acks  # where confirmed settlements get their answer
-        self.dead_letters: DeadLetterPolicy | None = None
+        self._acks = connection.acks  # where confirmed settlements get their answer
+        self._dead_letters: DeadLetterPolicy | None = None
         self._moving: set[asyncio.Task[None]] = set()
-        self._listeners = listeners
         self.stream = stream
         self.consumer = consumer
         self.max_pending_events = max_pending_events
@@ -133,6 +132,7 @@ class Subscription:
         self._requests: dict[str, _PullRequest] = {}
         self._credit = 0  # events the live pull requests may still bring
         self._held: dict[str, Event] = {}  # delivered and unsettled, by reply subject
+        self._by_id: dict[int, Event] = {}  # the latest of them per event id
         self._metrics = SubscriptionMetrics(stream, consumer, self._held)
         self._buffer: deque[Event] = deque()  # held, not yet handed to the caller
         self._waiter: asyncio.Future[None] | None = None
@@ -150,6 +150,20 @@ class Subscription:
         """Events delivered to this subscription and not yet settled."""
         return len(self._held)
 
+    @property
+    def dead_letters(self) -> DeadLetterPolicy | None:
+        """The consumer's dead-letter settings (read on entering); None without them."""
+        return self._dead_letters
+
+    def held_event(self, event_id: int) -> Event | None:
+        """The unsettled delivery of the event with this id, if this subscription holds one.
+
+        With several deliveries of the same event held (a redelivery arrived
+        before the earlier one was settled), the latest.
+        """
+        event = self._by_id.get(event_id)
+        return event if event is not None and event.settled is None else None
+
     async def __aenter__(self) -> Self:
         if self._started:
             raise ValidationError("a subscription can be entered only once")
@@ -158,14 +172,16 @@ class Subscription:
             info = await self._api.request(f"CONSUMER.INFO.{self.stream}.{self.consumer}")
         except ApiError as exc:
             raise exc.to_windshift(
-                f"subscribe to consumer {self.consumer!r} on stream {self.stream!r}"
+                f"subscribe to consumer {self.consumer!r} on stream {self.stream!r}",
+                stream=self.stream,
+                consumer=self.consumer,
             ) from None
         ack_wait = int(info["config"].get("ack_wait", 30_000_000_000))
-        self.dead_letters = DeadLetterPolicy.of(info["config"])
+        self._dead_letters = DeadLetterPolicy.of(info["config"])
         self.processing_timeout = timedelta(microseconds=ack_wait // 1000)
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
-        self._listeners.add(self._on_reconnect)
+        self._connection.reconnect_listeners.add(self._on_reconnect)
         self._metrics.track()
         self._last_activity = self.clock()
         await self._pull()
@@ -231,12 +247,19 @@ class Subscription:
             await self.nc.publish(reply, b"+TERM")
             return
         self._held[reply] = event
+        earlier = self._by_id.get(event.id)
+        self._by_id[event.id] = event
+        if earlier is not None and not self.auto_ping:
+            # Redelivered before the earlier delivery was given up: it has
+            # expired on the server already.
+            await self._expire(earlier)
         if event.delivery_attempt > 1:
             self._metrics.redelivered()
-        if self.dead_letters is not None and self.dead_letters.exhausted(event.delivery_attempt):
-            # One past the last attempt (its subscriber died, or rejected it
-            # on the last one): move it instead of handing it out.
-            task = asyncio.create_task(self._give_up(event, "max delivery attempts reached"))
+        policy = self._dead_letters
+        if policy is not None and policy.exhausted(event.delivery_attempt):
+            # One past the last attempt (its subscriber died during the last
+            # one): move it instead of handing it out.
+            task = asyncio.create_task(self._give_up(event))
             self._moving.add(task)
             task.add_done_callback(self._moving.discard)
             return
@@ -255,7 +278,11 @@ class Subscription:
         description = str(headers.get(Header.DESCRIPTION) or headers.get("Description") or "")
         if status == "409" and "Consumer Deleted" in description:
             self._fail(
-                NotFoundError(f"consumer {self.consumer!r} on stream {self.stream!r} was deleted")
+                ConsumerNotFoundError(
+                    f"consumer {self.consumer!r} on stream {self.stream!r} was deleted",
+                    stream=self.stream,
+                    consumer=self.consumer,
+                )
             )
             return
         if status == "503":
@@ -298,8 +325,10 @@ class Subscription:
                 self._missing_since = now
             elif now - self._missing_since >= _MISSING_GRACE:
                 self._fail(
-                    NotFoundError(
-                        f"consumer {self.consumer!r} on stream {self.stream!r} no longer exists"
+                    ConsumerNotFoundError(
+                        f"consumer {self.consumer!r} on stream {self.stream!r} no longer exists",
+                        stream=self.stream,
+                        consumer=self.consumer,
                     )
                 )
             return
@@ -347,26 +376,71 @@ class Subscription:
         self._not_before = 0.0
         await self._pull()
 
-    async def move_to_dead_letters(self, event: Event, reason: str) -> None:
+    # The event source of the events this subscription delivers (windshift._events.EventSource).
+
+    async def send(self, event: Event, payload: bytes, *, confirm: bool) -> None:
+        """Send a settlement of ``event`` to NATS (called by :class:`Event`)."""
+        try:
+            if confirm:
+                await self._acks.request(event.reply, payload, None, self.request_timeout)
+            else:
+                await self.nc.publish(event.reply, payload)
+        except TimeoutError:
+            raise UnavailableError(f"NATS did not confirm settling event {event.id}") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise UnavailableError(
+                f"cannot settle event {event.id}: the NATS connection is closed"
+            ) from None
+        except nats.errors.OutboundBufferLimitError:
+            # Disconnected, and nats-py's reconnect buffer is full.
+            raise UnavailableError(
+                f"cannot settle event {event.id}: NATS is unreachable and the reconnect "
+                "buffer is full"
+            ) from None
+
+    async def dead_letter(self, event: Event, reason: str, attempts: int) -> None:
         """Store ``event`` in the consumer's dead-letter stream (called by :class:`Event`)."""
-        assert self.dead_letters is not None
+        policy = self._dead_letters
+        if policy is None:
+            raise ValidationError(
+                f"consumer {self.consumer!r} on stream {self.stream!r} has no dead-letter stream"
+            )
         if await deadletters.move(
-            self._publisher, self.dead_letters, event, self.stream, self.consumer, reason
+            self._publisher, policy, event, self.stream, self.consumer, reason, attempts
         ):
             self._metrics.dead_lettered()
 
-    async def _give_up(self, event: Event, reason: str) -> None:
+    async def release(self, event: Event, outcome: Outcome) -> None:
+        """Forget a settled event and make room for the next (called by :class:`Event`)."""
+        if event._handed_out:  # not for events the subscription gave up on itself
+            seconds = self.clock() - event._handed_out
+            if outcome == "acknowledged":
+                self._metrics.acknowledged(seconds)
+            elif outcome != "expired":
+                self._metrics.rejected(seconds, permanently=outcome != "rejected")
+        self._forget(event)
+        await self._pull()
+
+    def _forget(self, event: Event) -> None:
+        if self._held.pop(event.reply, None) is not None and self._by_id.get(event.id) is event:
+            del self._by_id[event.id]
+
+    async def _expire(self, event: Event) -> None:
+        """Give up an unsettled event unpinged for its processing timeout (``auto_ping=False``)."""
+        if event.expire():
+            with contextlib.suppress(ValueError):
+                self._buffer.remove(event)
+            await self.release(event, "expired")
+
+    async def _give_up(self, event: Event) -> None:
         try:
-            await event.reject(permanently=True, reason=reason, confirm=True)
+            # The attempts handed out: this delivery, one past the last, was not.
+            await event._give_up(ATTEMPTS_EXHAUSTED, attempts=event.delivery_attempt - 1)
         except WindshiftError as exc:
             # Not moved: forget it here, so that NATS delivers it again after
             # the processing timeout and the move is retried then.
             logger.warning("could not dead-letter event %d yet: %s", event.id, exc)
-            await self.release(event)
-
-    async def release(self, event: Event) -> None:
-        """Forget a settled event and make room for the next (called by :class:`Event`)."""
-        if self._held.pop(event._reply, None) is not None:
+            self._forget(event)
             await self._pull()
 
     async def _maintain(self) -> None:
@@ -397,6 +471,12 @@ class Subscription:
                 if event.settled is None and now - event.last_ping >= ping_every:
                     event.last_ping = now
                     await self.nc.publish(reply, b"+WPI")
+        else:
+            # Nobody pings for the holder: what it left unpinged for the whole
+            # processing timeout, NATS delivers again; give it up here too.
+            timeout = self.processing_timeout.total_seconds()
+            for event in [e for e in self._held.values() if now - e.last_ping >= timeout]:
+                await self._expire(event)
         await self._pull()
 
     async def close(self) -> None:
@@ -407,7 +487,7 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
-        self._listeners.discard(self._on_reconnect)
+        self._connection.reconnect_listeners.discard(self._on_reconnect)
         for task in (self._maintainer, self._checker, *self._moving):
             if task is not None:
                 task.cancel()
@@ -430,9 +510,9 @@ class Subscription:
         returned = list(self._buffer)
         self._buffer.clear()
         for event in returned:
-            self._held.pop(event._reply, None)
+            self._forget(event)
             with contextlib.suppress(Exception):
-                await self.nc.publish(event._reply, b"-NAK")
+                await self.nc.publish(event.reply, b"-NAK")
         self._drop_requests()
         self._wake()
         if self.nc.is_connected:
@@ -449,8 +529,6 @@ def _consume_outcome(task: asyncio.Future[None]) -> None:
 
 
 def _event_from(subscription: Subscription, msg: Msg, now: float) -> Event | None:
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-    # or, with a domain: $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...
     headers = msg.headers or {}
     if not headers.get(HEADER_DATA_TYPE):
         logger.error(
@@ -461,26 +539,21 @@ def _event_from(subscription: Subscription, msg: Msg, now: float) -> Event | Non
             HEADER_DATA_TYPE,
         )
         return None
-    tokens = msg.reply.split(".")
-    try:
-        if len(tokens) == 9:
-            delivered, sequence, stamp = tokens[4], tokens[5], tokens[7]
-        else:
-            delivered, sequence, stamp = tokens[6], tokens[7], tokens[9]
-        return Event(
-            subscription,
-            msg.reply,
-            msg.subject,
-            headers,
-            msg.data,
-            int(sequence),
-            int(delivered),
-            int(stamp),
-            now,
-        )
-    except (IndexError, ValueError):
+    delivery = parse_reply(msg.reply)
+    if delivery is None:
         logger.error("terminating a message with an unreadable reply subject %r", msg.reply)
         return None
+    return Event(
+        subscription,
+        msg.reply,
+        msg.subject,
+        headers,
+        msg.data,
+        delivery.stream_sequence,
+        delivery.delivery_attempt,
+        delivery.timestamp_ns,
+        now,
+    )
 
 
 __all__ = ["DEFAULT_MAX_PENDING_EVENTS", "Subscription"]

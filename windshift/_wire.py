@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 from google.protobuf.any_pb2 import Any
@@ -48,6 +49,11 @@ HEADER_DEAD_REASON = "WS-Dead-Reason"
 HEADER_DEAD_TIME = "WS-Dead-Time"
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# What a datetime can hold: 0001-01-01 to 9999-12-31, as nanoseconds since the epoch.
+_MIN_NANOS = -62_135_596_800 * 1_000_000_000
+_MAX_NANOS = 253_402_300_799 * 1_000_000_000 + 999_999_999
 
 # A protobuf full message name: dot-separated identifiers.
 _MESSAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -88,19 +94,26 @@ def decode_message(data_type: str, body: bytes) -> Any:
     return Any(type_url=TYPE_URL_PREFIX + data_type, value=body)
 
 
-def format_time(moment: datetime | None = None) -> str:
+def format_time(moment: datetime | int | None = None) -> str:
     """Format a time as Go's ``time.RFC3339Nano`` would.
 
-    ``None`` means now, with nanosecond precision, in UTC (``Z``). An aware
-    datetime keeps its offset. Trailing zeros of the fraction are dropped, and
-    the fraction is left out entirely when it is zero.
+    ``None`` means now, with nanosecond precision, in UTC (``Z``); an ``int``
+    is nanoseconds since the Unix epoch (UTC, every digit kept); an aware
+    datetime keeps its offset. Trailing zeros of the fraction are dropped,
+    and the fraction is left out entirely when it is zero.
 
     Raises:
-        ValidationError: not a datetime, or a naive one (its zone would be a guess).
+        ValidationError: not a datetime or an int, a naive datetime (its zone
+            would be a guess), or a time outside the years 1 to 9999.
     """
     if moment is None:
-        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-        return _second_text(seconds) + _fraction(nanos) + "Z"
+        return _nanos_text(time.time_ns())
+    if isinstance(moment, int) and not isinstance(moment, bool):
+        if not _MIN_NANOS <= moment <= _MAX_NANOS:
+            raise ValidationError(
+                f"timestamp {moment} (nanoseconds since the epoch) is outside the years 1 to 9999"
+            )
+        return _nanos_text(moment)
     if not isinstance(moment, datetime):
         raise ValidationError(f"timestamp must be a datetime, got {quote_value(moment)}")
     if moment.tzinfo is None or moment.utcoffset() is None:
@@ -117,11 +130,16 @@ def format_time(moment: datetime | None = None) -> str:
     return f"{base}{sign}{hours:02d}:{mins:02d}"
 
 
+def _nanos_text(ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return _second_text(seconds) + _fraction(nanos) + "Z"
+
+
 @functools.lru_cache(maxsize=4)
 def _second_text(seconds: int) -> str:
     # Publishing formats "now" for every event: the whole-second part only
     # changes once a second, so it is formatted once per second.
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _fraction(nanos: int) -> str:
@@ -133,30 +151,95 @@ def _fraction(nanos: int) -> str:
 def parse_time(text: str) -> datetime:
     """Read an RFC 3339 time with up to nine fractional digits and any UTC offset.
 
-    Digits past microseconds are truncated (``datetime`` holds microseconds).
+    Digits past microseconds are truncated (``datetime`` holds microseconds);
+    :func:`parse_time_ns` keeps them all.
 
     Raises:
         ValueError: the text is not such a time.
     """
+    moment, _ = _parse(text)
+    return moment
+
+
+def parse_time_ns(text: str) -> int:
+    """Read an RFC 3339 time exactly, as nanoseconds since the Unix epoch.
+
+    Raises:
+        ValueError: the text is not such a time.
+    """
+    moment, nanos = _parse(text)
+    since = moment - _EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000_000 + nanos
+
+
+def _parse(text: str) -> tuple[datetime, int]:
+    """The time (microseconds) and the nanoseconds of its second."""
     match = _RFC3339.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not an RFC 3339 time: {text!r}")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
-    micros = int((fraction or "0").ljust(9, "0")[:6])
+    nanos = int((fraction or "0").ljust(9, "0"))
     if zone in ("Z", "z"):
         tz: timezone = UTC
     else:
         sign = 1 if zone[0] == "+" else -1
         tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-    return datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=tz
+    moment = datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        nanos // 1000,
+        tzinfo=tz,
     )
+    return moment, nanos
 
 
 def time_from_nanos(ns: int) -> datetime:
-    """Turn nanoseconds since the Unix epoch into an aware UTC datetime."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+    """Turn nanoseconds since the Unix epoch into an aware UTC datetime (microseconds)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What JetStream says about one delivery in its reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
+    or with a domain and account hash,
+    ``$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...`` (and a
+    random token at the end in newer servers).
+    """
+
+    stream: str
+    consumer: str
+    delivery_attempt: int
+    stream_sequence: int
+    consumer_sequence: int
+    timestamp_ns: int
+    pending: int
+
+
+def parse_reply(reply: str) -> Delivery | None:
+    """Read a JetStream delivery's reply subject; None when it is not one."""
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    # The old form has 9 tokens; the new one 11 or more (domain, account hash, ...).
+    at = 2 if len(tokens) == 9 else 4
+    try:
+        return Delivery(
+            stream=tokens[at],
+            consumer=tokens[at + 1],
+            delivery_attempt=int(tokens[at + 2]),
+            stream_sequence=int(tokens[at + 3]),
+            consumer_sequence=int(tokens[at + 4]),
+            timestamp_ns=int(tokens[at + 5]),
+            pending=int(tokens[at + 6]),
+        )
+    except (IndexError, ValueError):
+        return None
 
 
 def duration_to_nanos(value: timedelta, what: str) -> int:
@@ -193,11 +276,14 @@ __all__ = [
     "HEADER_TRACE_PARENT",
     "HEADER_TRACE_STATE",
     "TYPE_URL_PREFIX",
+    "Delivery",
     "decode_message",
     "duration_to_nanos",
     "encode_message",
     "format_time",
     "nanos_to_duration",
+    "parse_reply",
     "parse_time",
+    "parse_time_ns",
     "time_from_nanos",
 ]

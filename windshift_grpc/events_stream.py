@@ -8,14 +8,13 @@ confirmation in the order the requests were sent. At most
 library subscription never holds more, and the next arrives when one is
 settled or forgotten.
 
-Bookkeeping, per call: a map id -> :class:`~windshift.Event` of the events
-delivered on this call and not yet settled, never larger than
-``max_processing_events``. An id leaves it when its event is acknowledged or
-rejected, or when its processing timeout passes without a ping (NATS then
-delivers it again, possibly on this call, with the same id). An id that is
-not in the map, or was already settled, is answered in ``invalid_ids``; an
-id NATS did not confirm, in ``temporary_failed_ids`` (it stays valid, the
-client may send it again).
+Bookkeeping is the library subscription's (opened with ``auto_ping=False``):
+it holds the events delivered on this call and not yet settled, never more
+than ``max_processing_events``, and gives up those whose processing timeout
+passes without a ping (NATS then delivers them again, possibly on this call,
+with the same id). An id the subscription does not hold, or holds settled,
+is answered in ``invalid_ids``; an id NATS did not confirm, in
+``temporary_failed_ids`` (it stays valid, the client may send it again).
 
 The call ends with OK when the client half-closes or the server shuts down
 (pending confirmations are sent first), and with the mapped error status
@@ -167,8 +166,6 @@ class _Call:
         self._subscription = subscription
         self._requests = requests
         self._stopping = stopping
-        self._timeout = subscription.processing_timeout.total_seconds()
-        self._held: dict[int, Event] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(_MAX_REQUESTS_IN_FLIGHT)
@@ -179,7 +176,6 @@ class _Call:
         workers = [
             asyncio.create_task(self._pump(), name="windshift-grpc-events-pump"),
             asyncio.create_task(self._read(), name="windshift-grpc-events-read"),
-            asyncio.create_task(self._expire(), name="windshift-grpc-events-expire"),
             asyncio.create_task(self._watch_stop(), name="windshift-grpc-events-stop"),
         ]
         unsent: list[Event] = []
@@ -191,7 +187,7 @@ class _Call:
                     continue
                 item = self._outbox.popleft()
                 if isinstance(item, Event):
-                    if self._held.get(item.id) is item:  # not forgotten while queued
+                    if item.settled is None:  # not given up while queued
                         yield pb.EventsResponse(event=convert.event(item))
                 else:
                     yield await self._confirmation(item)
@@ -229,8 +225,7 @@ class _Call:
                 item.cancel()
         self._outbox.clear()
         for event in unsent:
-            if self._held.get(event.id) is event:
-                del self._held[event.id]
+            if event.settled is None:
                 with contextlib.suppress(WindshiftError):
                     await event.reject()
 
@@ -252,32 +247,11 @@ class _Call:
         """Move events from the subscription to the outbox."""
         try:
             async for event in self._subscription:
-                earlier = self._held.get(event.id)
-                if earlier is not None:  # redelivered before we forgot the earlier delivery
-                    await self._forget(earlier)
-                self._held[event.id] = event
                 self._send(event)
         except Exception as exc:
             self._end(exc)
         else:
             self._end()
-
-    async def _expire(self) -> None:
-        """Forget events whose processing timeout passed without a settlement or ping."""
-        period = max(0.05, min(1.0, self._timeout / 4))
-        clock = self._subscription.clock
-        while True:
-            await asyncio.sleep(period)
-            now = clock()
-            for event in [e for e in self._held.values() if now - e.last_ping >= self._timeout]:
-                await self._forget(event)
-
-    async def _forget(self, event: Event) -> None:
-        if self._held.get(event.id) is event:
-            del self._held[event.id]
-        with contextlib.suppress(ValueError):
-            self._outbox.remove(event)
-        await self._subscription.release(event)
 
     async def _read(self) -> None:
         """Read the client's requests and start settling each."""
@@ -315,7 +289,7 @@ class _Call:
         raise ValidationError("an Events request must set one of ack, reject or ping; got none")
 
     async def _ack(self, ids: list[int]) -> pb.EventsResponse:
-        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ack(confirm=True), True)
+        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ack(confirm=True))
         return pb.EventsResponse(
             ack_confirmation=pb.EventsResponse.AckConfirmation(
                 ids=done, invalid_ids=invalid, temporary_failed_ids=failed
@@ -333,7 +307,7 @@ class _Call:
         async def reject(event: Event) -> None:
             await event.reject(delay=delay, permanently=permanently, reason=reason, confirm=True)
 
-        done, invalid, failed = await self._settle_ids(ids, reject, True)
+        done, invalid, failed = await self._settle_ids(ids, reject)
         return pb.EventsResponse(
             reject_confirmation=pb.EventsResponse.RejectConfirmation(
                 ids=done, invalid_ids=invalid, temporary_failed_ids=failed
@@ -341,7 +315,7 @@ class _Call:
         )
 
     async def _ping(self, ids: list[int]) -> pb.EventsResponse:
-        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ping(confirm=True), False)
+        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ping(confirm=True))
         return pb.EventsResponse(
             ping_confirmation=pb.EventsResponse.PingConfirmation(
                 ids=done, invalid_ids=invalid, temporary_failed_ids=failed
@@ -349,13 +323,13 @@ class _Call:
         )
 
     async def _settle_ids(
-        self, ids: list[int], settle: Settle, final: bool
+        self, ids: list[int], settle: Settle
     ) -> tuple[list[int], list[int], list[int]]:
-        """Apply ``settle`` to the events with these ids, concurrently.
+        """Apply ``settle`` to the held events with these ids, concurrently.
 
-        ``final`` settlements (ack, reject) take the events out of the map
-        before the first await, so that a later request naming the same id
-        finds it gone; they are put back when NATS did not confirm.
+        A final settlement (ack, reject) marks its event settled before its
+        first await, so that a later request naming the same id finds it gone;
+        one NATS did not confirm leaves it unsettled, for the client to retry.
 
         Returns:
             The ids done, the invalid ones and the ones that failed for now.
@@ -364,35 +338,29 @@ class _Call:
         targets: list[tuple[int, Event]] = []
         seen: set[int] = set()
         for event_id in ids:
-            event = self._held.get(event_id)
+            event = self._subscription.held_event(event_id)
             if event is None or event_id in seen:
                 invalid.append(event_id)
                 continue
             seen.add(event_id)
-            if final:
-                del self._held[event_id]
             targets.append((event_id, event))
         outcomes = await asyncio.gather(
             *(settle(event) for _, event in targets), return_exceptions=True
         )
         done: list[int] = []
         failed: list[int] = []
-        for (event_id, event), outcome in zip(targets, outcomes, strict=True):
+        for (event_id, _), outcome in zip(targets, outcomes, strict=True):
             if outcome is None:
                 done.append(event_id)
             elif isinstance(outcome, EventSettledError):
                 invalid.append(event_id)
             elif isinstance(outcome, UnavailableError):
                 failed.append(event_id)
-                if final and event.settled is None and event_id not in self._held:
-                    self._held[event_id] = event  # still out: the client may try again
             elif isinstance(outcome, asyncio.CancelledError):
                 raise outcome
             else:
                 logger.error("settling event %d failed", event_id, exc_info=outcome)
                 failed.append(event_id)
-                if final and event.settled is None and event_id not in self._held:
-                    self._held[event_id] = event
         return done, invalid, failed
 
 

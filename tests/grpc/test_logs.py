@@ -122,7 +122,7 @@ async def test_a_dead_letter_moved_again_says_so(
     async with client.subscribe(name, "worker") as events:
         event = await anext(events)
         await event.reject(permanently=True, reason="no")
-        await events.move_to_dead_letters(event, "no")
+        await events.dead_letter(event, "no", event.delivery_attempt)
     moves = [m for logger, m in _changes(caplog) if logger == "windshift.deadletters"]
     assert moves == [
         f"dead-lettered event 1 of {name}/worker into {dead}: no",

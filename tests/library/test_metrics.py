@@ -243,22 +243,20 @@ async def test_dead_letters_are_counted_once_by_stream_and_consumer(
         assert (text(poison), text(flaky)) == ("poison", "flaky")
         await poison.reject(permanently=True, reason="cannot parse")
         assert _value(metric_reader, "windshift.events.dead_lettered", **ids) == 1
-        # the second delivery is past the last attempt: moved, never handed out
+        # rejected on its last attempt: moved at once, never delivered again
         await flaky.reject()
-        await _eventually(
-            lambda: _value(metric_reader, "windshift.events.dead_lettered", **ids) == 2
-        )
-        await _eventually(lambda: events.held_events == 0)
+        assert _value(metric_reader, "windshift.events.dead_lettered", **ids) == 2
+        assert events.held_events == 0
         # a move tried again stores nothing, and counts nothing
-        await events.move_to_dead_letters(poison, "tried again")
+        await events.dead_letter(poison, "tried again", poison.delivery_attempt)
 
     assert _value(metric_reader, "windshift.events.dead_lettered", **ids) == 2
     assert _metric(metric_reader, "windshift.events.dead_lettered").unit == "{event}"
     assert len(await client.dead_letters(dead).list()) == 2
-    assert _value(metric_reader, "windshift.events.redelivered", **ids) == 1
-    # the application rejected two; the subscription's own give-up is no rejection
-    assert _value(metric_reader, "windshift.events.rejected", permanent=True, **ids) == 1
-    assert _value(metric_reader, "windshift.events.rejected", permanent=False, **ids) == 1
+    assert _value(metric_reader, "windshift.events.redelivered", **ids) == 0
+    # both rejections ended the events' processing: they count as permanent
+    assert _value(metric_reader, "windshift.events.rejected", permanent=True, **ids) == 2
+    assert _value(metric_reader, "windshift.events.rejected", permanent=False, **ids) == 0
     # nothing is counted against the dead-letter stream as if it were a consumer's
     assert _value(metric_reader, "windshift.events.dead_lettered", stream=dead) == 0
     assert _value(metric_reader, "windshift.events.published", stream=dead) == 0

@@ -134,7 +134,7 @@ async def test_concurrent_publishes_share_a_bounded_pipeline(
 ) -> None:
     async with windshift.connect(nats_server.url, publish_max_pending=8) as client:
         await client.ensure_stream(name, subjects=[f"{name}.>"])
-        slots = client._publish_slots
+        slots = client._connection.publish_slots
         most = 0
 
         async def watch() -> None:

@@ -211,7 +211,7 @@ async def test_the_header_block_is_the_one_nats_py_writes(
 ) -> None:
     # windshift writes its publishes into nats-py's buffer itself (windshift._acks);
     # the bytes must be those nats-py's own publish would have sent.
-    assert client._acks._direct, "the direct send should be on with the nats-py in use"
+    assert client._connection.acks._direct, "the direct send should be on with the nats-py in use"
     await client.ensure_stream(name, subjects=[f"{name}.>"])
     moment = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
     raw_subscriber = await _RawSubscriber.open(nats_server.url, f"{name}.>")
@@ -262,7 +262,7 @@ async def test_publishing_without_the_direct_send_gives_the_same_results(
 ) -> None:
     # What a nats-py without the internals windshift._acks needs would get.
     async with windshift.connect(nats_server.url) as slow:
-        slow._acks._direct = False
+        slow._connection.acks._direct = False
         await slow.ensure_stream(name, subjects=[f"{name}.>"], max_event_size=300)
         first = await slow.publish(f"{name}.a", StringValue(value="x"), idempotency_key="k")
         again = await slow.publish(f"{name}.a", StringValue(value="x"), idempotency_key="k")
