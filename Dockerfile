@@ -12,7 +12,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 # Only what the package needs (see .dockerignore).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY windshift ./windshift
 COPY windshift_grpc ./windshift_grpc
 RUN python -m venv /opt/windshift \

@@ -20,7 +20,8 @@ $(UV):
 	$(PYTHON) -m venv $(UV_HOME)
 	$(UV_HOME)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
-$(BIN)/.installed: pyproject.toml uv.lock $(UV)
+# windshift/__init__.py holds the version: a change reinstalls the project's metadata.
+$(BIN)/.installed: pyproject.toml uv.lock windshift/__init__.py $(UV)
 	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $@
 

@@ -1,4 +1,4 @@
-"""Use Windshift through its gRPC API, with the generated Python stubs.
+"""Use Windshift through its gRPC API, with the Python stubs of windshift_grpc.proto.
 
 Start a server first (on an embedded NATS, in another terminal)::
 
@@ -30,8 +30,8 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import StringValue
 
-from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
-from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc.proto import events_pb2 as pb
+from windshift_grpc.proto import events_pb2_grpc as pb_grpc
 
 STREAM = "greetings"
 CONSUMER = "python-greeter"

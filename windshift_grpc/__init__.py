@@ -17,6 +17,7 @@ Each module has one job:
 - ``server``: the grpc.aio server, embedded NATS, graceful stop.
 - ``settings``, ``cli``, ``logs``, ``telemetry``: configuration and process set-up.
 - ``_proto``: the generated code (``python -m windshift_grpc._proto.generate``).
+- ``proto``: the generated modules under stable public names, for clients.
 
 See docs/grpc.md.
 """

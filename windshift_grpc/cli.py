@@ -27,6 +27,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from windshift import __version__
 from windshift_grpc import logs
 from windshift_grpc.auth import MIN_TOKEN_LENGTH, Tokens, hashed
 from windshift_grpc.settings import Settings, SettingsError, describe
@@ -55,14 +56,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog=describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Also on `serve`: argparse hands an option after the command to the
+    # command's parser, never back to the main one.
+    version = f"windshift-grpc {__version__}"
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve",
         help="run the server (see `windshift-grpc serve --help`)",
         description=textwrap.fill(_SERVE_DESCRIPTION, 79),
         epilog=describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    serve.add_argument("--version", action="version", version=version)
     token = commands.add_parser(
         "token",
         help="make an API token and its hashed form for WINDSHIFT_AUTH_FILE",
