@@ -13,6 +13,15 @@ Example:
     >>> entry.unpack(Cart).items, entry.revision
     (3, 1)
     >>> await store.set("cart.42", Cart(items=4), last_revision=entry.revision)
+
+A watch reads the bucket through an ephemeral push consumer that it treats
+as disposable, as JetStream's ordered consumers do: it remembers the
+revision of the last change it handed on and the consumer sequence of the
+last message, and whenever the consumer may have lost something (a gap in
+the consumer sequence, no heartbeat for a while, a reconnection, a consumer
+that is gone) it throws the consumer away and creates a new one that starts
+right after that revision. So a watch outlives restarts of the nats-server
+and skips or repeats no change.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +37,7 @@ from types import TracebackType
 from typing import Any as AnyType
 from typing import Literal, Self, TypeVar
 
+import nats.errors
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
@@ -40,7 +51,10 @@ from windshift._publishing import Publisher
 from windshift.errors import (
     AlreadyExistsError,
     ConflictError,
+    KeyNotFoundError,
     NotFoundError,
+    StoreNotFoundError,
+    UnavailableError,
     ValidationError,
     WindshiftError,
 )
@@ -51,6 +65,33 @@ M = TypeVar("M", bound=Message)
 
 _KV_OPERATION = "KV-Operation"
 _DELETED = ("DEL", "PURGE")
+
+# A watch's consumer proves it is alive with a heartbeat this often (seconds)
+# when there is nothing to deliver; a watch that hears nothing for
+# _SILENT_HEARTBEATS of them (plus some slack) takes the consumer as lost.
+_HEARTBEAT = 1.0
+_SILENT_HEARTBEATS = 2
+_SILENCE_SLACK = 0.5
+# How often the watch looks at its consumer's health (seconds).
+_CHECK_EVERY = 0.25
+# A restarting server may not know a store for a moment: only a store missing
+# for this long (seconds) ends a watch.
+_MISSING_GRACE = 3.0
+# The server removes a consumer nobody listens to after this long (nanoseconds):
+# the consumers a watch gives up on, and those of a process that died.
+_INACTIVE_THRESHOLD = 60_000_000_000
+# The status headers of a push consumer's control messages.
+_LAST_CONSUMER = "Nats-Last-Consumer"
+_CONSUMER_STALLED = "Nats-Consumer-Stalled"
+
+
+def _unpack_as(key: str, value: Any, message_type: type[M]) -> M:
+    message = message_type()
+    if not value.Unpack(message):
+        raise ValidationError(
+            f"key {key!r} holds {value.type_url!r}, not {message_type.DESCRIPTOR.full_name!r}"
+        )
+    return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +116,7 @@ class StateEntry:
         Raises:
             ValidationError: the value holds another type of message.
         """
-        message = message_type()
-        if not self.value.Unpack(message):
-            raise ValidationError(
-                f"key {self.key!r} holds {self.value.type_url!r}, "
-                f"not {message_type.DESCRIPTOR.full_name!r}"
-            )
-        return message
+        return _unpack_as(self.key, self.value, message_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +137,20 @@ class StateChange:
     revision: int
     updated: datetime
 
+    def unpack(self, message_type: type[M]) -> M:
+        """Parse the new value as ``message_type``.
+
+        Raises:
+            ValidationError: the value holds another type of message, or the
+                change is a delete, which has no value.
+        """
+        if self.value is None:
+            raise ValidationError(
+                f"key {self.key!r} was deleted at revision {self.revision}: "
+                f"a delete has no value to unpack as {message_type.DESCRIPTOR.full_name!r}"
+            )
+        return _unpack_as(self.key, self.value, message_type)
+
 
 def validate_key(key: object) -> str:
     """Check a state key: ``.``-separated tokens of ``A-Z a-z 0-9 _ -``."""
@@ -120,13 +169,24 @@ def _pack(value: Message) -> bytes:
     return packed.SerializeToString()
 
 
-def _unpack(key: str, data: bytes) -> Any:
+def _unpack(store: str, key: str, revision: int, data: bytes) -> Any:
+    """Read a stored value, a serialized ``Any`` with a type URL.
+
+    An ``Any`` without a type URL (empty data, say) is refused too: nothing
+    can tell what its bytes are, and :meth:`StateStore.set` never writes one.
+    """
     value = Any()
     try:
         value.ParseFromString(data)
     except DecodeError:
-        raise ValidationError(f"key {key!r} does not hold a protobuf Any") from None
-    return value
+        pass
+    else:
+        if value.type_url:
+            return value
+    raise ValidationError(
+        f"key {key!r} in store {store!r} at revision {revision} does not hold a protobuf Any "
+        f"(a serialized google.protobuf.Any with a type URL; {len(data)} bytes)"
+    )
 
 
 def _check_revision(value: int | None, what: str) -> None:
@@ -146,25 +206,31 @@ class StateStore:
     def __repr__(self) -> str:
         return f"StateStore({self.name!r})"
 
-    async def exists(self) -> None:
-        """Check that the store exists.
+    def _not_found(self) -> StoreNotFoundError:
+        return StoreNotFoundError(f"store {self.name!r} does not exist", store=self.name)
+
+    async def exists(self) -> bool:
+        """Whether the store exists.
 
         Raises:
-            NotFoundError: it does not.
+            UnavailableError: NATS did not answer, so nobody knows.
         """
         try:
             await self._client._api.request(f"STREAM.INFO.{self._stream}")
         except ApiError as exc:
             if exc.err_code == STREAM_NOT_FOUND:
-                raise NotFoundError(f"store {self.name!r} does not exist") from None
+                return False
             raise exc.to_windshift(f"store {self.name!r}") from None
+        return True
 
     async def get(self, key: str) -> StateEntry:
         """The current value of ``key``.
 
         Raises:
-            ValidationError: a bad key.
-            NotFoundError: the key does not exist (or was deleted), or the store does not.
+            ValidationError: a bad key, or a stored value that is not a
+                serialized ``google.protobuf.Any`` (written by something else).
+            KeyNotFoundError: the key does not exist (or was deleted).
+            StoreNotFoundError: the store does not exist.
         """
         validate_key(key)
         try:
@@ -173,15 +239,21 @@ class StateStore:
             )
         except ApiError as exc:
             if exc.err_code == NO_MESSAGE_FOUND:
-                raise NotFoundError(f"key {key!r} does not exist in store {self.name!r}") from None
+                raise KeyNotFoundError(
+                    f"key {key!r} does not exist in store {self.name!r}", store=self.name, key=key
+                ) from None
             if exc.err_code == STREAM_NOT_FOUND:
-                raise NotFoundError(f"store {self.name!r} does not exist") from None
+                raise self._not_found() from None
             raise exc.to_windshift(f"get {key!r} from store {self.name!r}") from None
         if stored.headers.get(_KV_OPERATION) in _DELETED:
-            raise NotFoundError(f"key {key!r} does not exist in store {self.name!r} (deleted)")
+            raise KeyNotFoundError(
+                f"key {key!r} does not exist in store {self.name!r} (deleted)",
+                store=self.name,
+                key=key,
+            )
         return StateEntry(
             key=key,
-            value=_unpack(key, stored.data),
+            value=_unpack(self.name, key, stored.sequence, stored.data),
             revision=stored.sequence,
             updated=wire.parse_time(stored.time),
         )
@@ -205,7 +277,7 @@ class StateStore:
             ValidationError: a bad key or value, or both options at once.
             AlreadyExistsError: ``create_only`` and the key exists.
             ConflictError: ``last_revision`` does not match.
-            NotFoundError: the store does not exist.
+            StoreNotFoundError: the store does not exist.
         """
         validate_key(key)
         _check_revision(last_revision, "last_revision")
@@ -249,7 +321,7 @@ class StateStore:
         try:
             published = await self._client._send(self._prefix + key, body, headers)
         except NotFoundError:
-            raise NotFoundError(f"store {self.name!r} does not exist") from None
+            raise self._not_found() from None
         except ConflictError:
             raise ConflictError(
                 f"key {key!r} in store {self.name!r} is not at the expected revision "
@@ -263,7 +335,7 @@ class StateStore:
         Raises:
             ValidationError: a bad key.
             ConflictError: ``last_revision`` does not match.
-            NotFoundError: the store does not exist.
+            StoreNotFoundError: the store does not exist.
         """
         validate_key(key)
         _check_revision(last_revision, "last_revision")
@@ -280,90 +352,75 @@ class StateStore:
             ...     async for change in changes:
             ...         print(change.key, change.operation, change.revision)
 
+        The watch recovers by itself from restarts of the nats-server,
+        reconnections and a consumer that went away, and goes on right after
+        the last change it yielded. A value that is not a serialized
+        ``google.protobuf.Any`` makes ``__anext__`` raise a ValidationError
+        naming the store, key and revision; the next ``__anext__`` goes on
+        with the change after it.
+
         Args:
             key: a key, or a filter with ``*`` (one token) and ``>`` (the rest).
             include_current: first yield the current value of every matching key.
+
+        Raises:
+            ValidationError: a bad key or filter.
         """
         validate_subject(key, wildcards=True, what="key")
         return StateWatch(self, key, include_current=include_current)
 
 
 class StateWatch:
-    """An async iterator of :class:`StateChange`; use it with ``async with``."""
+    """An async iterator of :class:`StateChange`; use it with ``async with``.
+
+    Get one from :meth:`StateStore.watch`. Iterating it before entering the
+    ``async with`` raises ValidationError; after leaving it, iteration ends
+    (StopAsyncIteration), in this task and in any other one waiting on it. A
+    watch can be entered once.
+    """
 
     def __init__(self, store: StateStore, key: str, *, include_current: bool) -> None:
         self._store = store
         self._filter = key
-        self._include_current = include_current
-        self._queue: asyncio.Queue[StateChange] = asyncio.Queue()
+        self._buffer: deque[StateChange | ValidationError] = deque()
+        self._waiters: set[asyncio.Future[None]] = set()  # tasks waiting in __anext__
+        # The consumer of the moment: its inbox subscription, its name, and a
+        # number that tells its messages from those of the ones before it.
         self._sub: NatsSubscription | None = None
         self._consumer: str | None = None
+        self._generation = 0
+        self._consumer_seq = 0  # of the last message of the current consumer
+        # The revision (stream sequence) of the last change handed on; None
+        # until the first (a watch of new changes knows where it started).
+        self._last: int | None = None
+        # Whether the current values were all delivered: from then on, a new
+        # consumer starts right after self._last; before, it delivers the
+        # current values again (and those up to self._last are skipped).
+        self._caught_up = not include_current
+        self._last_activity = 0.0
+        self._reconnects = 0
+        self._lost: str | None = None  # why the current consumer is taken as lost
+        self._kick = asyncio.Event()
+        self._missing_since: float | None = None
+        self._maintainer: asyncio.Task[None] | None = None
+        self._error: WindshiftError | None = None
+        self._started = False
+        self._closed = False
 
     async def __aenter__(self) -> Self:
-        client = self._store._client
-        inbox = client._nc.new_inbox()
-        self._sub = await client._nc.subscribe(inbox, cb=self._on_message)
-        config: dict[str, AnyType] = {
-            "deliver_subject": inbox,
-            "deliver_policy": "last_per_subject" if self._include_current else "new",
-            "ack_policy": "none",
-            "filter_subject": self._store._prefix + self._filter,
-            "flow_control": True,
-            "idle_heartbeat": 5_000_000_000,
-            "mem_storage": True,
-            "num_replicas": 1,
-            "inactive_threshold": 60_000_000_000,
-        }
+        if self._started:
+            raise ValidationError("a watch can be entered only once")
+        self._started = True
+        self._reconnects = self._store._client._nc.stats["reconnects"]
         try:
-            answer = await client._api.request(
-                f"CONSUMER.CREATE.{self._store._stream}",
-                {"stream_name": self._store._stream, "config": config},
-            )
-        except ApiError as exc:
-            await self._sub.unsubscribe()
-            if exc.err_code == STREAM_NOT_FOUND:
-                raise NotFoundError(f"store {self._store.name!r} does not exist") from None
-            raise exc.to_windshift(f"watch store {self._store.name!r}") from None
-        self._consumer = str(answer["name"])
-        return self
-
-    async def _on_message(self, msg: Msg) -> None:
-        headers: Mapping[str, str] = msg.headers or {}
-        if not msg.reply and not msg.data and "Status" in headers:
-            return  # heartbeat
-        if msg.reply and msg.reply.startswith("$JS.FC."):
-            await self._store._client._nc.publish(msg.reply, b"")  # flow control
-            return
-        tokens = msg.reply.split(".") if msg.reply else []
-        if len(tokens) < 9:
-            return
-        sequence, stamp = (
-            (int(tokens[5]), int(tokens[7]))
-            if len(tokens) == 9
-            else (
-                int(tokens[7]),
-                int(tokens[9]),
-            )
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
+        self._maintainer = asyncio.create_task(
+            self._maintain(), name=f"windshift-watch-{self._store.name}"
         )
-        key = msg.subject[len(self._store._prefix) :]
-        deleted = headers.get(_KV_OPERATION) in _DELETED
-        self._queue.put_nowait(
-            StateChange(
-                key=key,
-                operation="delete" if deleted else "set",
-                value=None if deleted else _unpack(key, msg.data),
-                revision=sequence,
-                updated=wire.time_from_nanos(stamp),
-            )
-        )
-
-    def __aiter__(self) -> Self:
         return self
-
-    async def __anext__(self) -> StateChange:
-        if self._sub is None:
-            raise ValidationError("use the watch with 'async with' before iterating")
-        return await self._queue.get()
 
     async def __aexit__(
         self,
@@ -371,11 +428,236 @@ class StateWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StateChange:
+        if not self._started:
+            raise ValidationError("use the watch with 'async with' before iterating")
+        while not self._buffer:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        item = self._buffer.popleft()
+        if isinstance(item, ValidationError):
+            raise item
+        return item
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _deliver_policy(self) -> dict[str, AnyType]:
+        if not self._caught_up:
+            return {"deliver_policy": "last_per_subject"}
+        if self._last is None:
+            return {"deliver_policy": "new"}
+        return {"deliver_policy": "by_start_sequence", "opt_start_seq": self._last + 1}
+
+    async def _open(self) -> None:
+        """Replace the consumer (if any) by a new one that goes on after the last change."""
         client = self._store._client
+        nc = client._nc
+        stream = self._store._stream
+        old_sub, old_consumer = self._sub, self._consumer
+        self._sub = self._consumer = None
+        self._generation += 1
+        generation = self._generation
+        self._consumer_seq = 0
+        if old_sub is not None:
+            with contextlib.suppress(Exception):
+                await old_sub.unsubscribe()
+        if old_consumer is not None and nc.is_connected:
+            # Best effort: a consumer nobody listens to goes away by itself.
+            with contextlib.suppress(WindshiftError, ApiError):
+                await client._api.request(
+                    f"CONSUMER.DELETE.{stream}.{old_consumer}", timeout=_HEARTBEAT
+                )
+
+        async def on_message(msg: Msg) -> None:
+            if generation == self._generation and not self._closed:
+                await self._on_message(msg)
+
+        inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(inbox, cb=on_message)
+        policy = self._deliver_policy()
+        config: dict[str, AnyType] = {
+            "deliver_subject": inbox,
+            **policy,
+            "ack_policy": "none",
+            "filter_subject": self._store._prefix + self._filter,
+            "flow_control": True,
+            "idle_heartbeat": int(_HEARTBEAT * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "inactive_threshold": _INACTIVE_THRESHOLD,
+        }
+        self._last_activity = asyncio.get_running_loop().time()
+        try:
+            answer = await client._api.request(
+                f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
+            )
+        except ApiError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise self._store._not_found() from None
+            raise exc.to_windshift(f"watch store {self._store.name!r}") from None
+        self._consumer = str(answer["name"])
+        if policy["deliver_policy"] == "new" and self._last is None:
+            # Where "new" starts: the revision a recovery would go on after.
+            self._last = int(answer.get("delivered", {}).get("stream_seq", 0))
+
+    def _lose(self, reason: str) -> None:
+        """Take the current consumer as lost: the maintenance task replaces it."""
+        if self._lost is None:
+            self._lost = reason
+        self._kick.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        # Runs in nats-py's delivery task: nothing may escape from here, or
+        # it would be lost there.
+        self._last_activity = asyncio.get_running_loop().time()
+        headers: Mapping[str, str] = msg.headers or {}
+        nc = self._store._client._nc
+        reply = msg.reply
+        if reply and reply.startswith("$JS.FC."):
+            with contextlib.suppress(nats.errors.Error):
+                await nc.publish(reply, b"")  # flow control
+            return
+        if not reply:
+            await self._on_status(headers)
+            return
+        delivery = wire.parse_reply(reply)
+        if delivery is None:
+            logger.error("watch of store %s: unreadable reply subject %r", self._store.name, reply)
+            return
+        stream_seq, consumer_seq = delivery.stream_sequence, delivery.consumer_sequence
+        stamp, pending = delivery.timestamp_ns, delivery.pending
+        if consumer_seq != self._consumer_seq + 1:
+            self._lose(f"consumer sequence {consumer_seq} after {self._consumer_seq}")
+            return
+        self._consumer_seq = consumer_seq
+        if pending == 0:
+            self._caught_up = True
+        if self._last is not None and stream_seq <= self._last:
+            return  # handed on before a recovery started again from the current values
+        self._last = stream_seq
+        key = msg.subject[len(self._store._prefix) :]
+        deleted = headers.get(_KV_OPERATION) in _DELETED
+        item: StateChange | ValidationError
+        try:
+            item = StateChange(
+                key=key,
+                operation="delete" if deleted else "set",
+                value=None if deleted else _unpack(self._store.name, key, stream_seq, msg.data),
+                revision=stream_seq,
+                updated=wire.time_from_nanos(stamp),
+            )
+        except ValidationError as exc:
+            item = exc
+        self._buffer.append(item)
+        self._wake()
+
+    async def _on_status(self, headers: Mapping[str, str]) -> None:
+        stalled = headers.get(_CONSUMER_STALLED)
+        if stalled:
+            with contextlib.suppress(nats.errors.Error):
+                await self._store._client._nc.publish(stalled, b"")
+        last = headers.get(_LAST_CONSUMER)
+        if last is not None and last.isdigit() and int(last) != self._consumer_seq:
+            # The heartbeat says the consumer sent more than reached us.
+            self._lose(f"heartbeat after consumer sequence {last}, got {self._consumer_seq}")
+        elif headers.get("Status") == "409":
+            self._lose("the server ended the consumer")
+
+    async def _maintain(self) -> None:
+        while not self._closed and self._error is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), _CHECK_EVERY)
+            self._kick.clear()
+            try:
+                await self._maintain_once()
+            except Exception:  # keep the loop alive whatever one round met
+                logger.exception("watch of store %s: maintenance failed", self._store.name)
+
+    async def _maintain_once(self) -> None:
+        nc = self._store._client._nc
+        now = asyncio.get_running_loop().time()
+        if nc.is_closed:
+            # Nothing will ever arrive again: say so rather than wait forever.
+            self._error = UnavailableError(
+                f"watch of store {self._store.name!r}: the NATS connection is closed"
+            )
+            self._wake()
+            return
+        if not nc.is_connected:
+            # Silence while disconnected says nothing of the consumer; the
+            # reconnection itself is noticed below.
+            self._last_activity = now
+            return
+        reconnects = nc.stats["reconnects"]
+        if reconnects != self._reconnects:
+            # The server may have restarted and forgotten the consumer, and
+            # what it sent while the connection was down is gone.
+            self._reconnects = reconnects
+            self._lose("reconnected to NATS")
+        silence = _SILENT_HEARTBEATS * _HEARTBEAT + _SILENCE_SLACK
+        if now - self._last_activity > silence:
+            self._lose(f"no heartbeat for {now - self._last_activity:.1f}s")
+        reason = self._lost
+        if reason is None:
+            return
+        self._lost = None  # a loss noticed while replacing calls for another round
+        after = self._last if self._caught_up else None
+        try:
+            await self._open()
+        except Exception as exc:
+            if self._lost is None:
+                self._lost = reason  # try again in the next round
+            if not isinstance(exc, StoreNotFoundError):
+                self._missing_since = None
+                if not isinstance(exc, WindshiftError):
+                    raise
+                logger.warning("watch of store %s: cannot resume yet: %s", self._store.name, exc)
+            elif self._missing_since is None:
+                self._missing_since = now
+            elif now - self._missing_since >= _MISSING_GRACE:
+                self._error = exc
+                self._wake()
+            return
+        self._missing_since = None
+        logger.info(
+            "watch of store %s resumed %s (%s)",
+            self._store.name,
+            "with the current values" if after is None else f"after revision {after}",
+            reason,
+            extra={"store": self._store.name},
+        )
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._wake()  # a task waiting in __anext__ ends its iteration now
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._consumer is not None:
+        client = self._store._client
+        if self._consumer is not None and client._nc.is_connected:
             with contextlib.suppress(WindshiftError, ApiError):
                 await client._api.request(f"CONSUMER.DELETE.{self._store._stream}.{self._consumer}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import windshift
-from windshift import NotFoundError, ValidationError
+from windshift import KeyNotFoundError, ValidationError
 from windshift_grpc import convert
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as pb_grpc
@@ -37,8 +37,7 @@ class StateService(pb_grpc.StateServiceServicer):
         store = self._client.store(request.store)
         try:
             entry = await store.get(request.key)
-        except NotFoundError:
-            await store.exists()  # a missing store stays NOT_FOUND
+        except KeyNotFoundError:  # a missing store (StoreNotFoundError) stays NOT_FOUND
             return pb.GetResponse(revision=0)
         return pb.GetResponse(
             revision=entry.revision,

@@ -50,6 +50,9 @@ async def test_ensure_set_get_delete(state: pb_grpc.StateServiceAsyncStub, name:
     assert gone.revision == 0
     assert not gone.HasField("value")
     assert not gone.HasField("last_updated")
+    never = await state.Get(pb.GetRequest(store=name, key="cart.never"))
+    assert never.revision == 0
+    assert not never.HasField("value")
 
 
 async def test_create_only_and_last_revision(
