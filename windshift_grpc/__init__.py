@@ -8,11 +8,11 @@ Each module has one job:
 - ``events_stream``: one bidirectional ``Events`` call (flow control, confirmations).
 - ``convert``: proto messages <-> library values.
 - ``status``: the one table of windshift errors -> gRPC status codes.
-- ``interceptor``: per call a server span, one log line, safe decoding, admission.
+- ``calls``: the one layer every call passes: authenticate, admit, decode, authorize,
+  run inside a server span, map the status, log one line.
 - ``auth``: the tokens file: tokens (as digests), names, permissions and their patterns.
-- ``guard``: which permission each RPC needs, checked per call and per Events message.
+- ``permissions``: which permission each RPC needs, and the token checks.
 - ``admission``: counts calls and refuses new ones while the server drains.
-- ``refusal``: refusing a streaming call so that grpcio clients see its status.
 - ``health``: ``/healthz``, ``/readyz`` and the gRPC health service.
 - ``server``: the grpc.aio server, embedded NATS, graceful stop.
 - ``settings``, ``cli``, ``logs``, ``telemetry``: configuration and process set-up.

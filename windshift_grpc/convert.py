@@ -82,6 +82,23 @@ def timestamp(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
+def timestamp_ns(value: Timestamp, field: str) -> int:
+    """A proto Timestamp as nanoseconds since the Unix epoch, every digit kept.
+
+    Raises:
+        ValidationError: the Timestamp is outside what a datetime can hold
+            (the years 1 to 9999), or its nanos are out of range.
+    """
+    timestamp(value, field)  # the same range checks, and message
+    return value.seconds * 1_000_000_000 + value.nanos
+
+
+def nanos_timestamp(nanos: int) -> Timestamp:
+    """Nanoseconds since the Unix epoch as a proto Timestamp (exact)."""
+    seconds, rest = divmod(nanos, 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=rest)
+
+
 def to_timestamp(value: datetime) -> Timestamp:
     """An aware datetime as a proto Timestamp."""
     # Exact arithmetic on the difference; Timestamp.FromDatetime gives the
@@ -191,7 +208,8 @@ def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
     """The keyword arguments of ``Client.publish`` (after subject and data)."""
     options: dict[str, Any] = {}
     if request.HasField("timestamp"):
-        options["timestamp"] = timestamp(request.timestamp, "timestamp")
+        # Nanoseconds, not a datetime: Go writes nine digits, and so do we.
+        options["timestamp"] = timestamp_ns(request.timestamp, "timestamp")
     if request.HasField("idempotency_key"):
         options["idempotency_key"] = request.idempotency_key
     if request.HasField("expected_last_id"):
@@ -212,12 +230,12 @@ def dead_letter_page(request: pb.ListDeadLettersRequest) -> dict[str, Any]:
 
 
 def headers(
-    published: datetime | None, idempotency_key: str | None, context: otel_context.Context | None
+    published_ns: int | None, idempotency_key: str | None, context: otel_context.Context | None
 ) -> pb.Headers:
     """The Headers of an event or dead letter: its time, key and trace context (if any)."""
     result = pb.Headers()
-    if published is not None:
-        result.timestamp.CopyFrom(to_timestamp(published))
+    if published_ns is not None:
+        result.timestamp.CopyFrom(nanos_timestamp(published_ns))
     if idempotency_key is not None:
         result.idempotency_key = idempotency_key
     if context is None:
@@ -246,7 +264,7 @@ def event(value: Event) -> pb.Event:
     return pb.Event(
         id=value.id,
         subject=value.subject,
-        headers=headers(value.timestamp, value.idempotency_key, context),
+        headers=headers(value.timestamp_ns, value.idempotency_key, context),
         data=value.data,
         delivery_attempt=value.delivery_attempt,
     )
@@ -268,7 +286,7 @@ def dead_letter(value: DeadLetter) -> pb.DeadLetter:
         attempts=value.attempts,
         reason=value.reason,
         dead_since=to_timestamp(value.dead_since),
-        headers=headers(value.timestamp, None, value.trace_context),
+        headers=headers(value.timestamp_ns, None, value.trace_context),
         data=value.data,
     )
 
@@ -289,11 +307,13 @@ __all__ = [
     "duration",
     "event",
     "headers",
+    "nanos_timestamp",
     "pointer",
     "publish_options",
     "stream_options",
     "stream_source",
     "timestamp",
+    "timestamp_ns",
     "to_duration",
     "to_timestamp",
 ]

@@ -1,8 +1,8 @@
 """The EventsService servicer: each RPC converts the request, calls the library, converts the answer.
 
-Errors leave through :mod:`windshift_grpc.status` (see :func:`mapped`), so
-the servicer answers with the documented codes even in a server without the
-façade's interceptor.
+Everything else a call needs (authentication, admission, decoding,
+authorization, the status of an error, the log line) is done once, by
+:class:`~windshift_grpc.calls.CallLayer`: serve the servicer behind it.
 
 Example:
     >>> service = EventsService(client, stopping=asyncio.Event())
@@ -13,68 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import windshift
 from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import events_call
-from windshift_grpc.refusal import RequestStream
-from windshift_grpc.status import TooManyCallsError, status_for
+from windshift_grpc.status import TooManyCallsError
 
 #: EnsureConsumer options that an update without them keeps (additions of this
 #: implementation; the original's options are set as a whole).
 _DEAD_LETTER_OPTIONS = frozenset({"max_delivery_attempts", "dead_letter_stream"})
-
-Q = TypeVar("Q")
-R = TypeVar("R")
-S = TypeVar("S")
-
-
-def mapped(
-    method: Callable[[S, Q, Any], Awaitable[R]],
-) -> Callable[[S, Q, Any], Awaitable[R]]:
-    """Answer whatever a unary RPC raises with the status of the one table."""
-
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Q, context: Any) -> R:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            code, message = status_for(exc, method.__name__)
-            await context.abort(code, message)
-            raise  # not reached: abort raises
-
-    return wrapper
-
-
-def mapped_stream(
-    method: Callable[[S, AsyncIterator[Q], Any], AsyncGenerator[R, None]],
-) -> Callable[[S, AsyncIterator[Q], Any], AsyncGenerator[R, None]]:
-    """Answer whatever a bidirectional RPC raises with the status of the one table."""
-
-    @functools.wraps(method)
-    async def wrapper(self: S, request: AsyncIterator[Q], context: Any) -> AsyncGenerator[R, None]:
-        requests = RequestStream(request)
-        try:
-            async with contextlib.aclosing(method(self, requests, context)) as responses:
-                async for response in responses:
-                    yield response
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            code, message = status_for(exc, method.__name__)
-            await requests.read_first()  # see windshift_grpc.refusal
-            await context.abort(code, message)
-
-    return wrapper
 
 
 class EventsService(pb_grpc.EventsServiceServicer):
@@ -96,14 +47,12 @@ class EventsService(pb_grpc.EventsServiceServicer):
         self._max_calls = max_calls
         self._open_calls = 0
 
-    @mapped
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
     ) -> pb.EnsureStreamResponse:
         await self._client.ensure_stream(request.name, **convert.stream_options(request))
         return pb.EnsureStreamResponse()
 
-    @mapped
     async def EnsureConsumer(
         self, request: pb.EnsureConsumerRequest, context: Any
     ) -> pb.EnsureConsumerResponse:
@@ -118,14 +67,12 @@ class EventsService(pb_grpc.EventsServiceServicer):
         consumer = await self._client.ensure_consumer(request.stream, **options)
         return pb.EnsureConsumerResponse(id=consumer.id)
 
-    @mapped
     async def DeleteConsumer(
         self, request: pb.DeleteConsumerRequest, context: Any
     ) -> pb.DeleteConsumerResponse:
         await self._client.delete_consumer(request.stream, request.id)
         return pb.DeleteConsumerResponse()
 
-    @mapped
     async def PublishEvent(
         self, request: pb.PublishEventRequest, context: Any
     ) -> pb.PublishEventResponse:
@@ -134,7 +81,6 @@ class EventsService(pb_grpc.EventsServiceServicer):
         )
         return pb.PublishEventResponse(id=published.id)
 
-    @mapped_stream
     async def Events(
         self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any
     ) -> AsyncGenerator[pb.EventsResponse, None]:
@@ -154,7 +100,6 @@ class EventsService(pb_grpc.EventsServiceServicer):
 
     # Dead letters (additions of this implementation; see docs/deadletters.md).
 
-    @mapped
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Any
     ) -> pb.ListDeadLettersResponse:
@@ -162,28 +107,24 @@ class EventsService(pb_grpc.EventsServiceServicer):
         letters = await queue.list(**convert.dead_letter_page(request))
         return pb.ListDeadLettersResponse(dead_letters=map(convert.dead_letter, letters))
 
-    @mapped
     async def GetDeadLetter(
         self, request: pb.GetDeadLetterRequest, context: Any
     ) -> pb.GetDeadLetterResponse:
         letter = await self._client.dead_letters(request.dead_letter_stream).get(request.id)
         return pb.GetDeadLetterResponse(dead_letter=convert.dead_letter(letter))
 
-    @mapped
     async def ReplayDeadLetter(
         self, request: pb.ReplayDeadLetterRequest, context: Any
     ) -> pb.ReplayDeadLetterResponse:
         published = await self._client.dead_letters(request.dead_letter_stream).replay(request.id)
         return pb.ReplayDeadLetterResponse(id=published.id, stream=published.stream)
 
-    @mapped
     async def DeleteDeadLetter(
         self, request: pb.DeleteDeadLetterRequest, context: Any
     ) -> pb.DeleteDeadLetterResponse:
         await self._client.dead_letters(request.dead_letter_stream).delete(request.id)
         return pb.DeleteDeadLetterResponse()
 
-    @mapped
     async def PurgeDeadLetters(
         self, request: pb.PurgeDeadLettersRequest, context: Any
     ) -> pb.PurgeDeadLettersResponse:
@@ -191,4 +132,4 @@ class EventsService(pb_grpc.EventsServiceServicer):
         return pb.PurgeDeadLettersResponse(purged=purged)
 
 
-__all__ = ["EventsService", "mapped", "mapped_stream"]
+__all__ = ["EventsService"]

@@ -4,8 +4,8 @@ Example:
     >>> asyncio.run(serve(Settings.from_env()))
 
 What runs: the EventsService and StateService, the gRPC health service and server reflection
-on ``GRPC_PORT`` behind :class:`~windshift_grpc.interceptor.ServerInterceptor` and, with a
-tokens file, :class:`~windshift_grpc.guard.Guard`; ``/healthz`` and ``/readyz`` on
+on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
+file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``; and, without ``NATS_URL``, an embedded nats-server keeping its data in
 ``WINDSHIFT_DATA_DIR``. With ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` the gRPC port speaks
 TLS only, and with ``GRPC_TLS_CLIENT_CA`` it requires client certificates signed by that CA.
@@ -48,10 +48,10 @@ from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.admission import Admission
 from windshift_grpc.auth import Tokens
+from windshift_grpc.calls import CallLayer
 from windshift_grpc.events_service import EventsService
-from windshift_grpc.guard import Guard
 from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
-from windshift_grpc.interceptor import ServerInterceptor
+from windshift_grpc.permissions import Access
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
@@ -96,7 +96,7 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
                 **settings.nats_options(),
             )
             stack.push_async_callback(client.close)
-            await _run(settings, client, None if tokens is None else Guard(tokens))
+            await _run(settings, client, None if tokens is None else Access(tokens))
     except (UnavailableError, OSError, RuntimeError) as exc:
         logger.error("windshift-grpc could not start: %s", exc)
         return 1
@@ -148,13 +148,13 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> str:
     return "TLS" if client_ca is None else "mutual TLS"
 
 
-def _announce_access(settings: Settings, guard: Guard | None, transport: str) -> None:
+def _announce_access(settings: Settings, access: Access | None, transport: str) -> None:
     """Say how the API is protected; loudly when it is not."""
     reason = settings.open_api_reason
-    if guard is not None:
+    if access is not None:
         logger.info(
             "API calls need a bearer token: %d token(s) from %s",
-            len(guard.tokens),
+            len(access.tokens),
             settings.auth_file,
         )
     elif reason is None:
@@ -167,7 +167,7 @@ def _announce_access(settings: Settings, guard: Guard | None, transport: str) ->
             reason,
             settings.grpc_port,
         )
-    if guard is not None and transport == "plaintext" and not settings.development:
+    if access is not None and transport == "plaintext" and not settings.development:
         logger.warning(
             "bearer tokens travel unencrypted: gRPC port %d has no TLS (set GRPC_TLS_CERT "
             "and GRPC_TLS_KEY unless a TLS proxy is in front)",
@@ -175,8 +175,8 @@ def _announce_access(settings: Settings, guard: Guard | None, transport: str) ->
         )
 
 
-def _reload(settings: Settings, guard: Guard | None) -> None:
-    if guard is None or settings.auth_file is None:
+def _reload(settings: Settings, access: Access | None) -> None:
+    if access is None or settings.auth_file is None:
         logger.warning("SIGHUP received: no WINDSHIFT_AUTH_FILE to reload")
         return
     try:
@@ -184,21 +184,18 @@ def _reload(settings: Settings, guard: Guard | None) -> None:
     except SettingsError as exc:
         logger.error("SIGHUP received: keeping the tokens in use: %s", exc)
         return
-    guard.reload(tokens)
+    access.reload(tokens)
     logger.info("SIGHUP received: reloaded %d token(s) from %s", len(tokens), settings.auth_file)
 
 
-async def _run(settings: Settings, client: windshift.Client, guard: Guard | None) -> None:
+async def _run(settings: Settings, client: windshift.Client, access: Access | None) -> None:
     stopping = asyncio.Event()
     readiness = Readiness(client)
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
     admission = Admission()
-    interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(admission)]
-    if guard is not None:
-        interceptors.append(guard)  # inside: its refusals are mapped and logged
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[CallLayer(admission, access)],
         # Refuse to start when the port is taken, rather than share it.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -224,8 +221,8 @@ async def _run(settings: Settings, client: windshift.Client, guard: Guard | None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, signalled)
-    loop.add_signal_handler(signal.SIGHUP, _reload, settings, guard)
-    _announce_access(settings, guard, transport)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings, access)
+    _announce_access(settings, access, transport)
     connected = client.nats.connected_url
     logger.info(
         "windshift-grpc ready: gRPC on port %d (%s), health on port %d, NATS at %s",

@@ -16,7 +16,6 @@ from windshift import KeyNotFoundError, ValidationError
 from windshift_grpc import convert
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.events_service import mapped
 
 
 class StateService(pb_grpc.StateServiceServicer):
@@ -25,14 +24,12 @@ class StateService(pb_grpc.StateServiceServicer):
     def __init__(self, client: windshift.Client) -> None:
         self._client = client
 
-    @mapped
     async def EnsureStore(
         self, request: pb.EnsureStoreRequest, context: Any
     ) -> pb.EnsureStoreResponse:
         await self._client.ensure_store(request.store)
         return pb.EnsureStoreResponse()
 
-    @mapped
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
         store = self._client.store(request.store)
         try:
@@ -45,7 +42,6 @@ class StateService(pb_grpc.StateServiceServicer):
             last_updated=convert.to_timestamp(entry.updated),
         )
 
-    @mapped
     async def Set(self, request: pb.SetRequest, context: Any) -> pb.SetResponse:
         if not request.HasField("value") or not request.value.type_url:
             raise ValidationError(f"set {request.key!r}: value is missing")
@@ -59,7 +55,6 @@ class StateService(pb_grpc.StateServiceServicer):
         )
         return pb.SetResponse(revision=revision)
 
-    @mapped
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
         await self._client.store(request.store).delete(
             request.key,

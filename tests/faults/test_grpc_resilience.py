@@ -170,7 +170,7 @@ async def test_a_flood_of_events_calls_meets_the_limit(start_serve: StartServe, 
         stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
         await ensure_stream(stub, name)
         await ensure_consumer(stub, name, "flooded")
-        # Enough refusals that grpcio's client bug (see windshift_grpc.refusal)
+        # Enough refusals that grpcio's client bug (see windshift_grpc.calls)
         # would show: refused before the Subscribe is read, some clients saw INTERNAL.
         calls = [EventsClient(stub) for _ in range(60)]
 

@@ -52,7 +52,7 @@ from windshift_grpc.auth import (
     hashed,
     matches,
 )
-from windshift_grpc.guard import EVENTS_METHOD, RULES
+from windshift_grpc.permissions import EVENTS_METHOD, RULES
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.status import status_for
 

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
+import nats
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
 from tests.grpc_fixtures import (
@@ -134,6 +136,44 @@ async def test_events_carry_id_subject_data_and_headers(
     assert not second.headers.HasField("trace_parent")
     assert abs(second.headers.timestamp.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(
         minutes=1
+    )
+
+
+async def test_timestamps_keep_their_nanoseconds_both_ways(
+    stub: Stub, events_client: OpenEvents, nats_server: windshift.EmbeddedNats, name: str
+) -> None:
+    await ensure_stream(stub, name)
+    await ensure_consumer(stub, name)
+    # A gRPC client's nanoseconds are written with nine digits, as Go writes them ...
+    request = pb.PublishEventRequest(subject=f"{name}.grpc", data=string_any("from grpc"))
+    request.timestamp.seconds, request.timestamp.nanos = 1_772_368_496, 123_456_789
+    published = await stub.PublishEvent(request)
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().get_msg(name, published.id)
+        assert (stored.headers or {})["WS-Published-Time"] == "2026-03-01T12:34:56.123456789Z"
+        # ... and nine digits written by Go come back exact.
+        await raw.jetstream().publish(
+            f"{name}.go",
+            StringValue(value="from go").SerializeToString(),
+            headers={
+                "WS-Data-Type": "google.protobuf.StringValue",
+                "WS-Published-Time": "2026-03-01T14:34:56.987654321+02:00",
+            },
+        )
+    finally:
+        await raw.close()
+
+    call = events_client()
+    await call.subscribe(name, "worker")
+    from_grpc, from_go = await call.events(2)
+    assert (from_grpc.headers.timestamp.seconds, from_grpc.headers.timestamp.nanos) == (
+        1_772_368_496,
+        123_456_789,
+    )
+    assert (from_go.headers.timestamp.seconds, from_go.headers.timestamp.nanos) == (
+        1_772_368_496,
+        987_654_321,
     )
 
 

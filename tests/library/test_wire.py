@@ -88,6 +88,23 @@ async def test_published_event_has_the_go_headers_and_a_bare_body(
     assert headers["Nats-Msg-Id"] == "key-1"
 
 
+async def test_a_timestamp_in_nanoseconds_is_written_with_every_digit(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    exact = 1_772_368_496_000_000_010  # 10 ns past the second: a datetime cannot hold it
+    published = await client.publish(f"{name}.n", StringValue(value="x"), timestamp=exact)
+    raw = await nats.connect(nats_server.url)
+    try:
+        stored = await raw.jetstream().get_msg(name, published.id)
+    finally:
+        await raw.close()
+    assert (stored.headers or {})["WS-Published-Time"] == "2026-03-01T12:34:56.00000001Z"
+    assert wire.parse_time_ns("2026-03-01T12:34:56.00000001Z") == exact
+    with pytest.raises(ValidationError, match="outside the years 1 to 9999"):
+        await client.publish(f"{name}.n", StringValue(value="x"), timestamp=10**21)
+
+
 async def test_any_is_stored_as_its_value_with_the_type_name(
     client: windshift.Client, nats_server: EmbeddedNats, name: str
 ) -> None:

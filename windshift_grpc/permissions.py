@@ -1,13 +1,13 @@
-"""Which permission each RPC needs, checked on every call and every Events message.
+"""Which permission each RPC needs, and the checks of a call's token against them.
 
 Example:
-    >>> guard = Guard(Tokens.load(Path("tokens.json")))
-    >>> server = grpc.aio.server(interceptors=[ServerInterceptor(admission), guard])
+    >>> access = Access(Tokens.load(Path("tokens.json")))
+    >>> token = access.authenticate(metadata)
+    >>> access.check(token, needs(method, request), method)
 
-The guard is a server interceptor placed inside
-:class:`~windshift_grpc.interceptor.ServerInterceptor`, which answers its
-:class:`~windshift_grpc.auth.AuthenticationError` and
-:class:`~windshift_grpc.auth.PermissionDeniedError` with UNAUTHENTICATED and
+:mod:`windshift_grpc.calls` makes the checks, once per call (and, for Events,
+on every message), and answers :class:`~windshift_grpc.auth.AuthenticationError`
+and :class:`~windshift_grpc.auth.PermissionDeniedError` with UNAUTHENTICATED and
 PERMISSION_DENIED through the one status table. Health and reflection stay
 open; every method of EventsService and StateService needs a token, and a
 method the table below does not know is refused (closed by default).
@@ -34,19 +34,15 @@ Get                                    read state of the store
 =====================================  ========================================
 
 Each check looks the call's token up again, so a token removed from the file
-(and reloaded with SIGHUP, see :meth:`Guard.reload`) stops open Events calls
+(and reloaded with SIGHUP, see :meth:`Access.reload`) stops open Events calls
 at their next message.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-
-import grpc
 
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb
@@ -108,8 +104,8 @@ RULES: dict[str, Rule] = {
 EVENTS_METHOD = _EVENTS + "Events"
 
 
-class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates every API call by bearer token and checks its permissions.
+class Access:
+    """The tokens in use, and the checks made with them (see :mod:`windshift_grpc.calls`).
 
     Args:
         tokens: the tokens file's contents; replaced by :meth:`reload`.
@@ -122,110 +118,54 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Use these tokens from now on, also for the next message of open Events calls."""
         self.tokens = tokens
 
-    def _grant(self, token_digest: bytes) -> Grant:
+    def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> bytes:
+        """The digest of the call's bearer token, which the tokens file must hold.
+
+        Raises:
+            AuthenticationError: no bearer token, or one the file does not hold.
+        """
+        token_digest = digest(bearer(metadata))
+        self.grant(token_digest)
+        return token_digest
+
+    def grant(self, token_digest: bytes) -> Grant:
+        """The entry of this token now (it may have been removed by a reload).
+
+        Raises:
+            AuthenticationError: the file no longer holds it.
+        """
         grant = self.tokens.find(token_digest)
         if grant is None:
             raise AuthenticationError("the bearer token is not valid")
         return grant
 
-    def _check(self, grant: Grant, needs: Iterable[Need], method: str) -> None:
+    def check(self, token_digest: bytes, needs: Iterable[Need], method: str) -> Grant:
+        """The token's entry, if it grants every need.
+
+        Raises:
+            AuthenticationError: the token is no longer valid.
+            PermissionDeniedError: it does not grant one of the needs.
+        """
+        grant = self.grant(token_digest)
         for permission, name in needs:
             try:
                 grant.require(permission, name)
             except PermissionDeniedError as denied:
                 logger.info("%s denied: %s", method, denied)
                 raise
-
-    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or not method.startswith(PROTECTED):
-            return handler
-        # Authenticated before the request is even decoded.
-        try:
-            token_digest = digest(bearer(details.invocation_metadata))
-            self._grant(token_digest)
-        except AuthenticationError as exc:
-            return _refusal(handler, exc)
-        options = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if method == EVENTS_METHOD and handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._events(handler.stream_stream, method, token_digest), **options
-            )
-        rule = RULES.get(method)
-        if rule is None or handler.unary_unary is None:
-            return _refusal(handler, PermissionDeniedError(f"no permission grants {method}"))
-        return grpc.unary_unary_rpc_method_handler(
-            self._unary(handler.unary_unary, method, rule, token_digest), **options
-        )
-
-    def _unary(
-        self, behavior: Callable[[Any, Any], Any], method: str, rule: Rule, token_digest: bytes
-    ) -> Callable[[Any, Any], Any]:
-        async def handle(request: Any, context: Any) -> Any:
-            self._check(self._grant(token_digest), rule(request), method)
-            return await behavior(request, context)
-
-        return handle
-
-    def _events(
-        self, behavior: Callable[[Any, Any], Any], method: str, token_digest: bytes
-    ) -> Callable[[Any, Any], Any]:
-        async def checked(
-            requests: AsyncIterator[events_pb.EventsRequest],
-        ) -> AsyncIterator[events_pb.EventsRequest]:
-            stream: str | None = None
-            async for request in requests:
-                grant = self._grant(token_digest)  # again: the token may have been revoked
-                if stream is None and request.WhichOneof("request") == "subscribe":
-                    stream = request.subscribe.stream
-                if stream is not None:
-                    self._check(grant, [(Permission.CONSUME, stream)], method)
-                # else: not a subscribe first; the call itself refuses it.
-                yield request
-
-        async def handle(
-            requests: AsyncIterator[events_pb.EventsRequest], context: Any
-        ) -> AsyncIterator[events_pb.EventsResponse]:
-            if inspect.isasyncgenfunction(behavior):
-                responses = behavior(checked(requests), context)
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
-                        yield response
-            else:  # a handler writing with context.write()
-                await behavior(checked(requests), context)
-
-        return handle
+        return grant
 
 
-def _refusal(handler: Any, error: Exception) -> Any:
-    """A handler of the same kind that answers every call with ``error``, reading nothing."""
+def needs(method: str, request: Any) -> list[Need]:
+    """What a unary RPC needs for this request.
 
-    async def refuse(request: Any, context: Any) -> Any:
-        raise error
-
-    async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        raise error
-        yield  # an async generator, as streaming handlers are
-
-    options = {
-        "request_deserializer": _ignore,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(refuse, **options)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(refuse, **options)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **options)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **options)
+    Raises:
+        PermissionDeniedError: the method is one no permission grants (closed by default).
+    """
+    rule = RULES.get(method)
+    if rule is None:
+        raise PermissionDeniedError(f"no permission grants {method}")
+    return rule(request)
 
 
-def _ignore(data: bytes) -> None:
-    return None
-
-
-__all__ = ["EVENTS_METHOD", "PROTECTED", "RULES", "Guard"]
+__all__ = ["EVENTS_METHOD", "PROTECTED", "RULES", "Access", "Need", "needs"]
