@@ -420,7 +420,7 @@ class _Connecting:
                 reason = _telling(errors)
             raise UnavailableError(
                 f"cannot connect to NATS at {', '.join(map(_without_secrets, self._servers))}: "
-                f"{reason or type(reason).__name__}"
+                f"{str(reason) or type(reason).__name__}"
             ) from None
         if failure is not None:
             raise failure

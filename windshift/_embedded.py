@@ -181,6 +181,11 @@ class EmbeddedNats:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                # Its own process group: a Ctrl-C on the terminal (SIGINT to the
+                # whole foreground group) reaches only its owner, which stops it
+                # after closing its own connections; otherwise the server would
+                # go first, under its clients' graceful stop.
+                start_new_session=True,
             )
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)

@@ -15,7 +15,8 @@ Example:
         windshift-grpc token --hash < token.txt
 
 Exit codes: 0 after a graceful stop, 1 when the server could not start
-(NATS unreachable, port taken), 2 for bad usage or settings.
+(NATS unreachable, port taken), 2 for bad usage or settings (and for a
+``serve`` without the ``grpc`` extra installed).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import asyncio
 import secrets
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from windshift import __version__
 from windshift_grpc import logs
@@ -49,6 +51,13 @@ _TOKEN_DESCRIPTION = (
 )
 
 
+# The top-level modules of the grpc extra (pyproject.toml) that serve imports.
+_GRPC_EXTRA = frozenset({"grpc", "grpc_health", "grpc_reflection"})
+_INSTALL_GRPC = "pip install 'windshift[grpc]'"
+
+Serve = Callable[..., Coroutine[Any, Any, int]]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="windshift-grpc",
@@ -60,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     # command's parser, never back to the main one.
     version = f"windshift-grpc {__version__}"
     parser.add_argument("--version", action="version", version=version)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", title="commands")
     serve = commands.add_parser(
         "serve",
         help="run the server (see `windshift-grpc serve --help`)",
@@ -97,14 +106,44 @@ def _token(hash_stdin: bool) -> int:
     return 0
 
 
+def _serve_function() -> Serve | None:
+    """:func:`windshift_grpc.server.serve`, or None (said why) without the grpc extra."""
+    from google.protobuf import runtime_version
+
+    try:
+        from windshift_grpc.server import serve
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _GRPC_EXTRA:
+            raise  # not the extra: a bug worth its traceback
+        print(
+            f"windshift-grpc: serve needs the grpc extra ({missing} is not installed): "
+            f"{_INSTALL_GRPC}",
+            file=sys.stderr,
+        )
+        return None
+    except runtime_version.VersionError as exc:  # the generated code needs a newer protobuf
+        reason = " ".join(str(exc).split())
+        print(
+            f"windshift-grpc: serve needs the grpc extra ({reason}): {_INSTALL_GRPC}",
+            file=sys.stderr,
+        )
+        return None
+    return serve
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``windshift-grpc``; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("windshift-grpc: name a command (windshift-grpc --help lists them)", file=sys.stderr)
+        return 2
     if args.command == "token":
         return _token(args.hash)
-    if args.command != "serve":
-        parser.print_help(sys.stderr)
+    serve = _serve_function()
+    if serve is None:
         return 2
     try:
         settings = Settings.from_env()
@@ -113,8 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"windshift-grpc: {exc}", file=sys.stderr)
         return 2
     logs.configure(development=settings.development)
-    from windshift_grpc.server import serve  # after logging is set up
-
     return asyncio.run(serve(settings, tokens=tokens))
 
 

@@ -1,8 +1,9 @@
-"""Logging of ``windshift-grpc serve``: JSON lines in production, plain text in development.
+"""Logging of ``windshift-grpc serve``: JSON lines for machines, plain text for people.
 
 Every line comes from the standard :mod:`logging` module (loggers
-``windshift.*`` for the library, ``windshift_grpc.*`` for the server). In
-production each is one JSON object:
+``windshift.*`` for the library, ``windshift_grpc.*`` for the server). When
+stderr is a file, a pipe or a log collector, and not ``DEVELOPMENT``, each is
+one JSON object:
 
 .. code-block:: json
 
@@ -65,11 +66,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+#: The format of the readable lines (development, or a terminal).
+READABLE = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
 def configure(*, development: bool) -> None:
-    """Send all logs to stderr: DEBUG and readable in development, INFO and JSON otherwise."""
+    """Send all logs to stderr, from DEBUG up in development and from INFO up otherwise.
+
+    Readable lines in development and whenever stderr is a terminal (someone
+    running ``make serve`` reads them), one JSON object per line otherwise.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    if development:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if development or _is_terminal(sys.stderr):
+        handler.setFormatter(logging.Formatter(READABLE))
     else:
         handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -80,4 +89,11 @@ def configure(*, development: bool) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-__all__ = ["JsonFormatter", "configure"]
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced by an object without one, or closed
+        return False
+
+
+__all__ = ["READABLE", "JsonFormatter", "configure"]

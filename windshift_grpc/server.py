@@ -7,9 +7,14 @@ What runs: the EventsService and StateService, the gRPC health service and serve
 on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
 file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``; and, without ``NATS_URL``, an embedded nats-server keeping its data in
-``WINDSHIFT_DATA_DIR``. With ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` the gRPC port speaks
-TLS only, and with ``GRPC_TLS_CLIENT_CA`` it requires client certificates signed by that CA.
-An API left without authentication is announced with a WARNING at start.
+``WINDSHIFT_DATA_DIR``, on ``WINDSHIFT_EMBEDDED_NATS_PORT`` (kept across restarts; another
+port, with a WARNING saying why, only when another program listens there). With
+``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` the gRPC port speaks TLS only, and with
+``GRPC_TLS_CLIENT_CA`` it requires client certificates signed by that CA. An API left
+without authentication is announced with a WARNING at start.
+
+A ``GRPC_PORT`` or ``HEALTH_PORT`` that is taken fails the start before anything else
+starts (exit code 1, one line naming the setting and the port).
 
 SIGHUP reloads the tokens file (a file that no longer loads is logged and the
 tokens in use are kept).
@@ -28,10 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -62,8 +67,8 @@ SHUTDOWN_GRACE = 10.0
 # After the calls in flight ended: how long late calls are still answered
 # UNAVAILABLE before the transport closes (and again given to stop()).
 _SETTLE = 0.25
-#: The nats-server port preferred for the embedded server (NATS' own default).
-EMBEDDED_NATS_PORT = 4222
+#: The address of the embedded nats-server (only this machine reaches it).
+EMBEDDED_NATS_HOST = "127.0.0.1"
 
 EVENTS_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
@@ -81,12 +86,19 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
     """
     if tokens is None and settings.auth_file is not None:
         tokens = Tokens.load(settings.auth_file)
-    tracing = telemetry.configure(settings)
+    try:
+        # A port that is taken fails the start now: before the embedded NATS
+        # starts and before its data directory is made.
+        _check_port("GRPC_PORT", settings.grpc_port)
+        _check_port("HEALTH_PORT", settings.health_port)
+    except OSError as exc:
+        return _could_not_start(exc)
+    tracing = telemetry.configure()
     try:
         async with contextlib.AsyncExitStack() as stack:
             servers = settings.nats_servers
             if not servers:
-                nats_server = await _start_embedded(settings.data_dir)
+                nats_server = await _start_embedded(settings)
                 stack.push_async_callback(nats_server.stop, remove_data=False)
                 servers = [nats_server.url]
             client = await windshift.connect(
@@ -98,8 +110,7 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
             stack.push_async_callback(client.close)
             await _run(settings, client, None if tokens is None else Access(tokens))
     except (UnavailableError, OSError, RuntimeError) as exc:
-        logger.error("windshift-grpc could not start: %s", exc)
-        return 1
+        return _could_not_start(exc)
     finally:
         if tracing is not None:
             tracing.shutdown()
@@ -107,10 +118,61 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
     return 0
 
 
-async def _start_embedded(data_dir: Path) -> EmbeddedNats:
-    port = EMBEDDED_NATS_PORT if _port_is_free(EMBEDDED_NATS_PORT) else free_port()
-    nats_server = EmbeddedNats(store_dir=data_dir, port=port)
-    await nats_server.start()
+def _could_not_start(exc: Exception) -> int:
+    logger.error("windshift-grpc could not start: %s", exc)
+    return 1
+
+
+def _check_port(variable: str, port: int) -> None:
+    """Raise OSError, naming ``variable``, when nothing could listen on ``port`` now.
+
+    It binds as the gRPC server and the probes will: on all interfaces, IPv4
+    and IPv6, with SO_REUSEADDR (so connections of an earlier run, still in
+    TIME_WAIT, do not count). It cannot keep another program from taking the
+    port a moment later; the real listen then fails with its own message.
+    """
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this machine: IPv4 alone, as gRPC does then
+            continue
+        with sock:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        f"{variable} {port} is already in use (another program listens on it)"
+                    ) from None
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue  # IPv6 switched off
+                raise OSError(f"cannot listen on {variable} {port}: {exc.strerror}") from None
+            return
+
+
+async def _start_embedded(settings: Settings) -> EmbeddedNats:
+    preferred = settings.embedded_nats_port
+    port = preferred
+    taken = await _taken(EMBEDDED_NATS_HOST, preferred)
+    if taken is not None:
+        port = free_port(EMBEDDED_NATS_HOST)
+        logger.warning(
+            "the embedded NATS cannot have port %d (%s): it takes port %d instead "
+            "(WINDSHIFT_EMBEDDED_NATS_PORT chooses another)",
+            preferred,
+            taken,
+            port,
+        )
+    nats_server = EmbeddedNats(store_dir=settings.data_dir, port=port, host=EMBEDDED_NATS_HOST)
+    try:
+        await nats_server.start()
+    except OSError as exc:  # the directory went away or turned read-only since the settings
+        raise OSError(
+            f"cannot use WINDSHIFT_DATA_DIR {str(settings.data_dir)!r}: {exc.strerror or exc}"
+        ) from None
     logger.info(
         "NATS_URL is not set: started an embedded NATS with JetStream at %s; "
         "its data is kept in %s",
@@ -120,13 +182,38 @@ async def _start_embedded(data_dir: Path) -> EmbeddedNats:
     return nats_server
 
 
-def _port_is_free(port: int) -> bool:
+async def _taken(host: str, port: int) -> str | None:
+    """Why nats-server could not listen on ``host:port``, or None when it could.
+
+    The bind uses SO_REUSEADDR, as nats-server does: what an earlier run left
+    in TIME_WAIT (its clients' connections, which the server closed as it
+    stopped) does not keep the port from it; only another listener does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return f"it cannot be bound: {exc.strerror}"
+        else:
+            return None
+    # Who has it? A NATS server greets every client with INFO at once.
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return "it is in use, but does not accept connections"
+    try:
+        greeting = await asyncio.wait_for(reader.read(5), 1.0)
+    except (OSError, TimeoutError):
+        greeting = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if greeting == b"INFO ":
+        return "another NATS server listens there"
+    return "another program, not NATS, listens there"
 
 
 def _listen(server: grpc.aio.Server, settings: Settings) -> str:
@@ -253,4 +340,4 @@ def _on_signal(signum: int, signalled: asyncio.Event) -> None:
     signalled.set()
 
 
-__all__ = ["EMBEDDED_NATS_PORT", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "STATE_SERVICE", "serve"]
+__all__ = ["EMBEDDED_NATS_HOST", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "STATE_SERVICE", "serve"]

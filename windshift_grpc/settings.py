@@ -5,133 +5,45 @@ Example:
     >>> settings.grpc_port
     9090
 
-Every variable, its default and meaning is listed in :data:`SETTINGS` (which
-``windshift-grpc serve --help`` prints). A bad value raises
-:class:`SettingsError`, whose message is one line naming the variable.
+Each setting is declared once, as a field of :class:`Settings` made by
+:func:`_setting`: its variable, default, parser, meaning and group. That one
+declaration drives :meth:`Settings.from_env`, the list that ``windshift-grpc
+serve --help`` prints (:func:`describe`) and the settings tables of
+docs/grpc.md (:func:`markdown`). Regenerate those after a change with::
+
+    python -m windshift_grpc.settings --update docs/grpc.md
+
+(``--markdown`` prints them instead); a test fails while the docs differ.
+Checks that concern several settings at once (pairs that go together,
+contradictions, files that must load) are in :meth:`Settings._check`.
+
+A bad value raises :class:`SettingsError`, whose message is one line naming
+the variable. The ``OTEL_*`` variables are not settings of windshift's: the
+OpenTelemetry SDK reads them itself (:mod:`windshift_grpc.telemetry`).
 """
+
+# Every field is declared by a call of _setting (dataclasses.field with metadata), which
+# ruff cannot tell from a call that makes a shared mutable default.
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import ssl
+import sys
 import textwrap
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-
-#: (variable, default as shown, meaning), in the order ``--help`` lists them.
-SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (
-        "NATS_URL",
-        "(unset)",
-        "NATS server(s) to use, e.g. nats://nats:4222; several separated by commas. "
-        "Unset: start an embedded nats-server with JetStream, keeping its data in "
-        "WINDSHIFT_DATA_DIR.",
-    ),
-    ("GRPC_PORT", "8080", "TCP port of the gRPC API (all interfaces)."),
-    ("HEALTH_PORT", "8088", "TCP port of the HTTP probes /healthz and /readyz."),
-    (
-        "DEVELOPMENT",
-        "false",
-        "true: human-readable DEBUG logs; false: one JSON object per log line at INFO.",
-    ),
-    (
-        "WINDSHIFT_MAX_EVENTS_CALLS",
-        "1000",
-        "How many Events calls may be open at once; beyond it a new one is answered "
-        "RESOURCE_EXHAUSTED.",
-    ),
-    (
-        "NATS_PUBLISH_ASYNC_MAX_PENDING",
-        "256",
-        "How many publishes may await their JetStream acknowledgement at once.",
-    ),
-    (
-        "WINDSHIFT_DATA_DIR",
-        "./.windshift",
-        "Where the embedded nats-server keeps its data (only without NATS_URL).",
-    ),
-    (
-        "WINDSHIFT_AUTH_FILE",
-        "(unset)",
-        "A JSON or TOML file of API tokens and their permissions (docs/security.md). "
-        "Set: every EventsService and StateService call needs the metadata "
-        "'authorization: Bearer <token>'. Unset: see WINDSHIFT_AUTH.",
-    ),
-    (
-        "WINDSHIFT_AUTH",
-        "auto",
-        "auto: require tokens when WINDSHIFT_AUTH_FILE is set; without it, serve "
-        "without authentication (with a loud warning) only in DEVELOPMENT or on the "
-        "embedded NATS (NATS_URL unset), and otherwise refuse to start unless "
-        "GRPC_TLS_CLIENT_CA authenticates the clients. none: serve without "
-        "authentication on purpose (also warned about).",
-    ),
-    (
-        "GRPC_TLS_CERT",
-        "(unset)",
-        "PEM certificate (chain) of the gRPC port; with GRPC_TLS_KEY the port speaks "
-        "TLS only. Unset: plaintext.",
-    ),
-    ("GRPC_TLS_KEY", "(unset)", "PEM private key of GRPC_TLS_CERT (not encrypted)."),
-    (
-        "GRPC_TLS_CLIENT_CA",
-        "(unset)",
-        "PEM CA certificate(s): clients must present a certificate signed by one "
-        "(mutual TLS). Needs GRPC_TLS_CERT and GRPC_TLS_KEY.",
-    ),
-    ("NATS_USER", "(unset)", "NATS user name, with NATS_PASSWORD."),
-    ("NATS_PASSWORD", "(unset)", "NATS password, with NATS_USER. Never logged."),
-    ("NATS_TOKEN", "(unset)", "NATS authentication token. Never logged."),
-    (
-        "NATS_CREDS",
-        "(unset)",
-        "NATS credentials file (.creds: user JWT and NKey seed), e.g. from nsc.",
-    ),
-    ("NATS_NKEY_SEED", "(unset)", "File holding a NATS user NKey seed (SU...)."),
-    (
-        "NATS_TLS_CA",
-        "(unset)",
-        "PEM CA certificate(s) to verify the NATS servers with (instead of the "
-        "system's). TLS is used when the server requires it or NATS_URL says tls://.",
-    ),
-    (
-        "NATS_TLS_CERT",
-        "(unset)",
-        "PEM client certificate for NATS servers that verify clients, with NATS_TLS_KEY.",
-    ),
-    ("NATS_TLS_KEY", "(unset)", "PEM private key of NATS_TLS_CERT (not encrypted)."),
-    (
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "(unset)",
-        "Send traces and metrics there over OTLP (needs opentelemetry-sdk and an OTLP "
-        "exporter installed). Unset: tracing only propagates context and metrics are not "
-        "exported. The other standard OTEL_EXPORTER_OTLP_* variables (also the "
-        "_TRACES_ and _METRICS_ ones) apply as usual.",
-    ),
-    (
-        "OTEL_TRACES_EXPORTER",
-        "otlp",
-        "otlp, console (spans as JSON lines on stdout) or none.",
-    ),
-    # metrics (docs/observability.md)
-    (
-        "OTEL_METRICS_EXPORTER",
-        "otlp",
-        "otlp, console (metrics as JSON lines on stdout) or none.",
-    ),
-    (
-        "OTEL_METRIC_EXPORT_INTERVAL",
-        "60000",
-        "Milliseconds between two metric exports.",
-    ),
-    ("OTEL_SERVICE_NAME", "windshift-grpc", "service.name of the spans and metrics."),
-    ("OTEL_SDK_DISABLED", "false", "true: never configure the OpenTelemetry SDK."),
-)
+_FALSE = frozenset({"0", "false", "no", "off"})
+_METADATA = "windshift_grpc.setting"
 
 
 class SettingsError(ValueError):
@@ -146,38 +58,325 @@ class SettingsError(ValueError):
         self.name = name
 
 
+class _Invalid(ValueError):
+    """What a parser says about a value it refuses; the variable's name is added to it."""
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable of ``serve``, as declared on :class:`Settings`.
+
+    Attributes:
+        variable: the environment variable.
+        attribute: the :class:`Settings` attribute it sets.
+        default: the value when the variable is unset or blank.
+        parse: the value from the variable's text; raises ``ValueError`` with
+            the complaint (without the variable's name).
+        help: what it means, for ``--help`` and the docs; `backquotes` mark
+            literal text (kept in the docs, dropped in ``--help``).
+        group: the heading it is listed under.
+        shown_default: the default as ``--help`` and the docs show it.
+        exact: taken as it is, spaces included (secrets); otherwise stripped.
+    """
+
+    variable: str
+    attribute: str
+    default: T
+    parse: Callable[[str], T]
+    help: str
+    group: str
+    shown_default: str
+    exact: bool = False
+
+    def read(self, env: Mapping[str, str]) -> T:
+        """The value in ``env`` (the default when unset or blank).
+
+        Raises:
+            SettingsError: the parser refused the text.
+        """
+        raw = env.get(self.variable)
+        text = raw if raw is None or self.exact else raw.strip()
+        if not text:
+            return self.default
+        try:
+            return self.parse(text)
+        except _Invalid as exc:
+            raise SettingsError(self.variable, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """What :func:`_setting` keeps in a field's metadata."""
+
+    variable: str
+    parse: Callable[[str], Any]
+    help: str
+    group: str
+    shown_default: str | None
+    exact: bool
+
+
+def _setting(
+    variable: str,
+    default: T,
+    parse: Callable[[str], T],
+    help: str,
+    *,
+    group: str,
+    shown: str | None = None,
+    exact: bool = False,
+    secret: bool = False,
+) -> T:
+    """Declare a field of :class:`Settings` as read from ``variable``.
+
+    ``shown`` is the default as listed (``str(default)`` when not given,
+    ``unset`` for None); ``exact`` keeps the value's spaces; a ``secret`` is
+    also left out of the ``repr``.
+    """
+    declared = _Declared(variable, parse, help, group, shown, exact or secret)
+    return field(default=default, repr=not secret, metadata={_METADATA: declared})
+
+
+# --- parsers: the text (stripped unless exact, never blank) -> the value ---------
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _Invalid(f"{raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+_port = _integer(1, 65535)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise _Invalid(f"{raw!r} is not true or false")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise _Invalid(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _file(raw: str) -> Path:
+    """A file that must exist and be readable."""
+    path = Path(raw)
+    if not path.is_file():
+        raise _Invalid(f"{raw!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise _Invalid(f"{raw!r} cannot be read")
+    return path
+
+
+def _nats_url(raw: str) -> str:
+    for url in raw.split(","):
+        url = url.strip()
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("nats", "tls", "ws", "wss") or not rest:
+            raise _Invalid(f"{url!r} is not a NATS URL (expected e.g. nats://host:4222)")
+    return raw
+
+
+# --- the settings ---------------------------------------------------------------
+
+_SERVING = "Serving"
+_EMBEDDED = "The embedded NATS (without `NATS_URL`)"
+_AUTH = "API authentication (docs/security.md)"
+_TLS = "TLS of the gRPC port"
+_NATS = "Credentials and TLS for the NATS of `NATS_URL`"
+_LIMITS = "Limits"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``windshift-grpc serve`` can be told (see :data:`SETTINGS`)."""
 
-    nats_url: str | None = None
-    grpc_port: int = 8080
-    health_port: int = 8088
-    development: bool = False
-    nats_publish_async_max_pending: int = 256
-    max_events_calls: int = 1000
-    data_dir: Path = Path(".windshift")
-    otel_exporter_otlp_endpoint: str | None = None
-    otel_traces_exporter: str = "otlp"
-    otel_service_name: str = "windshift-grpc"
-    otel_sdk_disabled: bool = False
-    # metrics (docs/observability.md)
-    otel_metrics_exporter: str = "otlp"
-    otel_exporter_otlp_metrics_endpoint: str | None = None
-    otel_metric_export_interval: int = 60_000
-    auth_file: Path | None = None
-    auth: str = "auto"
-    grpc_tls_cert: Path | None = None
-    grpc_tls_key: Path | None = None
-    grpc_tls_client_ca: Path | None = None
-    nats_user: str | None = None
-    nats_password: str | None = field(default=None, repr=False)
-    nats_token: str | None = field(default=None, repr=False)
-    nats_creds: Path | None = None
-    nats_nkey_seed: Path | None = None
-    nats_tls_ca: Path | None = None
-    nats_tls_cert: Path | None = None
-    nats_tls_key: Path | None = None
+    nats_url: str | None = _setting(
+        "NATS_URL",
+        None,
+        _nats_url,
+        "NATS server(s) to use, e.g. `nats://nats:4222`; several separated by commas. "
+        "Unset: start an embedded nats-server with JetStream (see below).",
+        group=_SERVING,
+    )
+    grpc_port: int = _setting(
+        "GRPC_PORT", 8080, _port, "TCP port of the gRPC API, on all interfaces.", group=_SERVING
+    )
+    health_port: int = _setting(
+        "HEALTH_PORT",
+        8088,
+        _port,
+        "TCP port of the HTTP probes `/healthz` and `/readyz`, on all interfaces; "
+        "not the same as `GRPC_PORT`.",
+        group=_SERVING,
+    )
+    development: bool = _setting(
+        "DEVELOPMENT",
+        False,
+        _flag,
+        "`true`: logs from DEBUG up, as readable lines. `false`: logs from INFO up, "
+        "one JSON object per line, or readable lines when stderr is a terminal.",
+        group=_SERVING,
+    )
+    data_dir: Path = _setting(
+        "WINDSHIFT_DATA_DIR",
+        Path(".windshift"),
+        Path,
+        "Directory where the embedded nats-server keeps its data (created when "
+        "missing; it must be writable). The data survives restarts.",
+        group=_EMBEDDED,
+        shown="./.windshift",
+    )
+    embedded_nats_port: int = _setting(
+        "WINDSHIFT_EMBEDDED_NATS_PORT",
+        4222,
+        _port,
+        "TCP port of the embedded nats-server, on 127.0.0.1. When another program "
+        "listens there, it takes a free port instead and the log says why.",
+        group=_EMBEDDED,
+    )
+    auth_file: Path | None = _setting(
+        "WINDSHIFT_AUTH_FILE",
+        None,
+        _file,
+        "JSON or TOML file of API tokens and their permissions (docs/security.md). "
+        "Set: every EventsService and StateService call needs the metadata "
+        "`authorization: Bearer <token>`; `SIGHUP` reloads the file. "
+        "Unset: see `WINDSHIFT_AUTH`.",
+        group=_AUTH,
+    )
+    auth: str = _setting(
+        "WINDSHIFT_AUTH",
+        "auto",
+        _choice("auto", "none"),
+        "`auto`: require tokens when `WINDSHIFT_AUTH_FILE` is set; without it, serve "
+        "without authentication (with a loud warning) only in `DEVELOPMENT` or on the "
+        "embedded NATS (`NATS_URL` unset), and otherwise refuse to start unless "
+        "`GRPC_TLS_CLIENT_CA` authenticates the clients. `none`: serve without "
+        "authentication on purpose (also warned about).",
+        group=_AUTH,
+    )
+    grpc_tls_cert: Path | None = _setting(
+        "GRPC_TLS_CERT",
+        None,
+        _file,
+        "PEM certificate (chain) of the gRPC port; with `GRPC_TLS_KEY` the port speaks "
+        "TLS only. Unset: plaintext.",
+        group=_TLS,
+    )
+    grpc_tls_key: Path | None = _setting(
+        "GRPC_TLS_KEY",
+        None,
+        _file,
+        "PEM private key of `GRPC_TLS_CERT` (not encrypted).",
+        group=_TLS,
+    )
+    grpc_tls_client_ca: Path | None = _setting(
+        "GRPC_TLS_CLIENT_CA",
+        None,
+        _file,
+        "PEM CA certificate(s): clients must present a certificate signed by one "
+        "(mutual TLS). Needs `GRPC_TLS_CERT` and `GRPC_TLS_KEY`.",
+        group=_TLS,
+    )
+    nats_user: str | None = _setting(
+        "NATS_USER",
+        None,
+        _text,
+        "NATS user name, with `NATS_PASSWORD`. NATS takes one way of authenticating: "
+        "a user and password, `NATS_TOKEN`, `NATS_CREDS` or `NATS_NKEY_SEED`.",
+        group=_NATS,
+        exact=True,
+    )
+    nats_password: str | None = _setting(
+        "NATS_PASSWORD",
+        None,
+        _text,
+        "NATS password, with `NATS_USER`. Never logged.",
+        group=_NATS,
+        secret=True,
+    )
+    nats_token: str | None = _setting(
+        "NATS_TOKEN",
+        None,
+        _text,
+        "NATS authentication token. Never logged.",
+        group=_NATS,
+        secret=True,
+    )
+    nats_creds: Path | None = _setting(
+        "NATS_CREDS",
+        None,
+        _file,
+        "NATS credentials file (`.creds`: user JWT and NKey seed), e.g. from `nsc`.",
+        group=_NATS,
+    )
+    nats_nkey_seed: Path | None = _setting(
+        "NATS_NKEY_SEED",
+        None,
+        _file,
+        "File holding a NATS user NKey seed (`SU...`).",
+        group=_NATS,
+    )
+    nats_tls_ca: Path | None = _setting(
+        "NATS_TLS_CA",
+        None,
+        _file,
+        "PEM CA certificate(s) to verify the NATS servers with (instead of the "
+        "system's). TLS is used when the server requires it or `NATS_URL` says `tls://`.",
+        group=_NATS,
+    )
+    nats_tls_cert: Path | None = _setting(
+        "NATS_TLS_CERT",
+        None,
+        _file,
+        "PEM client certificate for NATS servers that verify clients, with `NATS_TLS_KEY`.",
+        group=_NATS,
+    )
+    nats_tls_key: Path | None = _setting(
+        "NATS_TLS_KEY",
+        None,
+        _file,
+        "PEM private key of `NATS_TLS_CERT` (not encrypted).",
+        group=_NATS,
+    )
+    max_events_calls: int = _setting(
+        "WINDSHIFT_MAX_EVENTS_CALLS",
+        1000,
+        _integer(1, 1_000_000),
+        "How many Events calls one server serves at once; a further one ends "
+        "`RESOURCE_EXHAUSTED` at once (clients retry later or on another replica).",
+        group=_LIMITS,
+    )
+    nats_publish_async_max_pending: int = _setting(
+        "NATS_PUBLISH_ASYNC_MAX_PENDING",
+        256,
+        _integer(1, 1_000_000),
+        "How many publishes may await their JetStream acknowledgement at once (the "
+        "publish pipeline's depth); further PublishEvent calls wait for a slot.",
+        group=_LIMITS,
+    )
 
     @property
     def production(self) -> bool:
@@ -211,59 +410,38 @@ class Settings:
         """Read the settings from ``env`` (``os.environ`` by default).
 
         Raises:
-            SettingsError: a value is malformed or out of range.
+            SettingsError: a value is malformed or out of range, or does not
+                go with the others.
         """
         env = os.environ if env is None else env
+        settings = cls(**{setting.attribute: setting.read(env) for setting in SETTINGS})
+        settings._check()
+        return settings
 
-        def text(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() else None
-
-        nats_url = text("NATS_URL")
-        if nats_url is not None:
-            for url in nats_url.split(","):
-                url = url.strip()
-                scheme, sep, rest = url.partition("://")
-                if not sep or scheme not in ("nats", "tls", "ws", "wss") or not rest:
+    def _check(self) -> None:
+        """What no single value shows: pairs, contradictions, files that must load."""
+        if self.grpc_port == self.health_port:
+            raise SettingsError(
+                "HEALTH_PORT", f"{self.health_port} is also GRPC_PORT; the two need different ports"
+            )
+        if self.nats_url is None:
+            for other, port in (("GRPC_PORT", self.grpc_port), ("HEALTH_PORT", self.health_port)):
+                if self.embedded_nats_port == port:
                     raise SettingsError(
-                        "NATS_URL",
-                        f"{url!r} is not a NATS URL (expected e.g. nats://host:4222)",
+                        "WINDSHIFT_EMBEDDED_NATS_PORT",
+                        f"{port} is also {other}; the two need different ports",
                     )
-        grpc_port = _port(env, "GRPC_PORT", 8080)
-        health_port = _port(env, "HEALTH_PORT", 8088)
-        if grpc_port == health_port:
-            raise SettingsError(
-                "HEALTH_PORT", f"{health_port} is also GRPC_PORT; the two need different ports"
-            )
-        max_pending = _integer(env, "NATS_PUBLISH_ASYNC_MAX_PENDING", 256, 1, 1_000_000)
-        exporter = (text("OTEL_TRACES_EXPORTER") or "otlp").lower()
-        if exporter not in ("otlp", "console", "none"):
-            raise SettingsError(
-                "OTEL_TRACES_EXPORTER", f"{exporter!r} is not one of otlp, console, none"
-            )
-        # metrics (docs/observability.md)
-        metrics_exporter = (text("OTEL_METRICS_EXPORTER") or "otlp").lower()
-        if metrics_exporter not in ("otlp", "console", "none"):
-            raise SettingsError(
-                "OTEL_METRICS_EXPORTER", f"{metrics_exporter!r} is not one of otlp, console, none"
-            )
-        metric_interval = _integer(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000, 1, 86_400_000)
-        development = _flag(env, "DEVELOPMENT")
-        auth = (text("WINDSHIFT_AUTH") or "auto").lower()
-        if auth not in ("auto", "none"):
-            raise SettingsError("WINDSHIFT_AUTH", f"{auth!r} is not one of auto, none")
-        auth_file = _file(env, "WINDSHIFT_AUTH_FILE")
-        if auth == "none" and auth_file is not None:
+            _check_data_dir(self.data_dir)
+        if self.auth == "none" and self.auth_file is not None:
             raise SettingsError(
                 "WINDSHIFT_AUTH", "'none' contradicts WINDSHIFT_AUTH_FILE; unset one of them"
             )
-        tls_cert, tls_key, client_ca = _server_tls(env)
+        self._check_server_tls()
         if (
-            auth == "auto"
-            and auth_file is None
-            and client_ca is None
-            and nats_url is not None
-            and not development
+            self.auth == "auto"
+            and self.auth_file is None
+            and self.grpc_tls_client_ca is None
+            and self.production
         ):
             raise SettingsError(
                 "WINDSHIFT_AUTH_FILE",
@@ -271,35 +449,78 @@ class Settings:
                 "does not serve its API to anyone: set WINDSHIFT_AUTH_FILE to a tokens file "
                 "(docs/security.md), or WINDSHIFT_AUTH=none to serve without authentication",
             )
-        nats = _nats_credentials(env, external=nats_url is not None)
-        return cls(
-            nats_url=nats_url,
-            grpc_port=grpc_port,
-            health_port=health_port,
-            development=development,
-            nats_publish_async_max_pending=max_pending,
-            max_events_calls=_integer(env, "WINDSHIFT_MAX_EVENTS_CALLS", 1000, 1, 1_000_000),
-            data_dir=Path(text("WINDSHIFT_DATA_DIR") or ".windshift"),
-            otel_exporter_otlp_endpoint=text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or text("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            otel_traces_exporter=exporter,
-            otel_service_name=text("OTEL_SERVICE_NAME") or "windshift-grpc",
-            otel_sdk_disabled=_flag(env, "OTEL_SDK_DISABLED"),
-            otel_metrics_exporter=metrics_exporter,
-            otel_exporter_otlp_metrics_endpoint=text("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-            or text("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            otel_metric_export_interval=metric_interval,
-            auth_file=auth_file,
-            auth=auth,
-            grpc_tls_cert=tls_cert,
-            grpc_tls_key=tls_key,
-            grpc_tls_client_ca=client_ca,
-            **nats,
-        )
+        self._check_nats()
+
+    def _check_server_tls(self) -> None:
+        """``GRPC_TLS_*``: checked by loading them as the server will."""
+        cert, key = self.grpc_tls_cert, self.grpc_tls_key
+        _pair(("GRPC_TLS_CERT", cert), ("GRPC_TLS_KEY", key))
+        client_ca = self.grpc_tls_client_ca
+        if client_ca is not None and cert is None:
+            raise SettingsError(
+                "GRPC_TLS_CLIENT_CA", "needs GRPC_TLS_CERT and GRPC_TLS_KEY (mutual TLS is TLS)"
+            )
+        if cert is not None and key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(cert, key, password=_no_password)
+            except (ssl.SSLError, ValueError) as exc:
+                raise SettingsError(
+                    "GRPC_TLS_KEY",
+                    f"{str(cert)!r} and {str(key)!r} are not a PEM certificate and its key ({exc})",
+                ) from None
+        if client_ca is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=client_ca)
+            except ssl.SSLError as exc:
+                raise SettingsError(
+                    "GRPC_TLS_CLIENT_CA", f"{str(client_ca)!r} is not a PEM certificate ({exc})"
+                ) from None
+
+    def _check_nats(self) -> None:
+        """``NATS_USER`` ... ``NATS_TLS_KEY``: one way of authenticating, only with NATS_URL."""
+        _pair(("NATS_USER", self.nats_user), ("NATS_PASSWORD", self.nats_password))
+        _pair(("NATS_TLS_CERT", self.nats_tls_cert), ("NATS_TLS_KEY", self.nats_tls_key))
+        ways = [
+            variable
+            for variable, value in (
+                ("NATS_USER", self.nats_user),
+                ("NATS_TOKEN", self.nats_token),
+                ("NATS_CREDS", self.nats_creds),
+                ("NATS_NKEY_SEED", self.nats_nkey_seed),
+            )
+            if value is not None
+        ]
+        if len(ways) > 1:
+            raise SettingsError(
+                ways[1], f"{ways[0]} is set too; NATS takes one way of authenticating"
+            )
+        present = [
+            *ways,
+            *(["NATS_TLS_CA"] if self.nats_tls_ca is not None else []),
+            *(["NATS_TLS_CERT"] if self.nats_tls_cert is not None else []),
+        ]
+        if present and self.nats_url is None:
+            raise SettingsError(
+                present[0], "only applies to the NATS of NATS_URL, which is not set (embedded NATS)"
+            )
+        try:
+            self.nats_tls()
+        except (ssl.SSLError, ValueError) as exc:
+            name = "NATS_TLS_KEY" if self.nats_tls_cert is not None else "NATS_TLS_CA"
+            raise SettingsError(name, f"cannot be loaded as PEM ({exc})") from None
 
     def nats_tls(self) -> ssl.SSLContext | None:
         """The TLS context for NATS from ``NATS_TLS_*``, or None (nats-py's default)."""
-        return _nats_tls(self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+        ca, cert, key = self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key
+        if ca is None and cert is None:
+            return None
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else str(ca)
+        )
+        if cert is not None and key is not None:
+            context.load_cert_chain(cert, key, password=_no_password)
+        return context
 
     def nats_options(self) -> dict[str, Any]:
         """The credentials and TLS keywords of :func:`windshift.connect` (only those set)."""
@@ -314,158 +535,168 @@ class Settings:
         return {key: value for key, value in options.items() if value is not None}
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise SettingsError(name, f"{value} is not between {low} and {high}")
-    return value
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
 
 
-def _file(env: Mapping[str, str], name: str) -> Path | None:
-    """A setting naming a file that must exist and be readable."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    path = Path(raw)
-    if not path.is_file():
-        raise SettingsError(name, f"{raw!r} is not a file")
-    if not os.access(path, os.R_OK):
-        raise SettingsError(name, f"{raw!r} cannot be read")
-    return path
+#: Every setting, in the order ``--help`` and the docs list them.
+SETTINGS: tuple[Setting[Any], ...] = tuple(
+    Setting(
+        variable=declared.variable,
+        attribute=spec.name,
+        default=spec.default,
+        parse=declared.parse,
+        help=declared.help,
+        group=declared.group,
+        shown_default=declared.shown_default or _shown(spec.default),
+        exact=declared.exact,
+    )
+    for spec in fields(Settings)
+    for declared in [spec.metadata[_METADATA]]
+)
 
 
-def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[Path | None, Path | None]:
-    """Two file settings that go together (a certificate and its key)."""
-    one, two = _file(env, first), _file(env, second)
-    if (one is None) != (two is None):
-        missing = second if two is None else first
-        given = first if two is None else second
+def _pair(first: tuple[str, object], second: tuple[str, object]) -> None:
+    """Two settings that go together (a certificate and its key, a user and password)."""
+    (one, one_value), (two, two_value) = first, second
+    if (one_value is None) != (two_value is None):
+        missing, given = (two, one) if two_value is None else (one, two)
         raise SettingsError(missing, f"not set, but {given} is; the two go together")
-    return one, two
 
 
 def _no_password() -> bytes:
     raise ValueError("encrypted private keys are not supported")
 
 
-def _server_tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
-    """``GRPC_TLS_*``: checked by loading them as the server will."""
-    cert, key = _pair(env, "GRPC_TLS_CERT", "GRPC_TLS_KEY")
-    client_ca = _file(env, "GRPC_TLS_CLIENT_CA")
-    if client_ca is not None and cert is None:
-        raise SettingsError(
-            "GRPC_TLS_CLIENT_CA", "needs GRPC_TLS_CERT and GRPC_TLS_KEY (mutual TLS is TLS)"
-        )
-    if cert is not None and key is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(cert, key, password=_no_password)
-        except (ssl.SSLError, ValueError) as exc:
-            raise SettingsError(
-                "GRPC_TLS_KEY",
-                f"{str(cert)!r} and {str(key)!r} are not a PEM certificate and its key ({exc})",
-            ) from None
-    if client_ca is not None:
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=client_ca)
-        except ssl.SSLError as exc:
-            raise SettingsError(
-                "GRPC_TLS_CLIENT_CA", f"{str(client_ca)!r} is not a PEM certificate ({exc})"
-            ) from None
-    return cert, key, client_ca
-
-
-def _nats_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-    if ca is None and cert is None:
-        return None
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else str(ca)
-    )
-    if cert is not None and key is not None:
-        context.load_cert_chain(cert, key, password=_no_password)
-    return context
-
-
-_NATS_SECRETS = ("NATS_USER", "NATS_TOKEN", "NATS_CREDS", "NATS_NKEY_SEED")
-
-
-def _nats_credentials(env: Mapping[str, str], *, external: bool) -> dict[str, Any]:
-    """``NATS_USER`` ... ``NATS_TLS_KEY``, checked; keyword arguments of :class:`Settings`."""
-
-    def secret(name: str) -> str | None:
-        value = env.get(name)
-        return value if value else None  # secrets are taken as they are, spaces included
-
-    user, password = secret("NATS_USER"), secret("NATS_PASSWORD")
-    if (user is None) != (password is None):
-        missing = "NATS_PASSWORD" if password is None else "NATS_USER"
-        given = "NATS_USER" if password is None else "NATS_PASSWORD"
-        raise SettingsError(missing, f"not set, but {given} is; the two go together")
-    options: dict[str, Any] = {
-        "nats_user": user,
-        "nats_password": password,
-        "nats_token": secret("NATS_TOKEN"),
-        "nats_creds": _file(env, "NATS_CREDS"),
-        "nats_nkey_seed": _file(env, "NATS_NKEY_SEED"),
-        "nats_tls_ca": _file(env, "NATS_TLS_CA"),
-    }
-    options["nats_tls_cert"], options["nats_tls_key"] = _pair(env, "NATS_TLS_CERT", "NATS_TLS_KEY")
-    methods = [
-        variable
-        for variable, value in zip(
-            _NATS_SECRETS,
-            (user, options["nats_token"], options["nats_creds"], options["nats_nkey_seed"]),
-            strict=True,
-        )
-        if value is not None
-    ]
-    if len(methods) > 1:
-        raise SettingsError(
-            methods[1], f"{methods[0]} is set too; NATS takes one way of authenticating"
-        )
-    present = [
-        variable
-        for variable in (*_NATS_SECRETS, "NATS_TLS_CA", "NATS_TLS_CERT")
-        if env.get(variable, "").strip()
-    ]
-    if present and not external:
-        raise SettingsError(
-            present[0], "only applies to the NATS of NATS_URL, which is not set (embedded NATS)"
-        )
+def _check_data_dir(path: Path) -> None:
+    """``WINDSHIFT_DATA_DIR`` is, or can be made, a directory serve can write in."""
+    name, shown = "WINDSHIFT_DATA_DIR", str(path)
     try:
-        _nats_tls(options["nats_tls_ca"], options["nats_tls_cert"], options["nats_tls_key"])
-    except (ssl.SSLError, ValueError) as exc:
-        name = "NATS_TLS_KEY" if options["nats_tls_cert"] is not None else "NATS_TLS_CA"
-        raise SettingsError(name, f"cannot be loaded as PEM ({exc})") from None
-    return options
+        if path.exists():
+            if not path.is_dir():
+                raise SettingsError(name, f"{shown!r} is not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise SettingsError(name, f"{shown!r} is not writable")
+            return
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as exc:
+        raise SettingsError(name, f"{shown!r} cannot be used ({exc.strerror})") from None
+    if not parent.is_dir():
+        raise SettingsError(
+            name, f"{shown!r} cannot be created: {str(parent)!r} is not a directory"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SettingsError(name, f"{shown!r} cannot be created: {str(parent)!r} is not writable")
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    return _integer(env, name, default, 1, 65535)
+# --- the lists: --help and docs/grpc.md -----------------------------------------
+
+#: After the list: the variables that are not windshift's own.
+OTEL_NOTE = (
+    "OpenTelemetry: the SDK (when installed) reads its own `OTEL_*` variables, "
+    "e.g. `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`, `OTEL_EXPORTER_OTLP_ENDPOINT`, "
+    "`OTEL_SERVICE_NAME` (default here: `windshift-grpc`); see docs/observability.md."
+)
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise SettingsError(name, f"{env[name]!r} is not true or false")
+def _groups() -> list[tuple[str, list[Setting[Any]]]]:
+    groups: dict[str, list[Setting[Any]]] = {}
+    for setting in SETTINGS:
+        groups.setdefault(setting.group, []).append(setting)
+    return list(groups.items())
+
+
+def _plain(text: str) -> str:
+    return text.replace("`", "")
 
 
 def describe() -> str:
-    """The settings as a text table, for ``--help``."""
-    lines = ["environment variables:"]
-    for name, default, meaning in SETTINGS:
-        lines.append(f"  {name} (default: {default})")
-        lines.extend(textwrap.wrap(meaning, 76, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    """The settings as text, for ``--help``."""
+    lines = ["environment variables (a bad value stops serve at once, with exit code 2):"]
+    for group, settings in _groups():
+        lines += ["", f"{_plain(group)}:"]
+        for setting in settings:
+            lines.append(f"  {setting.variable} (default: {setting.shown_default})")
+            lines += textwrap.wrap(
+                _plain(setting.help),
+                79,
+                initial_indent=" " * 6,
+                subsequent_indent=" " * 6,
+                break_on_hyphens=False,
+            )
+    lines += ["", *textwrap.wrap(_plain(OTEL_NOTE), 79, break_on_hyphens=False)]
     return "\n".join(lines)
 
 
-__all__ = ["SETTINGS", "Settings", "SettingsError", "describe"]
+MARKDOWN_BEGIN = (
+    "<!-- settings: generated from windshift_grpc/settings.py by "
+    "`python -m windshift_grpc.settings --update docs/grpc.md`; edit them there -->"
+)
+MARKDOWN_END = "<!-- end of settings -->"
+
+
+def _markdown_text(text: str) -> str:
+    """Help text for a table cell: docs/ paths become links (the tables are in docs/)."""
+    text = text.replace("|", "\\|")
+    return re.sub(r"\bdocs/([\w-]+\.md)", r"[\1](\1)", text)
+
+
+def markdown() -> str:
+    """The settings tables of docs/grpc.md, between :data:`MARKDOWN_BEGIN` and ``_END``."""
+    lines = [MARKDOWN_BEGIN]
+    for group, settings in _groups():
+        lines += ["", f"**{_markdown_text(group)}**", ""]
+        lines += ["| Variable | Default | Meaning |", "|---|---|---|"]
+        for setting in settings:
+            default = "unset" if setting.default is None else f"`{setting.shown_default}`"
+            lines.append(f"| `{setting.variable}` | {default} | {_markdown_text(setting.help)} |")
+    lines += ["", _markdown_text(OTEL_NOTE), "", MARKDOWN_END]
+    return "\n".join(lines)
+
+
+def documented(document: str) -> str:
+    """The settings tables in ``document`` (a markdown text), markers included.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    begin, end = document.find(MARKDOWN_BEGIN), document.find(MARKDOWN_END)
+    if begin < 0 or end < begin:
+        raise ValueError("no generated settings tables (their markers are missing)")
+    return document[begin : end + len(MARKDOWN_END)]
+
+
+def _main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m windshift_grpc.settings",
+        description="Print or update the settings tables of docs/grpc.md.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--markdown", action="store_true", help="print the tables")
+    what.add_argument(
+        "--update", metavar="FILE", type=Path, help="rewrite the tables in FILE in place"
+    )
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown())
+        return 0
+    document = args.update.read_text()
+    try:
+        old = documented(document)
+    except ValueError as exc:
+        print(f"{args.update}: {exc}", file=sys.stderr)
+        return 1
+    args.update.write_text(document.replace(old, markdown()))
+    return 0
+
+
+__all__ = ["SETTINGS", "Setting", "Settings", "SettingsError", "describe", "markdown"]
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib.metadata
 import json
 import re
 import signal
@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import windshift
 from tests.grpc_fixtures import (
+    ROOT,
     EventsClient,
     ServeProcess,
     StartServe,
@@ -35,7 +36,7 @@ from tests.grpc_fixtures import (
 from windshift._embedded import free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.settings import SETTINGS, Settings, SettingsError
+from windshift_grpc.settings import SETTINGS, Settings, SettingsError, documented, markdown
 
 if TYPE_CHECKING:
     from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
@@ -73,6 +74,7 @@ def test_settings_defaults_and_values() -> None:
         development=False,
         nats_publish_async_max_pending=256,
         data_dir=Path(".windshift"),
+        embedded_nats_port=4222,
     )
     settings = Settings.from_env(
         {
@@ -82,6 +84,9 @@ def test_settings_defaults_and_values() -> None:
             "DEVELOPMENT": "TRUE",
             "NATS_PUBLISH_ASYNC_MAX_PENDING": "17",
             "WINDSHIFT_DATA_DIR": "/var/lib/windshift",
+            "WINDSHIFT_EMBEDDED_NATS_PORT": "14222",
+            "WINDSHIFT_MAX_EVENTS_CALLS": "5",
+            # not windshift's: the OpenTelemetry SDK reads them itself
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
             "OTEL_SERVICE_NAME": "events-api",
         }
@@ -91,8 +96,8 @@ def test_settings_defaults_and_values() -> None:
     assert settings.development is True
     assert settings.nats_publish_async_max_pending == 17
     assert settings.data_dir == Path("/var/lib/windshift")
-    assert settings.otel_exporter_otlp_endpoint == "http://collector:4318"
-    assert settings.otel_service_name == "events-api"
+    assert (settings.embedded_nats_port, settings.max_events_calls) == (14222, 5)
+    assert not [name for name in vars(Settings) if name.startswith("otel")]
     with pytest.raises(AttributeError):
         settings.grpc_port = 1  # type: ignore[misc]
 
@@ -108,7 +113,9 @@ def test_settings_defaults_and_values() -> None:
         ("NATS_PUBLISH_ASYNC_MAX_PENDING", "0"),
         ("NATS_PUBLISH_ASYNC_MAX_PENDING", "many"),
         ("NATS_URL", "localhost:4222"),
-        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("WINDSHIFT_EMBEDDED_NATS_PORT", "0"),
+        ("WINDSHIFT_EMBEDDED_NATS_PORT", "8080"),  # the same as GRPC_PORT
+        ("WINDSHIFT_MAX_EVENTS_CALLS", "lots"),
     ],
 )
 async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
@@ -134,11 +141,43 @@ async def test_help_documents_every_setting() -> None:
     for command in ([*serve_command(), "--help"], [serve_command()[0], "--help"]):
         code, out, _ = await _run_cli(*command, env=env)
         assert code == 0
-        for variable, default, _meaning in SETTINGS:
-            assert f"{variable} (default: {default})" in out
-    code, _, err = await _run_cli(serve_command()[0], env=env)
+        for setting in SETTINGS:
+            assert f"  {setting.variable} (default: {setting.shown_default})\n" in out
+        flowing = " ".join(out.split())
+        for setting in SETTINGS:
+            assert " ".join(setting.help.replace("`", "").split()) in flowing
+        assert "OTEL_TRACES_EXPORTER" in out  # where the OpenTelemetry variables went
+        assert "`" not in out[out.index("environment variables") :]  # docs markup, dropped
+
+
+async def test_without_a_command_the_cli_prints_short_usage() -> None:
+    code, out, err = await _run_cli(serve_command()[0], env=serve_env(None))
     assert code == 2
-    assert "serve" in err
+    assert out == ""
+    usage, complaint = err.strip().splitlines()
+    assert usage == "usage: windshift-grpc [-h] [--version] {serve,token} ..."
+    assert complaint.startswith("windshift-grpc: name a command")
+
+
+def test_the_settings_tables_of_the_docs_are_the_declared_settings() -> None:
+    document = (ROOT / "docs" / "grpc.md").read_text()
+    assert documented(document) == markdown(), (
+        "docs/grpc.md is out of date: python -m windshift_grpc.settings --update docs/grpc.md"
+    )
+    for setting in SETTINGS:
+        assert f"| `{setting.variable}` |" in document
+
+
+async def test_the_documented_command_rewrites_the_settings_tables(tmp_path: Path) -> None:
+    stale = tmp_path / "grpc.md"
+    current = (ROOT / "docs" / "grpc.md").read_text()
+    stale.write_text(current.replace("| `GRPC_PORT` | `8080` |", "| `GRPC_PORT` | `9999` |"))
+    assert documented(stale.read_text()) != markdown()
+    code, out, err = await _run_cli(
+        sys.executable, "-m", "windshift_grpc.settings", "--update", str(stale), env=serve_env(None)
+    )
+    assert (code, out, err) == (0, "", "")
+    assert stale.read_text() == current
 
 
 async def test_serve_exits_1_when_it_cannot_start(start_serve: StartServe) -> None:
@@ -152,7 +191,8 @@ async def test_serve_exits_1_when_it_cannot_start(start_serve: StartServe) -> No
     env = serve_env(taken.env["NATS_URL"], GRPC_PORT=str(taken.grpc_port))
     code, _, err = await _run_cli(*serve_command(), env=env)
     assert code == 1
-    assert f"GRPC_PORT {taken.grpc_port}" in err
+    [line] = err.strip().splitlines()
+    assert f"GRPC_PORT {taken.grpc_port} is already in use" in json.loads(line)["message"]
 
 
 # --- probes, health, reflection -------------------------------------------------
@@ -293,6 +333,7 @@ async def test_server_spans_continue_the_callers_trace_into_the_publish(
     ]
     by_kind = {span["kind"]: span for span in spans}
     rpc = by_kind["SpanKind.SERVER"]
+    assert rpc["resource"]["attributes"]["service.name"] == "windshift-grpc"
     assert rpc["name"] == f"{EVENTS_SERVICE}/PublishEvent"
     assert rpc["parent_id"] == f"0x{CALLER_SPAN}"
     assert rpc["attributes"]["rpc.grpc.status_code"] == 0
@@ -306,20 +347,74 @@ async def test_server_spans_continue_the_callers_trace_into_the_publish(
     assert event.headers["WS-Trace-Parent"] == f"00-{TRACE_ID}-{span_id}-01"
 
 
+async def test_the_sdk_reads_the_service_name_and_resource_from_its_variables(
+    start_serve: StartServe, name: str
+) -> None:
+    server = await start_serve(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="events-api",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=staging",
+    )
+    await server.wait_for_line("exporting traces \\(console\\) as events-api")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+    await server.wait_for_line("EnsureStream", stdout=True)
+    [span] = [span for span in _spans(server.stdout) if span["name"].endswith("/EnsureStream")]
+    attributes = span["resource"]["attributes"]
+    assert attributes["service.name"] == "events-api"
+    assert attributes["deployment.environment"] == "staging"
+
+
+async def test_the_sdk_reads_the_metric_export_interval(start_serve: StartServe, name: str) -> None:
+    server = await start_serve(OTEL_METRICS_EXPORTER="console", OTEL_METRIC_EXPORT_INTERVAL="100")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_stream(stub, name)
+        await publish(stub, f"{name}.a", "counted")
+    # every 100 ms, not the default minute
+    await server.wait_for_lines('"resource_metrics"', 3, stdout=True, timeout=20)
+    assert all(json.loads(line) for line in server.stdout)  # one JSON object per line
+
+
+async def test_otel_sdk_disabled_installs_nothing(start_serve: StartServe, name: str) -> None:
+    server = await start_serve(OTEL_TRACES_EXPORTER="console", OTEL_SDK_DISABLED="true")
+    await server.wait_for_line("OTEL_SDK_DISABLED is true")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+    await server.wait_for_line("EnsureStream OK")
+    assert await server.signal(signal.SIGTERM) == 0
+    assert server.stdout == []
+
+
 async def test_otlp_endpoint_without_an_exporter_installed_keeps_serving(
     start_serve: StartServe, name: str
 ) -> None:
     server = await start_serve(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
-    try:
-        installed = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
-    except ModuleNotFoundError:
-        installed = False
+    installed = [
+        entry.name
+        for entry in importlib.metadata.entry_points(group="opentelemetry_traces_exporter")
+        if entry.name == "otlp_proto_http"
+    ]
     if not installed:
-        await server.wait_for_line("opentelemetry.exporter.otlp.proto.http.* is not installed")
+        line = await server.wait_for_line("traces exporter 'otlp_proto_http'")
+        assert "pip install opentelemetry-exporter-otlp-proto-http" in line
+        assert "spans are not exported" in line
     else:
         await server.wait_for_line("exporting traces")
     async with grpc.aio.insecure_channel(server.target) as channel:
         await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+
+
+async def test_an_exporter_that_no_package_provides_is_a_warning(
+    start_serve: StartServe, name: str
+) -> None:
+    server = await start_serve(OTEL_TRACES_EXPORTER="zipkin", OTEL_METRICS_EXPORTER="none")
+    line = await server.wait_for_line("zipkin")
+    assert "no installed package provides the traces exporter 'zipkin'" in line
+    assert json.loads(line)["level"] == "warning"
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+    assert not [line for line in server.lines if "exporting" in line]
 
 
 # --- embedded NATS and shutdown -------------------------------------------------
@@ -330,7 +425,7 @@ async def test_without_nats_url_an_embedded_nats_keeps_the_data_across_restarts(
 ) -> None:
     data_dir = tmp_path / "data"
     first = await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=str(data_dir))
-    line = await first.wait_for_line("embedded NATS")
+    line = await first.wait_for_line("started an embedded NATS")
     assert str(data_dir) in line
     async with grpc.aio.insecure_channel(first.target) as channel:
         stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
@@ -358,7 +453,7 @@ async def test_the_default_data_dir_is_dot_windshift(
     start_serve: StartServe, tmp_path: Path
 ) -> None:
     server = await start_serve(cwd=tmp_path, NATS_URL=None)
-    assert str(tmp_path / ".windshift") in await server.wait_for_line("embedded NATS")
+    assert str(tmp_path / ".windshift") in await server.wait_for_line("started an embedded NATS")
     assert await server.signal() == 0
     assert (tmp_path / ".windshift" / "jetstream").is_dir()
 
@@ -428,7 +523,7 @@ async def test_sigterm_stops_the_embedded_nats_server(
 ) -> None:
     server = await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=str(tmp_path))
     assert server.process is not None
-    url = re.search(r"nats://[\d.]+:\d+", await server.wait_for_line("embedded NATS"))
+    url = re.search(r"nats://[\d.]+:\d+", await server.wait_for_line("started an embedded NATS"))
     assert url is not None
     assert await server.signal() == 0
     # The embedded nats-server went with it.
