@@ -16,6 +16,8 @@ Every public name lives here, at the package root (its ``__module__`` says
 submodule: it holds the exception tree, also exported here.
 """
 
+import typing
+
 from windshift._client import Client, connect
 from windshift._connection import ClientSettings
 from windshift._consumers import ConsumerInfo
@@ -79,7 +81,17 @@ __all__ = [
     "connect",
 ]
 
-# Reprs, tracebacks and docs name ``windshift.Client``, not the private module.
+
+def _as_public(value: object) -> None:
+    # Reprs, tracebacks and docs name ``windshift.Client``, not the private
+    # module. A class's string annotations are resolved in the module named
+    # by ``__module__``: resolve them first, where they were written, so that
+    # typing.get_type_hints (pydantic, documentation tools) still works.
+    if isinstance(value, type):
+        value.__annotations__ = typing.get_type_hints(value)
+    value.__module__ = "windshift"
+
+
 for _name in __all__:
-    globals()[_name].__module__ = "windshift"
+    _as_public(globals()[_name])
 del _name

@@ -90,9 +90,7 @@ def validate_subject(subject: object, *, wildcards: bool = False, what: str = "s
     return subject
 
 
-def validate_subjects(
-    subjects: Iterable[str] | None, *, what: str = "subject", required: bool = False
-) -> list[str]:
+def validate_subjects(subjects: Iterable[str] | None, *, what: str = "subject") -> list[str]:
     """Check a list of subject filters and return it as a list."""
     if subjects is None:
         values: list[str] = []
@@ -107,8 +105,6 @@ def validate_subjects(
             raise ValidationError(
                 f"{what}s must be a list of strings, got {quote_value(subjects)}"
             ) from None
-    if required and not values:
-        raise ValidationError(f"at least one {what} is required")
     for value in values:
         validate_subject(value, wildcards=True, what=what)
     return values

@@ -2,7 +2,7 @@
 
 Example:
     >>> tokens = Tokens.load(Path("tokens.json"))
-    >>> grant = tokens.authenticate([("authorization", "Bearer 3q2-...")])
+    >>> grant = tokens.find(digest(bearer([("authorization", "Bearer 3q2-...")])))
     >>> grant.require(Permission.PUBLISH, "orders.created")
 
 The file (``WINDSHIFT_AUTH_FILE``) is JSON, or TOML when its name ends in
@@ -188,17 +188,6 @@ class Tokens:
             if hmac.compare_digest(grant.digest, token_digest):
                 found = grant
         return found
-
-    def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Grant:
-        """The entry of the call's bearer token.
-
-        Raises:
-            AuthenticationError: no bearer token, or one the file does not hold.
-        """
-        grant = self.find(digest(bearer(metadata)))
-        if grant is None:
-            raise AuthenticationError("the bearer token is not valid")
-        return grant
 
     @classmethod
     def load(cls, path: Path) -> Tokens:

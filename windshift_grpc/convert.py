@@ -12,23 +12,35 @@ The proto field ``from`` is a Python keyword: it is read with
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from windshift import DeadLetter, Event, StreamPointer, StreamSource, ValidationError
+from windshift import (
+    ConsumerOptions,
+    DeadLetter,
+    Event,
+    StreamOptions,
+    StreamPointer,
+    StreamSource,
+    ValidationError,
+)
 from windshift._wire import HEADER_TRACE_PARENT
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+#: Fields of the original's messages numbered from here up are additions of this implementation.
+FIRST_ADDED_FIELD = 100
 #: Dead letters per ListDeadLetters answer when the request sets no limit.
 DEFAULT_DEAD_LETTER_PAGE = 100
 #: The largest ``limit`` a ListDeadLetters request may ask for.
@@ -131,8 +143,13 @@ def _limit(value: int) -> int | None:
     return value or None
 
 
-def stream_options(request: pb.EnsureStreamRequest) -> dict[str, Any]:
-    """The keyword arguments of ``Client.ensure_stream`` for an EnsureStream request."""
+def stream_options(request: pb.EnsureStreamRequest) -> StreamOptions:
+    """The options an EnsureStream request states (left-out fields: the defaults).
+
+    Fields added by this implementation that the request leaves out take the
+    defaults too; :func:`unset_additions` names them, for the servicer to
+    keep what an existing stream has.
+    """
     options: dict[str, Any] = {}
     source = request.WhichOneof("source")
     if source == "subjects":
@@ -172,7 +189,8 @@ def stream_options(request: pb.EnsureStreamRequest) -> dict[str, Any]:
         )
     if request.HasField("max_event_size"):
         options["max_event_size"] = _limit(request.max_event_size)
-    return options
+    options.update(additions(request, StreamOptions))
+    return StreamOptions(**options)
 
 
 def stream_source(value: pb.EnsureStreamRequest.StreamSource, field: str) -> StreamSource:
@@ -181,27 +199,74 @@ def stream_source(value: pb.EnsureStreamRequest.StreamSource, field: str) -> Str
     return StreamSource(value.name, start=start, filter_subjects=list(value.filter_subjects))
 
 
-def consumer_options(request: pb.EnsureConsumerRequest) -> dict[str, Any]:
-    """The keyword arguments of ``Client.ensure_consumer`` for an EnsureConsumer request."""
+def consumer_options(request: pb.EnsureConsumerRequest) -> ConsumerOptions:
+    """The options an EnsureConsumer request states (left-out fields: the defaults).
+
+    As for streams, :func:`unset_additions` names the added fields left out.
+    """
     if not request.subjects:
         raise ValidationError("a consumer needs at least one subject")
-    options: dict[str, Any] = {
-        "name": request.name if request.HasField("name") else None,
-        "subjects": list(request.subjects),
-    }
+    options: dict[str, Any] = {"subjects": list(request.subjects)}
     if request.HasField("from"):
         options["start"] = pointer(getattr(request, "from"))
     if request.HasField("processing_timeout"):
         timeout = duration(request.processing_timeout, "processing_timeout")
         if timeout:  # zero means the default, as in the original service
             options["processing_timeout"] = timeout
-    # The additions: set means set (0 and "" mean none); unset leaves the
-    # keys out, for the servicer to keep what an existing consumer has.
-    if request.HasField("max_delivery_attempts"):
-        options["max_delivery_attempts"] = request.max_delivery_attempts or None
-    if request.HasField("dead_letter_stream"):
-        options["dead_letter_stream"] = request.dead_letter_stream or None
-    return options
+    options.update(additions(request, ConsumerOptions))
+    return ConsumerOptions(**options)
+
+
+def _added_fields(request: Message, kind: type[Any]) -> list[Any]:
+    """The request's fields added by this implementation (100 and up) that are options of ``kind``.
+
+    An added field takes the name of the library option it carries; a test
+    checks that every added field of EnsureStream and EnsureConsumer does.
+    """
+    names = {option.name for option in dataclasses.fields(kind)}
+    return [
+        field
+        for field in request.DESCRIPTOR.fields
+        if field.number >= FIRST_ADDED_FIELD and field.name in names
+    ]
+
+
+def additions(request: Message, kind: type[Any]) -> dict[str, Any]:
+    """The options added by this implementation that ``request`` sets, as library values.
+
+    Set means set: a zero value (0, "", an empty Duration) means the option's
+    default (None: no limit, no dead-letter stream, ...). Durations become
+    timedeltas, StreamPointers pointers, repeated fields lists.
+    """
+    defaults = {option.name: option.default for option in dataclasses.fields(kind)}
+    found: dict[str, Any] = {}
+    for field in _added_fields(request, kind):
+        value = getattr(request, field.name)
+        if field.is_repeated:
+            if value:
+                found[field.name] = list(value)
+            continue
+        if not request.HasField(field.name):
+            continue
+        if isinstance(value, Duration):
+            value = duration(value, field.name)
+        elif isinstance(value, pb.StreamPointer):
+            value = pointer(value)
+        found[field.name] = value or defaults[field.name]
+    return found
+
+
+def unset_additions(request: Message, kind: type[Any]) -> set[str]:
+    """The options added by this implementation that ``request`` leaves out.
+
+    They are kept from an existing stream or consumer: a client generated
+    from the original protos knows nothing of them and must not reset them.
+    """
+    return {
+        field.name
+        for field in _added_fields(request, kind)
+        if not field.is_repeated and not request.HasField(field.name)
+    }
 
 
 def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
@@ -300,7 +365,9 @@ def _enum(table: Mapping[Any, str], number: int, field: str) -> str:
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_PAGE",
+    "FIRST_ADDED_FIELD",
     "MAX_DEAD_LETTER_PAGE",
+    "additions",
     "consumer_options",
     "dead_letter",
     "dead_letter_page",
@@ -316,4 +383,5 @@ __all__ = [
     "timestamp_ns",
     "to_duration",
     "to_timestamp",
+    "unset_additions",
 ]

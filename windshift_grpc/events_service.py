@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import windshift
 from windshift_grpc import convert
@@ -22,10 +23,6 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import events_call
 from windshift_grpc.status import TooManyCallsError
-
-#: EnsureConsumer options that an update without them keeps (additions of this
-#: implementation; the original's options are set as a whole).
-_DEAD_LETTER_OPTIONS = frozenset({"max_delivery_attempts", "dead_letter_stream"})
 
 
 class EventsService(pb_grpc.EventsServiceServicer):
@@ -50,21 +47,28 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
     ) -> pb.EnsureStreamResponse:
-        await self._client.ensure_stream(request.name, **convert.stream_options(request))
+        options = convert.stream_options(request)
+        # A client that does not know the additions (any client generated
+        # from the original protos) must not reset what another one set.
+        kept = convert.unset_additions(request, windshift.StreamOptions)
+        if kept:
+            with contextlib.suppress(windshift.StreamNotFoundError):
+                existing = await self._client.stream_info(request.name)
+                options = _keep(options, existing.options, kept)
+        await self._client.ensure_stream(request.name, options)
         return pb.EnsureStreamResponse()
 
     async def EnsureConsumer(
         self, request: pb.EnsureConsumerRequest, context: Any
     ) -> pb.EnsureConsumerResponse:
         options = convert.consumer_options(request)
-        kept = _DEAD_LETTER_OPTIONS - options.keys()
-        if kept and request.HasField("name"):
-            # A client that does not know the additions (any client generated
-            # from the original protos) must not wipe what another one set.
+        name = request.name if request.HasField("name") else None
+        kept = convert.unset_additions(request, windshift.ConsumerOptions)
+        if kept and name is not None:
             with contextlib.suppress(windshift.NotFoundError):
-                existing = await self._client.consumer_info(request.stream, request.name)
-                options.update((key, getattr(existing, key)) for key in kept)
-        consumer = await self._client.ensure_consumer(request.stream, **options)
+                existing = await self._client.consumer_info(request.stream, name)
+                options = _keep(options, existing.options, kept)
+        consumer = await self._client.ensure_consumer(request.stream, name, options)
         return pb.EnsureConsumerResponse(id=consumer.id)
 
     async def DeleteConsumer(
@@ -130,6 +134,14 @@ class EventsService(pb_grpc.EventsServiceServicer):
     ) -> pb.PurgeDeadLettersResponse:
         purged = await self._client.dead_letters(request.dead_letter_stream).purge()
         return pb.PurgeDeadLettersResponse(purged=purged)
+
+
+_O = TypeVar("_O", windshift.StreamOptions, windshift.ConsumerOptions)
+
+
+def _keep(options: _O, existing: _O, names: set[str]) -> _O:
+    """``options`` with the values ``existing`` has for ``names``."""
+    return dataclasses.replace(options, **{name: getattr(existing, name) for name in names})
 
 
 __all__ = ["EventsService"]

@@ -70,9 +70,6 @@ STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = MappingProxyType(
     }
 )
 
-#: Every code :func:`status_for` can answer with.
-MAPPED_CODES: frozenset[grpc.StatusCode] = frozenset(STATUS_CODES.values())
-
 # Raised by conversions of values the library never sees (a Duration out of
 # range, an enum number the proto does not define): the client's fault.
 _ARGUMENT_ERRORS = (ValueError, TypeError, OverflowError)
@@ -104,4 +101,4 @@ def status_for(error: BaseException, method: str = "") -> tuple[grpc.StatusCode,
     return grpc.StatusCode.UNAVAILABLE, f"the server failed to handle the request ({error!r})"
 
 
-__all__ = ["MAPPED_CODES", "STATUS_CODES", "TooManyCallsError", "status_for"]
+__all__ = ["STATUS_CODES", "TooManyCallsError", "status_for"]

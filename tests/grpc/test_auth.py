@@ -52,7 +52,7 @@ from windshift_grpc.auth import (
     hashed,
     matches,
 )
-from windshift_grpc.permissions import EVENTS_METHOD, RULES
+from windshift_grpc.permissions import EVENTS_METHOD, RULES, Access
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.status import status_for
 
@@ -156,7 +156,8 @@ token = "{other}"
     for path in (as_json, as_toml):
         tokens = Tokens.load(path)
         assert len(tokens) == 2
-        grant = tokens.authenticate(metadata(plain))
+        access = Access(tokens)
+        grant = access.grant(access.authenticate(metadata(plain)))
         assert grant.name == "orders-service"
         assert grant.allows(Permission.PUBLISH, "orders.created")
         assert not grant.allows(Permission.PUBLISH, "payments.created")
@@ -167,13 +168,13 @@ token = "{other}"
         assert not grant.allows(Permission.WRITE_STATE, "orders")
         with pytest.raises(PermissionDeniedError, match="'orders-service' may not consume"):
             grant.require(Permission.CONSUME, "payments")
-        nobody = tokens.authenticate(metadata(other))
+        nobody = access.grant(access.authenticate(metadata(other)))
         assert nobody.name == "nobody"
         assert not any(nobody.allows(permission, "orders") for permission in Permission)
         # The digest is what is kept; the repr shows no secret.
         assert plain not in repr(grant) and grant.digest.hex() not in repr(grant)
         with pytest.raises(AuthenticationError, match="not valid"):
-            tokens.authenticate(metadata(new_token()))
+            access.authenticate(metadata(new_token()))
 
 
 def test_a_hashed_token_is_the_sha256_of_the_token() -> None:

@@ -34,7 +34,7 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
-from windshift_grpc.status import MAPPED_CODES
+from windshift_grpc.status import STATUS_CODES
 from windshift_grpc.undecodable import explain
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     )
 
 ESR = pb.EnsureStreamRequest
-ALLOWED = MAPPED_CODES | {grpc.StatusCode.OK}
+ALLOWED = set(STATUS_CODES.values()) | {grpc.StatusCode.OK}
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXAMPLES = 100
 FUZZ = settings(

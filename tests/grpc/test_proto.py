@@ -12,6 +12,7 @@ on unharmed.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from datetime import UTC, datetime, timedelta, timezone
 from types import ModuleType
@@ -28,6 +29,7 @@ from google.protobuf import (
 )
 from google.protobuf.message import Message
 
+from windshift import ConsumerOptions, StreamOptions
 from windshift_grpc import convert
 from windshift_grpc._proto import generate
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
@@ -589,9 +591,11 @@ def test_an_old_client_request_leaves_the_added_fields_unset() -> None:
     request = events_pb2.EnsureConsumerRequest.FromString(old.SerializeToString())
     assert not request.HasField("max_delivery_attempts")
     assert not request.HasField("dead_letter_stream")
-    options = convert.consumer_options(request)
-    assert "max_delivery_attempts" not in options
-    assert "dead_letter_stream" not in options
+    assert convert.additions(request, ConsumerOptions) == {}
+    assert convert.unset_additions(request, ConsumerOptions) == {
+        "max_delivery_attempts",
+        "dead_letter_stream",
+    }
 
 
 def test_state_messages_and_fields_match_the_original() -> None:
@@ -744,3 +748,23 @@ def test_times_become_the_timestamps_protobuf_makes(moment: datetime) -> None:
     expected.FromDatetime(moment)
     assert convert.to_timestamp(moment) == expected
     assert convert.to_timestamp(moment).ToDatetime(tzinfo=UTC) == moment
+
+
+@pytest.mark.parametrize(
+    ("message", "options"),
+    [
+        (events_pb2.EnsureStreamRequest, StreamOptions),
+        (events_pb2.EnsureConsumerRequest, ConsumerOptions),
+    ],
+)
+def test_added_option_fields_are_named_as_the_library_options(
+    message: Any, options: type[Any]
+) -> None:
+    # convert.additions carries them by name: an added field of EnsureStream or
+    # EnsureConsumer is an option of the same name, optional (so that "left
+    # out" can be told apart and kept) or repeated.
+    names = {field.name for field in dataclasses.fields(options)}
+    for field in message.DESCRIPTOR.fields:
+        if field.number >= convert.FIRST_ADDED_FIELD:
+            assert field.name in names, f"{field.name} is no field of {options.__name__}"
+            assert field.is_repeated or field.has_presence, f"{field.name} must be optional"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import typing
 
 import windshift
 import windshift.errors
@@ -70,6 +71,15 @@ def test_exported_names_belong_to_the_package_root() -> None:
         value = getattr(windshift, name)
         assert value.__module__ == "windshift", f"{name}.__module__ is {value.__module__}"
         assert value.__doc__, f"{name} has no docstring"
+
+
+def test_the_annotations_of_exported_classes_still_resolve() -> None:
+    # What pydantic and documentation tools do with a class: its string
+    # annotations are resolved in the module its __module__ names.
+    for name in EXPORTED:
+        value = getattr(windshift, name)
+        if isinstance(value, type):
+            typing.get_type_hints(value)
 
 
 def test_implementation_modules_are_private() -> None:
