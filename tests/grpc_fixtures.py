@@ -27,6 +27,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from windshift._embedded import EmbeddedNats, free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc.settings import SETTINGS
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,13 +163,14 @@ class ServeProcess:
                 await self.signal(signal.SIGTERM)
 
 
+# serve's own settings never pass from the developer's environment to the test
+# servers (each test says what it sets); nor do the SDK's OTEL_* variables.
+_SETTINGS = frozenset(setting.variable for setting in SETTINGS)
+
+
 def _inherited(key: str) -> bool:
     """Whether a variable of ours passes to serve (its own settings do not)."""
-    if key in ("WINDSHIFT_DATA_DIR", "DEVELOPMENT"):
-        return False
-    if key.startswith("NATS_"):
-        return key == "NATS_SERVER_BIN"  # where the embedded nats-server is
-    return not key.startswith(("OTEL_", "WINDSHIFT_AUTH", "GRPC_TLS_"))
+    return key not in _SETTINGS and not key.startswith("OTEL_")
 
 
 def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
