@@ -4,7 +4,11 @@ Every publish, and every settlement of an event that waits for NATS to
 confirm it, carries a reply subject in one inbox of the client; JetStream
 answers there, and a future per request receives the answer. That is cheaper
 than ``nc.request`` each time (no ``wait_for`` task machinery, no random
-inbox token): a counter token, one timer for all of them, one dict entry.
+inbox token): a counter token, one dict entry, and one timer for all of them,
+set for the earliest deadline. Requests mostly share the client's
+``request_timeout``, so their deadlines come in order and queue at the cost of
+an append; one with a shorter timeout than those before it goes to a heap,
+and times out at its own deadline all the same.
 
 The publish itself is written straight into nats-py's outgoing buffer as one
 ``HPUB`` command whose header block is encoded in one go. nats-py's
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import deque
 from collections.abc import Mapping
+from heapq import heapify, heappop, heappush
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -69,6 +75,11 @@ def _check_size(nc: NATS, size: int) -> None:
         raise nats.errors.MaxPayloadError
 
 
+# Below this many entries the deadlines are never tidied: answered entries
+# cost only their memory, and tidying that often would cost more.
+_TIDY_AT = 256
+
+
 class AckInbox:
     """Publishes with a reply subject in one inbox, and hands each its acknowledgement."""
 
@@ -79,8 +90,14 @@ class AckInbox:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
         self._ready: asyncio.Future[None] | None = None
-        self._expiries: deque[tuple[float, asyncio.Future[Msg]]] = deque()
+        # The deadlines of the requests waiting (see _expire_at): those that
+        # came in order, and a heap of the others, whose entries carry the
+        # request's number to break ties (futures do not compare).
+        self._in_order: deque[tuple[float, asyncio.Future[Msg]]] = deque()
+        self._out_of_order: list[tuple[float, int, asyncio.Future[Msg]]] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf  # when the sweeper runs; never while there is none
+        self._tidy_at = _TIDY_AT  # the length at which answered entries are dropped
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,27 +114,76 @@ class AckInbox:
         self._ready.set_result(None)
 
     def _expire_at(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, waiter: asyncio.Future[Msg]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        number: int,
+        waiter: asyncio.Future[Msg],
     ) -> None:
-        # One timer for all requests instead of one each: deadlines come in
-        # order (publishes and confirmed settlements both wait the client's
-        # request_timeout), so a FIFO holds them sorted.
-        expiries = self._expiries
-        while expiries and expiries[0][1].done():
-            expiries.popleft()  # answered: nothing left to expire
-        expiries.append((deadline, waiter))
-        if self._sweeper is None:
+        # One timer for all requests instead of one each, set for the
+        # earliest deadline. Requests mostly share the client's
+        # request_timeout, so their deadlines come in order and a FIFO holds
+        # them sorted at the cost of an append; a deadline earlier than the
+        # last one queued goes to a heap instead, so that it is not swept
+        # behind the longer ones. Answered requests leave from the front (no
+        # search on the hot path); those behind a live request with a long
+        # timeout would pile up, so both are tidied when they have grown to
+        # twice what they held after the last tidying.
+        in_order = self._in_order
+        while in_order and in_order[0][1].done():
+            in_order.popleft()  # answered: nothing left to expire
+        if not in_order or deadline >= in_order[-1][0]:
+            in_order.append((deadline, waiter))
+            if len(in_order) >= self._tidy_at:
+                self._tidy()
+        else:
+            out_of_order = self._out_of_order
+            while out_of_order and out_of_order[0][2].done():
+                heappop(out_of_order)
+            heappush(out_of_order, (deadline, number, waiter))
+            if len(out_of_order) >= self._tidy_at:
+                self._tidy()
+        if deadline < self._sweep_at:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._sweep_at = deadline
             self._sweeper = loop.call_at(deadline, self._sweep, loop)
 
+    def _tidy(self) -> None:
+        in_order = deque(entry for entry in self._in_order if not entry[1].done())
+        out_of_order = [entry for entry in self._out_of_order if not entry[2].done()]
+        heapify(out_of_order)
+        self._in_order, self._out_of_order = in_order, out_of_order
+        self._tidy_at = max(_TIDY_AT, 2 * len(in_order), 2 * len(out_of_order))
+
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweeper = None
-        expiries, now = self._expiries, loop.time()
-        while expiries and (expiries[0][0] <= now or expiries[0][1].done()):
-            _, waiter = expiries.popleft()
+        # Expire in deadline order across both queues, so that after a stall
+        # of the loop the requests still fail (and their callers resume) in
+        # the order of their deadlines.
+        now = loop.time()
+        in_order, out_of_order = self._in_order, self._out_of_order
+        while True:
+            if in_order and (not out_of_order or in_order[0][0] <= out_of_order[0][0]):
+                deadline, waiter = in_order[0]
+                if deadline > now and not waiter.done():
+                    break
+                in_order.popleft()
+            elif out_of_order:
+                deadline, _, waiter = out_of_order[0]
+                if deadline > now and not waiter.done():
+                    break
+                heappop(out_of_order)
+            else:
+                break
             if not waiter.done():
                 waiter.set_exception(TimeoutError())
-        if expiries:
-            self._sweeper = loop.call_at(expiries[0][0], self._sweep, loop)
+        self._sweeper, self._sweep_at = None, math.inf
+        if in_order or out_of_order:
+            self._sweep_at = min(
+                in_order[0][0] if in_order else math.inf,
+                out_of_order[0][0] if out_of_order else math.inf,
+            )
+            self._sweeper = loop.call_at(self._sweep_at, self._sweep, loop)
 
     async def _on_ack(self, msg: Msg) -> None:
         waiter = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -180,10 +246,11 @@ class AckInbox:
             else:
                 await asyncio.shield(self._ready)
         loop = asyncio.get_running_loop()
-        token = str(next(self._tokens))
+        number = next(self._tokens)
+        token = str(number)
         waiter: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = waiter
-        self._expire_at(loop, loop.time() + timeout, waiter)
+        self._expire_at(loop, loop.time() + timeout, number, waiter)
         try:
             if self._direct and " " not in subject and subject.isprintable():
                 await self._send_direct(subject, self._prefix + token, body, headers)
