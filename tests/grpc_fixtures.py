@@ -27,8 +27,8 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from windshift._embedded import EmbeddedNats, free_port
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
-from windshift_grpc.settings import SETTINGS
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
+from windshift_grpc.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "windshift-grpc ready"

@@ -18,7 +18,9 @@ from google.protobuf.wrappers_pb2 import StringValue
 import windshift
 import windshift._wire
 from tests.grpc_fixtures import duration, ensure_stream, publish, string_any
+from tests.library.test_options import CONSUMER_SAMPLE, STREAM_SAMPLE
 from windshift import Event, NotFoundError, StreamPointer
+from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -323,3 +325,53 @@ async def test_publish_event_expected_last_id(
         )
     assert stale.value.code() == grpc.StatusCode.ABORTED
     assert (await client.stream_info(name)).events == 3
+
+
+# --- options added by this implementation ---------------------------------------
+
+
+def _on_the_wire(value: object) -> object:
+    """A library option value as its proto field takes it (for the added fields)."""
+    if isinstance(value, timedelta):
+        return duration(value.total_seconds())
+    if isinstance(value, windshift.StreamPointer):
+        raise NotImplementedError("add StreamPointer here when an added field carries one")
+    return value
+
+
+@pytest.mark.parametrize(
+    ("request_type", "sample"),
+    [(pb.EnsureStreamRequest, STREAM_SAMPLE), (pb.EnsureConsumerRequest, CONSUMER_SAMPLE)],
+    ids=["stream", "consumer"],
+)
+async def test_every_added_option_is_set_over_grpc_and_kept_when_left_out(
+    stub: Stub, client: windshift.Client, name: str, request_type: Any, sample: Any
+) -> None:
+    # Every field 100 and up carries the option of its name (convert.additions):
+    # set it through serve, read it back through the library, then send the
+    # request an old client would send, without it: the value stays.
+    added = [f for f in request_type.DESCRIPTOR.fields if f.number >= convert.FIRST_ADDED_FIELD]
+
+    def request(**fields: Any) -> Any:
+        if request_type is pb.EnsureStreamRequest:
+            return pb.EnsureStreamRequest(
+                name=name,
+                subjects=pb.EnsureStreamRequest.Subjects(subjects=[f"{name}.>"]),
+                **fields,
+            )
+        return pb.EnsureConsumerRequest(stream=name, name="c", subjects=[f"{name}.>"], **fields)
+
+    async def options() -> Any:
+        if request_type is pb.EnsureStreamRequest:
+            return (await client.stream_info(name)).options
+        return (await client.consumer_info(name, "c")).options
+
+    await ensure_stream(stub, name)
+    for field in added:
+        wanted = getattr(sample, field.name)
+        await getattr(stub, request_type.__name__.removesuffix("Request"))(
+            request(**{field.name: _on_the_wire(wanted)})
+        )
+        assert getattr(await options(), field.name) == wanted, field.name
+        await getattr(stub, request_type.__name__.removesuffix("Request"))(request())
+        assert getattr(await options(), field.name) == wanted, f"{field.name} was reset"
