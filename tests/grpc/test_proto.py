@@ -271,6 +271,7 @@ EXPECTED_EVENTS_MESSAGES = {
 
 # Additions of this implementation: not in the original, and only added to it.
 ADDED_EVENTS_FIELDS: dict[str, FieldRow] = {
+    "EnsureStreamRequest.compression": (100, "string", "", "optional", "optional"),
     "EnsureConsumerRequest.max_delivery_attempts": (100, "uint32", "", "optional", "optional"),
     "EnsureConsumerRequest.dead_letter_stream": (101, "string", "", "optional", "optional"),
     "EventsRequest.Reject.reason": (100, "string", "", "optional", "optional"),

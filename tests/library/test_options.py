@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_type_hints
 
 import pytest
+from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
 from windshift import ConsumerOptions, StreamOptions, StreamPointer, StreamSource, ValidationError
@@ -32,6 +33,7 @@ STREAM_SAMPLE = StreamOptions(
     replicas=3,
     deduplication_window=timedelta(minutes=1),
     max_event_size=4096,
+    compression="s2",
 )
 # mirror and sources exclude subjects: checked on their own samples.
 STREAM_SOURCE_FIELDS = {"mirror", "sources"}
@@ -121,3 +123,16 @@ async def test_options_of_the_wrong_kind_or_unknown_keywords_are_refused(
         await client.ensure_stream(name, ConsumerOptions())  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="the fields of ConsumerOptions"):
         await client.ensure_consumer(name, "c", max_age=timedelta(1))  # type: ignore[call-arg]
+
+
+async def test_compression_is_the_streams_storage_compression(
+    client: windshift.Client, name: str
+) -> None:
+    info = await client.ensure_stream(name, subjects=[f"{name}.>"], compression="s2")
+    assert (info.options.compression, info.config["compression"]) == ("s2", "s2")
+    await client.publish(f"{name}.a", StringValue(value="x" * 1000))
+    info = await client.ensure_stream(name, subjects=[f"{name}.>"])  # may change back
+    assert (info.options.compression, info.config.get("compression", "none")) == ("none", "none")
+    assert info.events == 1
+    with pytest.raises(ValidationError, match="compression must be 'none' or 's2', got 'zip'"):
+        await client.ensure_stream(name, subjects=[f"{name}.>"], compression="zip")  # type: ignore[arg-type]

@@ -270,12 +270,22 @@ class EnsureStreamRequest(_message.Message):
     STORAGE_FIELD_NUMBER: _builtins.int
     DEDUPLICATION_WINDOW_FIELD_NUMBER: _builtins.int
     MAX_EVENT_SIZE_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the stream: `a`-`z`, `A`-`Z`, `0`-`9`, `_` and `-`, case
     sensitive. Consumers and subscriptions refer to the stream by it.
     """
     max_event_size: _builtins.int
     """Largest accepted event in bytes; 1 MiB when unset."""
+    compression: _builtins.str
+    """Fields 100 and up: additions of this implementation (see the top of
+    this file). They are kept when left out: an update without them (say,
+    from a client generated from the original) leaves an existing
+    stream's settings as they are.
+
+    Addition of this implementation. How the stream's storage is
+    compressed: "none" or "s2"; empty means "none".
+    """
     @_builtins.property
     def retention_policy(self) -> Global___EnsureStreamRequest.RetentionPolicy:
         """Removal limits; events are kept forever when unset."""
@@ -313,11 +323,14 @@ class EnsureStreamRequest(_message.Message):
         storage: Global___EnsureStreamRequest.Storage | None = ...,
         deduplication_window: _duration_pb2.Duration | None = ...,
         max_event_size: _builtins.int | None = ...,
+        compression: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_deduplication_window", b"_deduplication_window", "_max_event_size", b"_max_event_size", "_retention_policy", b"_retention_policy", "_storage", b"_storage", "aggregate", b"aggregate", "deduplication_window", b"deduplication_window", "max_event_size", b"max_event_size", "mirror", b"mirror", "retention_policy", b"retention_policy", "source", b"source", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compression", b"_compression", "_deduplication_window", b"_deduplication_window", "_max_event_size", b"_max_event_size", "_retention_policy", b"_retention_policy", "_storage", b"_storage", "aggregate", b"aggregate", "compression", b"compression", "deduplication_window", b"deduplication_window", "max_event_size", b"max_event_size", "mirror", b"mirror", "retention_policy", b"retention_policy", "source", b"source", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deduplication_window", b"_deduplication_window", "_max_event_size", b"_max_event_size", "_retention_policy", b"_retention_policy", "_storage", b"_storage", "aggregate", b"aggregate", "deduplication_window", b"deduplication_window", "max_event_size", b"max_event_size", "mirror", b"mirror", "name", b"name", "retention_policy", b"retention_policy", "source", b"source", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compression", b"_compression", "_deduplication_window", b"_deduplication_window", "_max_event_size", b"_max_event_size", "_retention_policy", b"_retention_policy", "_storage", b"_storage", "aggregate", b"aggregate", "compression", b"compression", "deduplication_window", b"deduplication_window", "max_event_size", b"max_event_size", "mirror", b"mirror", "name", b"name", "retention_policy", b"retention_policy", "source", b"source", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__compression: _TypeAlias = _typing.Literal["compression"]  # noqa: Y015
+    _WhichOneofArgType__compression: _TypeAlias = _typing.Literal["_compression", b"_compression"]  # noqa: Y015
     _WhichOneofReturnType__deduplication_window: _TypeAlias = _typing.Literal["deduplication_window"]  # noqa: Y015
     _WhichOneofArgType__deduplication_window: _TypeAlias = _typing.Literal["_deduplication_window", b"_deduplication_window"]  # noqa: Y015
     _WhichOneofReturnType__max_event_size: _TypeAlias = _typing.Literal["max_event_size"]  # noqa: Y015
@@ -328,6 +341,8 @@ class EnsureStreamRequest(_message.Message):
     _WhichOneofArgType__storage: _TypeAlias = _typing.Literal["_storage", b"_storage"]  # noqa: Y015
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["subjects", "mirror", "aggregate"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compression) -> _WhichOneofReturnType__compression | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__deduplication_window) -> _WhichOneofReturnType__deduplication_window | None: ...
     @_typing.overload
