@@ -1,15 +1,27 @@
 """Health: is the process alive, is it ready, and telling HTTP and gRPC probes so.
 
-* ``GET /healthz``: 200 while the process runs (liveness).
-* ``GET /readyz``: 200 when NATS is connected and JetStream answers, else 503
-  with the reason (readiness); 503 once the server is shutting down.
-* The standard gRPC health service (``grpc.health.v1.Health``) reports
-  SERVING or NOT_SERVING for the server as a whole (``""``) and for
-  ``windshift.events.v1alpha1.EventsService``, following the same check
-  about once a second.
+Ready (:class:`Readiness`) means: not shutting down, connected to NATS, and
+JetStream answers ``$JS.API.INFO`` within a second without an error.
 
-The HTTP server is a few lines of asyncio, no framework: it answers one
-request per connection.
+* ``GET /healthz`` on ``HEALTH_PORT``: ``200 ok`` while the process runs
+  (liveness).
+* ``GET /readyz``: ``200 ready`` when ready, else ``503 not ready: <reason>``
+  (``shutting down``, ``not connected to NATS``, ``JetStream did not answer:
+  <error type>``, ...); checked afresh on every request.
+* ``HEAD`` of either answers the same status without a body. Another method
+  on these paths is 405, another path 404, and a request that cannot be
+  read, or is not complete within 5 seconds, 400. Bodies are
+  ``text/plain``; every answer says ``Cache-Control: no-store`` and
+  ``Connection: close``. The query string is ignored.
+* The standard gRPC health service (``grpc.health.v1.Health``) reports
+  SERVING or NOT_SERVING for the server as a whole (``""``) and for each
+  service the server names (``windshift.events.v1alpha1.EventsService`` and
+  ``windshift.state.v1alpha1.StateService``): all the same status, from the
+  same check, repeated about once a second. From the start of a graceful
+  stop on, all of them are NOT_SERVING.
+
+The HTTP server is a few lines of asyncio, no framework: it listens on every
+interface and answers one request per connection.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ _READ_TIMEOUT = 5.0
 
 class Readiness:
     """Answers "can this server do its work right now?".
+
+    Set :attr:`shutting_down` when a graceful stop begins: from then on the
+    answer is "shutting down".
 
     Args:
         client: the library client whose connection is checked.
@@ -67,9 +82,13 @@ class Readiness:
 class GrpcHealth:
     """Keeps the gRPC health service in step with :class:`Readiness`.
 
+    :meth:`start` sets the status once and then about every second; every
+    name gets the same status.
+
     Args:
         readiness: the check to follow.
-        services: the service names to report, besides the server as a whole.
+        services: the full names of the services to report, besides the
+            server as a whole (``""``).
     """
 
     def __init__(self, readiness: Readiness, services: Sequence[str]) -> None:
@@ -110,7 +129,7 @@ class GrpcHealth:
 
 
 class HttpHealth:
-    """``/healthz`` and ``/readyz`` over plain HTTP/1.1.
+    """``/healthz`` and ``/readyz`` over plain HTTP/1.1 (GET or HEAD).
 
     Args:
         readiness: what ``/readyz`` reports.

@@ -1,15 +1,15 @@
-"""The one table: windshift errors (and the façade's access errors) -> gRPC status codes.
+"""The one table: windshift errors (and the façade's own) -> gRPC status codes.
 
-Every failure that leaves the façade goes through :func:`status_for`, so a
-client only ever sees the codes listed here (plus CANCELLED and
-DEADLINE_EXCEEDED, which gRPC itself produces for the caller's own
-cancellations and deadlines). Nothing a client sends may produce UNKNOWN or
-INTERNAL: an exception the table does not know is a bug, logged with its
-traceback and answered as INVALID_ARGUMENT (a value the façade could not
-convert) or UNAVAILABLE (anything else; the client may retry).
+Every error a call raises goes through :func:`status_for`, once, in
+:class:`windshift_grpc.calls.CallLayer`, so a client only ever sees the
+codes below. Besides them there are only UNAVAILABLE for a call refused
+while the server drains for a graceful stop (answered by the call layer
+itself), and CANCELLED, DEADLINE_EXCEEDED, UNIMPLEMENTED and
+RESOURCE_EXHAUSTED (a message over gRPC's size limit), which gRPC produces
+on its own.
 
 ====================================  ====================
-windshift error                       gRPC status
+error                                 gRPC status
 ====================================  ====================
 ``ValidationError``                   INVALID_ARGUMENT
 ``NotFoundError``                     NOT_FOUND
@@ -20,10 +20,28 @@ windshift error                       gRPC status
 ``EventSettledError``                 FAILED_PRECONDITION
 ``auth.AuthenticationError``          UNAUTHENTICATED
 ``auth.PermissionDeniedError``        PERMISSION_DENIED
+``TooManyCallsError``                 RESOURCE_EXHAUSTED
 ====================================  ====================
 
-The last two are the façade's own (:mod:`windshift_grpc.auth`): no valid
-bearer token, and a token that does not grant what the call needs.
+The class is looked up along the error's MRO, so a subclass answers as its
+parent: ``StreamNotFoundError``, ``ConsumerNotFoundError``,
+``StoreNotFoundError`` and ``KeyNotFoundError`` are NOT_FOUND. The last
+three rows are the façade's own: no valid bearer token, a token that does
+not grant what the call needs (:mod:`windshift_grpc.auth`), and an Events
+call beyond ``WINDSHIFT_MAX_EVENTS_CALLS`` (defined here).
+
+Nothing a client sends may produce UNKNOWN or INTERNAL. An error the table
+does not know is answered thus:
+
+* a :class:`~windshift.WindshiftError` derived from none of the classes
+  above (only from the base class) is a refusal on purpose:
+  FAILED_PRECONDITION with its message, not logged;
+* a ``ValueError``, ``TypeError`` or ``OverflowError`` is taken as a value
+  the façade could not convert (a Duration out of range, an enum number the
+  proto does not define): logged with its traceback, and answered
+  INVALID_ARGUMENT (``invalid request: ...``);
+* anything else is a bug: logged with its traceback, and answered
+  UNAVAILABLE, which the client may retry.
 """
 
 from __future__ import annotations
