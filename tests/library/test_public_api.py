@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import typing
+from pathlib import Path
 
 import windshift
 import windshift.errors
@@ -107,3 +108,13 @@ def test_every_error_derives_from_windshift_error() -> None:
         value = getattr(windshift, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, windshift.WindshiftError)
+
+
+def test_docs_api_documents_every_exported_name() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for name in EXPORTED:
+        value = getattr(windshift, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert f"`{name}`" in text, f"docs/api.md does not name {name}"
+        else:
+            assert f"## `windshift.{name}`" in text, f"docs/api.md has no section on {name}"
