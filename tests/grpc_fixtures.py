@@ -36,6 +36,22 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
 
+async def run_command(
+    *command: str, env: Mapping[str, str], timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run a command (``windshift-grpc ...``) to its end: exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 def serve_command() -> list[str]:
     """The installed ``windshift-grpc`` console script, as a user would run it."""
     script = Path(sys.executable).parent / "windshift-grpc"
@@ -53,7 +69,10 @@ class ServeProcess:
     for lines with :meth:`wait_for_line` rather than sleeping.
     """
 
-    def __init__(self, env: Mapping[str, str], cwd: Path = ROOT) -> None:
+    def __init__(
+        self, env: Mapping[str, str], cwd: Path = ROOT, command: Sequence[str] | None = None
+    ) -> None:
+        self.command = list(serve_command() if command is None else command)
         self.grpc_port = int(env["GRPC_PORT"])
         self.health_port = int(env["HEALTH_PORT"])
         self.env = dict(env)
@@ -74,7 +93,7 @@ class ServeProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *serve_command(),
+            *self.command,
             cwd=self.cwd,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,

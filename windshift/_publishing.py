@@ -107,37 +107,7 @@ class Publisher:
         expected_last_id: int | None = None,
         expected_last_stream_id: int | None = None,
     ) -> PublishedEvent:
-        """Publish an event and wait until JetStream has stored it.
-
-        Example:
-            >>> published = await client.publish(
-            ...     "orders.created", OrderCreated(id="123"), idempotency_key="order-123")
-            >>> published.id
-            17
-
-        Many concurrent calls share one pipeline: up to
-        ``publish_max_pending`` (see :func:`~windshift.connect`) publishes
-        await their acknowledgement at once.
-
-        Args:
-            subject: the event's subject (no wildcards); a stream must collect it.
-            message: a protobuf message, or a ``google.protobuf.Any`` holding one.
-            timestamp: the event's publication time: an aware datetime, or
-                nanoseconds since the Unix epoch (an int, kept to the
-                nanosecond); now by default.
-            idempotency_key: publishing the same key again within the stream's
-                deduplication window stores nothing and returns the first id.
-            expected_last_id: refuse unless the last event on this *subject*
-                has this id (0: no event on the subject yet).
-            expected_last_stream_id: refuse unless the last event in the whole
-                *stream* has this id (0: the stream is empty).
-
-        Raises:
-            ValidationError: bad subject, data, key or timestamp; event too large.
-            NotFoundError: no stream collects this subject.
-            ConflictError: an expected last id did not match.
-            UnavailableError: NATS did not acknowledge in time.
-        """
+        """Publish an event and wait until JetStream stored it (see ``Client.publish``)."""
         _valid_subject(subject) if isinstance(subject, str) else validate_subject(subject)
         data_type, body = wire.encode_message(message)
         headers = {

@@ -32,6 +32,7 @@ from tests.grpc_fixtures import (
     EventsClient,
     ServeProcess,
     StartServe,
+    run_command,
     serve_command,
     serve_env,
     string_any,
@@ -78,16 +79,7 @@ def metadata(token: str) -> list[tuple[str, str]]:
 
 async def run_serve(env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
     """Run ``windshift-grpc serve`` to its end (for settings that stop it at once)."""
-    process = await asyncio.create_subprocess_exec(
-        *serve_command(),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_command(*serve_command(), env=env, timeout=timeout)
 
 
 # --- patterns, the tokens file, bearer metadata ---------------------------------

@@ -28,6 +28,7 @@ from tests.grpc_fixtures import (
     ensure_stream,
     http_get,
     publish,
+    run_command,
     serve_command,
     serve_env,
     string_any,
@@ -47,19 +48,6 @@ EVENTS_SERVICE = "windshift.events.v1alpha1.EventsService"
 STATE_SERVICE = "windshift.state.v1alpha1.StateService"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
-
-
-async def _run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 # --- settings and the command line ----------------------------------------------
@@ -127,7 +115,7 @@ async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
         Settings.from_env(env)
     assert error.value.name == variable
 
-    code, out, err = await _run_cli(*serve_command(), env=env)
+    code, out, err = await run_command(*serve_command(), env=env)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -139,7 +127,7 @@ async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
 async def test_help_documents_every_setting() -> None:
     env = serve_env(None)
     for command in ([*serve_command(), "--help"], [serve_command()[0], "--help"]):
-        code, out, _ = await _run_cli(*command, env=env)
+        code, out, _ = await run_command(*command, env=env)
         assert code == 0
         for setting in SETTINGS:
             assert f"  {setting.variable} (default: {setting.shown_default})\n" in out
@@ -151,7 +139,7 @@ async def test_help_documents_every_setting() -> None:
 
 
 async def test_without_a_command_the_cli_prints_short_usage() -> None:
-    code, out, err = await _run_cli(serve_command()[0], env=serve_env(None))
+    code, out, err = await run_command(serve_command()[0], env=serve_env(None))
     assert code == 2
     assert out == ""
     usage, complaint = err.strip().splitlines()
@@ -173,7 +161,7 @@ async def test_the_documented_command_rewrites_the_settings_tables(tmp_path: Pat
     current = (ROOT / "docs" / "grpc.md").read_text()
     stale.write_text(current.replace("| `GRPC_PORT` | `8080` |", "| `GRPC_PORT` | `9999` |"))
     assert documented(stale.read_text()) != markdown()
-    code, out, err = await _run_cli(
+    code, out, err = await run_command(
         sys.executable, "-m", "windshift_grpc.settings", "--update", str(stale), env=serve_env(None)
     )
     assert (code, out, err) == (0, "", "")
@@ -183,13 +171,13 @@ async def test_the_documented_command_rewrites_the_settings_tables(tmp_path: Pat
 async def test_serve_exits_1_when_it_cannot_start(start_serve: StartServe) -> None:
     taken = await start_serve()
     env = serve_env(f"nats://127.0.0.1:{free_port()}")
-    code, _, err = await _run_cli(*serve_command(), env=env)
+    code, _, err = await run_command(*serve_command(), env=env)
     assert code == 1
     assert "could not start" in err
     assert "cannot connect to NATS" in err
 
     env = serve_env(taken.env["NATS_URL"], GRPC_PORT=str(taken.grpc_port))
-    code, _, err = await _run_cli(*serve_command(), env=env)
+    code, _, err = await run_command(*serve_command(), env=env)
     assert code == 1
     [line] = err.strip().splitlines()
     assert f"GRPC_PORT {taken.grpc_port} is already in use" in json.loads(line)["message"]

@@ -27,6 +27,7 @@ from tests.grpc_fixtures import (
     ServeProcess,
     StartServe,
     ensure_stream,
+    run_command,
     serve_command,
     serve_env,
 )
@@ -65,47 +66,15 @@ def cli_without(modules: Sequence[str], *args: str) -> list[str]:
     return [sys.executable, "-c", _WITHOUT, ",".join(modules), *args]
 
 
-async def run(*command: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 def embedded_env(data_dir: Path, **overrides: str | None) -> dict[str, str]:
     """serve on an embedded NATS in ``data_dir``, on a port of its own (never 4222)."""
     overrides.setdefault("WINDSHIFT_EMBEDDED_NATS_PORT", str(free_port()))
     return serve_env(None, WINDSHIFT_DATA_DIR=str(data_dir), **overrides)
 
 
-class CommandServe(ServeProcess):
+def command_serve(env: dict[str, str], command: Sequence[str]) -> ServeProcess:
     """A serve process started by another command line (e.g. :func:`cli_without`)."""
-
-    def __init__(self, env: dict[str, str], command: Sequence[str]) -> None:
-        super().__init__(env)
-        self.command = list(command)
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self._readers = [
-            asyncio.create_task(self._collect(self.process.stderr, self.lines)),
-            asyncio.create_task(self._collect(self.process.stdout, self.stdout)),
-        ]
-        await self.wait_for_line(READY, timeout=START_TIMEOUT)
+    return ServeProcess(env, command=command)
 
 
 class TerminalServe(ServeProcess):
@@ -300,7 +269,7 @@ async def test_a_port_in_use_fails_the_start_before_the_embedded_nats_starts(
     with socket.create_server(("127.0.0.1", 0)) as other:
         port = other.getsockname()[1]
         env = embedded_env(data_dir, **{variable: str(port)})
-        code, out, err = await run(*serve_command(), env=env)
+        code, out, err = await run_command(*serve_command(), env=env)
     assert code == 1
     [line] = err.strip().splitlines()
     assert json.loads(line)["message"] == (
@@ -320,7 +289,9 @@ async def test_a_nats_url_that_is_not_nats_ends_with_the_reason() -> None:
     web = await asyncio.start_server(http, "127.0.0.1", 0)
     try:
         port = web.sockets[0].getsockname()[1]
-        code, out, err = await run(*serve_command(), env=serve_env(f"nats://127.0.0.1:{port}"))
+        code, out, err = await run_command(
+            *serve_command(), env=serve_env(f"nats://127.0.0.1:{port}")
+        )
     finally:
         web.close()
     assert code == 1
@@ -355,7 +326,7 @@ async def test_a_data_dir_that_cannot_be_used_names_the_setting(tmp_path: Path) 
             Settings.from_env({"WINDSHIFT_DATA_DIR": str(data_dir)})
         assert error.value.name == "WINDSHIFT_DATA_DIR"
         assert complaint in str(error.value)
-        code, out, err = await run(*serve_command(), env=embedded_env(data_dir))
+        code, out, err = await run_command(*serve_command(), env=embedded_env(data_dir))
         assert code == 2, err
         [line] = err.strip().splitlines()
         assert line.startswith("windshift-grpc: invalid WINDSHIFT_DATA_DIR: "), line
@@ -370,7 +341,7 @@ async def test_a_data_dir_that_cannot_be_used_names_the_setting(tmp_path: Path) 
 
 @pytest.mark.parametrize("module", ["grpc", "grpc_health", "grpc_reflection"])
 async def test_without_the_grpc_extra_serve_says_what_to_install(module: str) -> None:
-    code, out, err = await run(*cli_without([module], "serve"), env=serve_env(None))
+    code, out, err = await run_command(*cli_without([module], "serve"), env=serve_env(None))
     assert code == 2
     assert out == ""
     assert err.splitlines() == [
@@ -380,7 +351,7 @@ async def test_without_the_grpc_extra_serve_says_what_to_install(module: str) ->
 
 
 async def test_without_the_grpc_extra_tokens_are_still_made() -> None:
-    code, out, err = await run(*cli_without(["grpc"], "token"), env=serve_env(None))
+    code, out, err = await run_command(*cli_without(["grpc"], "token"), env=serve_env(None))
     assert (code, err) == (0, "")
     assert out.startswith("token:  ")
 
@@ -389,7 +360,7 @@ async def test_with_only_the_opentelemetry_api_serve_warns_and_serves(
     started: Started, name: str, nats_server: EmbeddedNats
 ) -> None:
     env = serve_env(nats_server.url, OTEL_TRACES_EXPORTER="console")
-    server = started(CommandServe(env, cli_without(["opentelemetry.sdk"], "serve")))
+    server = started(command_serve(env, cli_without(["opentelemetry.sdk"], "serve")))
     await server.start()
     line = json.loads(await server.wait_for_line("opentelemetry-sdk is not installed"))
     assert line["level"] == "warning"
