@@ -27,9 +27,11 @@ from windshift._events import Event
 from windshift._options import ConsumerOptions, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
 from windshift._publishing import PublishedEvent
+from windshift._retry import Retry
 from windshift._state import StateChange, StateEntry, StateStore, StateWatch
 from windshift._streams import StreamInfo
 from windshift._subscriptions import Subscription
+from windshift._worker import Worker
 from windshift.errors import (
     AlreadyExistsError,
     ConfigurationConflictError,
@@ -64,6 +66,7 @@ __all__ = [
     "KeyNotFoundError",
     "NotFoundError",
     "PublishedEvent",
+    "Retry",
     "StateChange",
     "StateEntry",
     "StateStore",
@@ -78,6 +81,7 @@ __all__ = [
     "UnavailableError",
     "ValidationError",
     "WindshiftError",
+    "Worker",
     "connect",
 ]
 

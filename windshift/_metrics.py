@@ -27,6 +27,9 @@ Instruments (attribute keys are ``windshift.stream``, ``windshift.consumer``,
 * ``windshift.events.dead_lettered`` (Counter, ``{event}``; stream, consumer)
 * ``windshift.process.duration`` (Histogram, ``s``; stream, consumer, outcome)
 * ``windshift.events.in_flight`` (UpDownCounter, ``{event}``; stream, consumer)
+* ``windshift.handler.duration`` (Histogram, ``s``; stream, consumer, handler, outcome)
+* ``windshift.handler.running`` (UpDownCounter, ``{call}``; stream, consumer, handler)
+* ``windshift.handler.queued`` (UpDownCounter, ``{event}``; stream, consumer, handler)
 
 Counters and the UpDownCounter are asynchronous (observed when the SDK
 collects); readers see monotonic and non-monotonic sums as from any counter.
@@ -47,6 +50,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 METER_NAME = "windshift"
 
 #: Attribute keys.
+HANDLER = "windshift.handler"
 STREAM = "windshift.stream"
 CONSUMER = "windshift.consumer"
 OUTCOME = "windshift.outcome"
@@ -351,6 +355,84 @@ EVENTS_IN_FLIGHT = _METER.create_observable_up_down_counter(
 )
 
 
+class HandlerMetrics:
+    """The measurements of one :class:`~windshift.Worker` handler.
+
+    Args:
+        stream: the handler's stream.
+        consumer: its consumer.
+        handler: its name (the function's qualified name).
+        running: how many calls run right now (read at collection).
+        queued: how many events wait to start (read at collection).
+    """
+
+    __slots__ = ("__weakref__", "_outcomes", "attributes", "queued", "running")
+
+    def __init__(
+        self,
+        stream: str,
+        consumer: str,
+        handler: str,
+        running: Callable[[], int],
+        queued: Callable[[], int],
+    ) -> None:
+        self.attributes: Mapping[str, str | bool] = {
+            STREAM: stream,
+            CONSUMER: consumer,
+            HANDLER: handler,
+        }
+        self._outcomes: dict[str, Mapping[str, str | bool]] = {}
+        self.running = running
+        self.queued = queued
+        with _tracked_lock:
+            _handlers.add(self)
+
+    def called(self, seconds: float, outcome: str) -> None:
+        """A call of the handler ended after ``seconds`` with ``outcome``."""
+        attributes = self._outcomes.get(outcome)
+        if attributes is None:
+            attributes = self._outcomes.setdefault(outcome, {**self.attributes, OUTCOME: outcome})
+        HANDLER_DURATION.record(seconds, attributes)
+
+    def close(self) -> None:
+        """Stop reporting this handler's running and queued counts."""
+        with _tracked_lock:
+            _handlers.discard(self)
+
+
+_handlers: weakref.WeakSet[HandlerMetrics] = weakref.WeakSet()
+
+
+def _handler_counts(read: Callable[[HandlerMetrics], int]) -> Callable[..., Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        with _tracked_lock:
+            handlers = list(_handlers)
+        return [Observation(read(handler), handler.attributes) for handler in handlers]
+
+    return observe
+
+
+HANDLER_DURATION = _histogram(
+    "windshift.handler.duration",
+    "Time a Worker handler call took, by its outcome (acknowledged, retried, given_up, "
+    "settled_by_handler, cancelled).",
+    PROCESS_BOUNDARIES,
+)
+HANDLER_RUNNING = _METER.create_observable_up_down_counter(
+    "windshift.handler.running",
+    callbacks=[_handler_counts(lambda handler: handler.running())],
+    unit="{call}",
+    description="Worker handler calls running right now.",
+)
+HANDLER_QUEUED = _METER.create_observable_up_down_counter(
+    "windshift.handler.queued",
+    callbacks=[_handler_counts(lambda handler: handler.queued())],
+    unit="{event}",
+    description="Events a Worker received and has not started yet (waiting for a free call, "
+    "for an earlier event of their ordering key, or for their retry delay).",
+)
+
+
 __all__ = [
     "CONSUMER",
     "EVENTS_ACKNOWLEDGED",
@@ -359,6 +441,10 @@ __all__ = [
     "EVENTS_PUBLISHED",
     "EVENTS_REDELIVERED",
     "EVENTS_REJECTED",
+    "HANDLER",
+    "HANDLER_DURATION",
+    "HANDLER_QUEUED",
+    "HANDLER_RUNNING",
     "MAX_TALLIES",
     "METER_NAME",
     "OUTCOME",
@@ -366,6 +452,7 @@ __all__ = [
     "PROCESS_DURATION",
     "PUBLISH_DURATION",
     "STREAM",
+    "HandlerMetrics",
     "SubscriptionMetrics",
     "published",
 ]

@@ -32,6 +32,7 @@ EXPORTED = [
     "KeyNotFoundError",
     "NotFoundError",
     "PublishedEvent",
+    "Retry",
     "StateChange",
     "StateEntry",
     "StateStore",
@@ -46,6 +47,7 @@ EXPORTED = [
     "UnavailableError",
     "ValidationError",
     "WindshiftError",
+    "Worker",
     "connect",
 ]
 
