@@ -116,6 +116,7 @@ class Worker:
         self._specs: list[_Spec] = []
         self._stopping: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
+        self._serving: asyncio.Event | None = None
         self._grace: timedelta | None = None
 
     @property
@@ -257,6 +258,7 @@ class Worker:
         if self.running:
             raise ValidationError("the worker is already running")
         self._stopping, self._stopped = asyncio.Event(), asyncio.Event()
+        serving = self._serving = self._serving or asyncio.Event()
         self._grace = None
         runners = [_Runner(spec, client) for spec in self._specs]
         try:
@@ -267,6 +269,10 @@ class Worker:
                 for runner in runners
             ]
             stop = asyncio.ensure_future(self._stopping.wait())
+            announce = asyncio.ensure_future(
+                asyncio.gather(*(runner.subscribed.wait() for runner in runners))
+            )
+            announce.add_done_callback(lambda done: done.cancelled() or serving.set())
             try:
                 await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
@@ -274,6 +280,7 @@ class Worker:
                 raise
             finally:
                 stop.cancel()
+                announce.cancel()
                 grace = self.grace_period if self._grace is None else self._grace
                 await asyncio.shield(
                     asyncio.gather(*(runner.shutdown(grace) for runner in runners))
@@ -286,6 +293,18 @@ class Worker:
             for runner in runners:
                 runner.close_metrics()
             self._stopped.set()
+            self._serving = None
+
+    async def serving(self) -> None:
+        """Return once every handler has its consumer and is subscribed (after :meth:`run` started).
+
+        Example:
+            >>> task = asyncio.create_task(worker.run())
+            >>> await worker.serving()     # consumers ensured, events flowing
+        """
+        if self._serving is None:
+            self._serving = asyncio.Event()
+        await self._serving.wait()
 
     async def stop(self, *, grace_period: timedelta | None = None) -> None:
         """Stop the worker and wait until :meth:`run` has handed everything back.
@@ -312,6 +331,8 @@ class _Runner:
     def __init__(self, spec: _Spec, client: Client) -> None:
         self.spec = spec
         self._client = client
+        #: Set once the handler's subscription is open.
+        self.subscribed = asyncio.Event()
         self._max_attempts: int | None = None
         self._ready: asyncio.Queue[Event | None] = asyncio.Queue()
         self._keys: dict[int, Hashable] = {}  # event id -> its ordering key
@@ -372,6 +393,7 @@ class _Runner:
                 asyncio.create_task(self._work(), name=f"windshift-worker-{spec.name}-{n}")
                 for n in range(spec.concurrency)
             ]
+            self.subscribed.set()
             logger.info(
                 "worker handler %s on %s/%s started (concurrency %d)",
                 spec.name,
