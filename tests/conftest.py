@@ -76,7 +76,7 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
 
 # gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers;
 # certificates for the TLS tests.
-pytest_plugins = ["tests.grpc_fixtures", "tests._pki"]
+pytest_plugins = ["tests.grpc_fixtures", "tests._pki", "pytester"]
 
 
 # Metrics: an in-memory reader behind the global meter provider (installed once;

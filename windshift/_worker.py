@@ -272,7 +272,7 @@ class Worker:
             announce = asyncio.ensure_future(
                 asyncio.gather(*(runner.subscribed.wait() for runner in runners))
             )
-            announce.add_done_callback(lambda done: done.cancelled() or serving.set())
+            announce.add_done_callback(lambda done: None if done.cancelled() else serving.set())
             try:
                 await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:

@@ -52,7 +52,7 @@ EXPORTED = [
 ]
 
 #: The submodules a user may import; every other one is private (``_name``).
-PUBLIC_SUBMODULES = {"errors"}
+PUBLIC_SUBMODULES = {"errors", "testing"}
 
 
 def test_the_exported_names_are_pinned_and_sorted() -> None:
