@@ -24,7 +24,6 @@ from typing import Any, Self, TypeVar, Unpack
 
 import nats
 import nats.errors
-from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 
 from windshift._connection import ClientSettings, Connection
@@ -32,6 +31,7 @@ from windshift._consumers import ConsumerInfo, Consumers
 from windshift._deadletters import DeadLetterQueue
 from windshift._names import quote_value
 from windshift._options import ConsumerOptionArgs, ConsumerOptions, StreamOptionArgs, StreamOptions
+from windshift._payloads import Payload
 from windshift._publishing import PublishedEvent, Publisher
 from windshift._state import StateStore, Stores
 from windshift._streams import StreamInfo, Streams
@@ -199,7 +199,7 @@ class Client:
     async def publish(
         self,
         subject: str,
-        message: Message,
+        message: Payload,
         *,
         timestamp: datetime | int | None = None,
         idempotency_key: str | None = None,
@@ -220,7 +220,9 @@ class Client:
 
         Args:
             subject: the event's subject (no wildcards); a stream must collect it.
-            message: a protobuf message, or a ``google.protobuf.Any`` holding one.
+            message: a protobuf message, or a ``google.protobuf.Any`` holding
+                one (the default, and the format Go services read); or a
+                pydantic model, published as JSON (``windshift[pydantic]``).
             timestamp: the event's publication time: an aware datetime, or
                 nanoseconds since the Unix epoch (an int, every digit kept);
                 now by default.

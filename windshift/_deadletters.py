@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 
 from windshift import _metrics as metrics
+from windshift import _payloads as payloads
 from windshift import _tracing as tracing
 from windshift import _wire as wire
 from windshift._jsapi import (
@@ -44,21 +45,24 @@ from windshift._jsapi import (
 )
 from windshift._names import validate_name
 from windshift._options import METADATA_DEAD_LETTER_STREAM, METADATA_MAX_DELIVERY_ATTEMPTS
-from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError, ValidationError
+from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from windshift._events import Event
     from windshift._publishing import PublishedEvent, Publisher
 
 logger = logging.getLogger("windshift.deadletters")
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound="Message | BaseModel")
 
 # Dead letters are numbered by JetStream's stream sequence: 1 up to this.
 _LAST_ID = 2**64 - 1
 
 _CARRIED = (
     wire.HEADER_DATA_TYPE,
+    wire.HEADER_CONTENT_TYPE,
     wire.HEADER_PUBLISHED_TIME,
     wire.HEADER_TRACE_PARENT,
     wire.HEADER_TRACE_STATE,
@@ -166,8 +170,9 @@ class DeadLetter:
         attempts: how often it had been delivered.
         reason: why it was given up on.
         dead_since: when it was moved.
-        data: the event's data.
+        data: the event's data, a ``google.protobuf.Any`` (JSON data as a ``Struct``).
         headers: all its headers.
+        body: the event's body, as published (protobuf bytes, or JSON).
     """
 
     id: int
@@ -180,6 +185,7 @@ class DeadLetter:
     dead_since: datetime
     data: AnyProto
     headers: Mapping[str, str]
+    body: bytes = field(default=b"", repr=False)
 
     @property
     def timestamp(self) -> datetime | None:
@@ -204,18 +210,18 @@ class DeadLetter:
         return tracing.extract_context(self.headers)
 
     def unpack(self, message_type: type[M]) -> M:
-        """Parse the data as ``message_type``.
+        """Parse the data as ``message_type``: a protobuf message or a pydantic model class.
 
         Raises:
-            ValidationError: the data is of another type.
+            ValidationError: the data is of another type or format, or does not parse.
         """
-        message = message_type()
-        if not self.data.Unpack(message):
-            raise ValidationError(
-                f"dead letter {self.id} holds {self.data.type_url!r}, "
-                f"not {message_type.DESCRIPTOR.full_name!r}"
-            )
-        return message
+        return payloads.decode(
+            message_type,
+            data_type=self.headers.get(wire.HEADER_DATA_TYPE, ""),
+            body=self.body,
+            content=payloads.content_type(self.headers),
+            what=f"dead letter {self.id}",
+        )
 
 
 class DeadLetterQueue:
@@ -251,8 +257,11 @@ class DeadLetterQueue:
             attempts=int(headers.get(wire.HEADER_DEAD_ATTEMPTS, 0)),
             reason=headers.get(wire.HEADER_DEAD_REASON, ""),
             dead_since=wire.parse_time(headers.get(wire.HEADER_DEAD_TIME) or stored.time),
-            data=wire.decode_message(headers.get(wire.HEADER_DATA_TYPE, ""), stored.data),
+            data=payloads.as_any(
+                headers.get(wire.HEADER_DATA_TYPE, ""), stored.data, payloads.content_type(headers)
+            ),
             headers=headers,
+            body=stored.data,
         )
 
     async def get(self, dead_letter_id: int) -> DeadLetter:
@@ -300,13 +309,18 @@ class DeadLetterQueue:
         letter = await self.get(dead_letter_id)
         headers = {
             name: letter.headers[name]
-            for name in (wire.HEADER_DATA_TYPE, wire.HEADER_TRACE_PARENT, wire.HEADER_TRACE_STATE)
+            for name in (
+                wire.HEADER_DATA_TYPE,
+                wire.HEADER_CONTENT_TYPE,
+                wire.HEADER_TRACE_PARENT,
+                wire.HEADER_TRACE_STATE,
+            )
             if name in letter.headers
         }
         headers[wire.HEADER_PUBLISHED_TIME] = wire.format_time(None)
         headers[wire.HEADER_MSG_ID] = f"replay.{self.name}.{letter.id}"
         started = time.perf_counter()
-        published = await self._publisher.send(letter.subject, letter.data.value, headers)
+        published = await self._publisher.send(letter.subject, letter.body, headers)
         metrics.published(
             published.stream, time.perf_counter() - started, duplicate=published.duplicate
         )

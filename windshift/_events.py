@@ -18,14 +18,17 @@ from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span
 
+from windshift import _payloads as payloads
 from windshift import _tracing as tracing
 from windshift import _wire as wire
 from windshift.errors import EventSettledError, ValidationError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from windshift._deadletters import DeadLetterPolicy
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound="Message | BaseModel")
 
 #: How an event ended, once it has: settled by its holder, or given up on
 #: (``"expired"``: not pinged within the processing timeout, with
@@ -160,26 +163,30 @@ class Event:
         return self.headers.get(wire.HEADER_DATA_TYPE, "")
 
     @property
+    def content_type(self) -> str | None:
+        """``"application/json"`` for a JSON event (a pydantic model); None for protobuf."""
+        return payloads.content_type(self.headers)
+
+    @property
     def data(self) -> Any:
-        """The event's data as a ``google.protobuf.Any``."""
-        return wire.decode_message(self.data_type, self.body)
+        """The event's data as a ``google.protobuf.Any`` (a JSON event's as a ``Struct``)."""
+        return payloads.as_any(self.data_type, self.body, self.content_type)
 
     def unpack(self, message_type: type[M]) -> M:
-        """Parse the event's data as ``message_type``.
+        """Parse the event's data as ``message_type``: a protobuf message or a pydantic model class.
 
         Raises:
-            ValidationError: the event holds another type of message, or its
-                bytes do not parse as ``message_type``.
+            ValidationError: the event holds another type, or the other format
+                (JSON for a protobuf class, or the reverse; the message names
+                both), or its bytes do not parse as ``message_type``.
         """
-        expected = message_type.DESCRIPTOR.full_name
-        if self.data_type and self.data_type != expected:
-            raise ValidationError(f"event {self.id} holds {self.data_type!r}, not {expected!r}")
-        message = message_type()
-        try:
-            message.ParseFromString(self.body)
-        except Exception as exc:  # protobuf raises DecodeError and others
-            raise ValidationError(f"event {self.id} is not a valid {expected}: {exc}") from None
-        return message
+        return payloads.decode(
+            message_type,
+            data_type=self.data_type,
+            body=self.body,
+            content=self.content_type,
+            what=f"event {self.id}",
+        )
 
     @property
     def timestamp(self) -> datetime:

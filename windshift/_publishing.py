@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import nats.errors
-from google.protobuf.message import Message
 from opentelemetry.trace import Status, StatusCode
 
 from windshift import _metrics as metrics
+from windshift import _payloads as payloads
 from windshift import _tracing as tracing
 from windshift import _wire as wire
 from windshift._acks import header_block
 from windshift._connection import Connection
 from windshift._jsapi import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE, ApiError, raise_api_error
 from windshift._names import quote_value, validate_subject
+from windshift._payloads import Payload
 from windshift.errors import (
     ConflictError,
     NotFoundError,
@@ -100,7 +101,7 @@ class Publisher:
     async def publish(
         self,
         subject: str,
-        message: Message,
+        message: Payload,
         *,
         timestamp: datetime | int | None = None,
         idempotency_key: str | None = None,
@@ -109,11 +110,13 @@ class Publisher:
     ) -> PublishedEvent:
         """Publish an event and wait until JetStream stored it (see ``Client.publish``)."""
         _valid_subject(subject) if isinstance(subject, str) else validate_subject(subject)
-        data_type, body = wire.encode_message(message)
+        data_type, body, content_type = payloads.encode(message)
         headers = {
             wire.HEADER_DATA_TYPE: data_type,
             wire.HEADER_PUBLISHED_TIME: wire.format_time(timestamp),
         }
+        if content_type is not None:
+            headers[wire.HEADER_CONTENT_TYPE] = content_type
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key.strip():
                 raise ValidationError(

@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self, TypeVar
 from typing import Any as AnyType
-from typing import Literal, Self, TypeVar
 
 import nats.errors
 from google.protobuf.any_pb2 import Any
@@ -43,10 +43,12 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from windshift import _payloads as payloads
 from windshift import _wire as wire
 from windshift._connection import Connection
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift._names import validate_name, validate_subject
+from windshift._payloads import Payload
 from windshift._publishing import Publisher
 from windshift.errors import (
     AlreadyExistsError,
@@ -59,9 +61,12 @@ from windshift.errors import (
     WindshiftError,
 )
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 logger = logging.getLogger("windshift.state")
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound="Message | BaseModel")
 
 _KV_OPERATION = "KV-Operation"
 _DELETED = ("DEL", "PURGE")
@@ -86,12 +91,7 @@ _CONSUMER_STALLED = "Nats-Consumer-Stalled"
 
 
 def _unpack_as(key: str, value: Any, message_type: type[M]) -> M:
-    message = message_type()
-    if not value.Unpack(message):
-        raise ValidationError(
-            f"key {key!r} holds {value.type_url!r}, not {message_type.DESCRIPTOR.full_name!r}"
-        )
-    return message
+    return payloads.unpack_state(message_type, value, f"key {key!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ class StateChange:
         if self.value is None:
             raise ValidationError(
                 f"key {self.key!r} was deleted at revision {self.revision}: "
-                f"a delete has no value to unpack as {message_type.DESCRIPTOR.full_name!r}"
+                f"a delete has no value to unpack as {message_type.__name__!r}"
             )
         return _unpack_as(self.key, self.value, message_type)
 
@@ -157,16 +157,8 @@ def validate_key(key: object) -> str:
     return validate_subject(key, what="key")
 
 
-def _pack(value: Message) -> bytes:
-    if isinstance(value, Any):
-        if not value.type_url:
-            raise ValidationError("state value is missing: the Any has no type_url")
-        return value.SerializeToString()
-    if not isinstance(value, Message):
-        raise ValidationError(f"state value must be a protobuf message, got {type(value).__name__}")
-    packed = Any()
-    packed.Pack(value)
-    return packed.SerializeToString()
+def _pack(value: Payload) -> bytes:
+    return payloads.pack_state(value)
 
 
 def _unpack(store: str, key: str, revision: int, data: bytes) -> Any:
@@ -261,7 +253,7 @@ class StateStore:
     async def set(
         self,
         key: str,
-        value: Message,
+        value: Payload,
         *,
         create_only: bool = False,
         last_revision: int | None = None,

@@ -38,6 +38,8 @@ HEADER_TRACE_STATE = "WS-Trace-State"
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+# Set (to application/json) on events whose body is JSON, not protobuf.
+HEADER_CONTENT_TYPE = "Content-Type"
 
 # Dead letters: where the event came from, and why it was given up on.
 HEADER_DEAD_SUBJECT = "WS-Dead-Subject"
@@ -261,6 +263,7 @@ def nanos_to_duration(ns: int) -> timedelta:
 
 
 __all__ = [
+    "HEADER_CONTENT_TYPE",
     "HEADER_DATA_TYPE",
     "HEADER_DEAD_ATTEMPTS",
     "HEADER_DEAD_CONSUMER",

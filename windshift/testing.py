@@ -41,6 +41,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
 
+from windshift import _payloads as payloads
 from windshift import _wire as wire
 from windshift._client import Client, connect
 from windshift._deadletters import DeadLetterPolicy
@@ -133,7 +134,8 @@ def make_event(
     """An :class:`~windshift.Event` holding ``data``, settled into a recorder instead of NATS.
 
     Args:
-        data: the event's data: a protobuf message (or an Any), as ``publish`` takes it.
+        data: the event's data, as ``publish`` takes it: a protobuf message
+            (or an Any), or a pydantic model.
         subject: its subject.
         event_id: its id.
         attempt: its delivery attempt.
@@ -141,12 +143,14 @@ def make_event(
         max_delivery_attempts: the consumer's, for the dead-letter rules.
         dead_letter_stream: the consumer's dead-letter stream, if any.
     """
-    data_type, body = wire.encode_message(data)
+    data_type, body, content_type = payloads.encode(data)
     all_headers = {
         wire.HEADER_DATA_TYPE: data_type,
         wire.HEADER_PUBLISHED_TIME: wire.format_time(None),
-        **(headers or {}),
     }
+    if content_type is not None:
+        all_headers[wire.HEADER_CONTENT_TYPE] = content_type
+    all_headers.update(headers or {})
     policy = (
         None
         if dead_letter_stream is None

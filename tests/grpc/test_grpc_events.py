@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 import grpc
 import nats
 import pytest
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import StringValue
+from pydantic import BaseModel
 
 import windshift
 from tests.grpc_fixtures import (
@@ -33,6 +36,13 @@ if TYPE_CHECKING:
     )
 
 OpenEvents = Callable[[], EventsClient]
+
+
+class Order(BaseModel):
+    id: str
+    total_cents: int
+
+
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
@@ -175,6 +185,23 @@ async def test_timestamps_keep_their_nanoseconds_both_ways(
         1_772_368_496,
         987_654_321,
     )
+
+
+async def test_json_events_reach_grpc_clients_as_a_struct(
+    stub: Stub, events_client: OpenEvents, client: windshift.Client, name: str
+) -> None:
+    # A pydantic model published through the library is JSON on NATS; a gRPC
+    # client gets it as a google.protobuf.Struct, which every language reads.
+    await ensure_stream(stub, name)
+    await ensure_consumer(stub, name)
+    await client.publish(f"{name}.json", Order(id="1", total_cents=500))
+    call = events_client()
+    await call.subscribe(name, "worker")
+    [event] = await call.events(1)
+    assert event.data.type_url == "type.googleapis.com/google.protobuf.Struct"
+    document = Struct()
+    assert event.data.Unpack(document)
+    assert json_format.MessageToDict(document) == {"id": "1", "total_cents": 500}
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(3, 3), (None, 50), (0, 50)])
