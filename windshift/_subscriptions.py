@@ -81,8 +81,10 @@ class Subscription:
         ...         await event.ack()
 
     Several subscriptions to one durable consumer share its events (each
-    event goes to one of them). Leaving the ``async with`` hands events that
-    were fetched but never given to the caller back to NATS at once.
+    event goes to one of them), and several tasks may iterate one
+    subscription at once (each event goes to one of them too). Leaving the
+    ``async with`` hands events that were fetched but never given to the
+    caller back to NATS at once.
     """
 
     def __init__(
@@ -135,7 +137,8 @@ class Subscription:
         self._by_id: dict[int, Event] = {}  # the latest of them per event id
         self._metrics = SubscriptionMetrics(stream, consumer, self._held)
         self._buffer: deque[Event] = deque()  # held, not yet handed to the caller
-        self._waiter: asyncio.Future[None] | None = None
+        # Tasks waiting in __anext__: several may iterate one subscription.
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._last_activity = 0.0
         self._not_before = 0.0
         self._maintainer: asyncio.Task[None] | None = None
@@ -207,11 +210,14 @@ class Subscription:
                 raise self._error
             if self._closed:
                 raise StopAsyncIteration
-            self._waiter = self._loop.create_future()
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                if not waiter.done():  # cancelled while waiting
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
         event = self._buffer.popleft()
         event._span = tracing.start_receive_span(
             self.stream, self.consumer, event.subject, event.id, event.headers
@@ -219,10 +225,15 @@ class Subscription:
         event._handed_out = self.clock()
         return event
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _wake(self, *, everyone: bool = False) -> None:
+        """Wake one waiting task (an event arrived), or all of them (closed, failed)."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
 
     async def _on_message(self, msg: Msg) -> None:
         self._last_activity = now = self.clock()
@@ -341,7 +352,7 @@ class Subscription:
     def _fail(self, error: WindshiftError) -> None:
         if self._error is None:
             self._error = error
-        self._wake()
+        self._wake(everyone=True)
 
     async def _pull(self) -> None:
         if self._closed or self._error is not None or not self.nc.is_connected:
@@ -514,7 +525,7 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await self.nc.publish(event.reply, b"-NAK")
         self._drop_requests()
-        self._wake()
+        self._wake(everyone=True)
         if self.nc.is_connected:
             flush = asyncio.ensure_future(self.nc.flush(timeout=2))
             flush.add_done_callback(_consume_outcome)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from windshift._names import quote_value, validate_name
 from windshift._options import DEFAULT_PROCESSING_TIMEOUT
 from windshift._pointers import StreamPointer
 from windshift._retry import Retry
-from windshift._subscriptions import Subscription
+from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, Subscription
 from windshift.errors import ConsumerNotFoundError, ValidationError, WindshiftError
 
 logger = logging.getLogger("windshift.worker")
@@ -55,8 +56,9 @@ CallOutcome = Literal["acknowledged", "retried", "given_up", "settled_by_handler
 DEFAULT_GRACE_PERIOD = timedelta(seconds=30)
 DEFAULT_RETRY = Retry()
 # Events fetched beyond the running calls: enough to keep calls fed between
-# pull requests; they are pinged while they wait.
-_MIN_PREFETCH = 16
+# pull requests (the library's default for a subscription); they are pinged
+# while they wait, so none is redelivered for waiting.
+_MIN_PREFETCH = DEFAULT_MAX_PENDING_EVENTS
 _REASON_LENGTH = 300
 
 
@@ -165,8 +167,8 @@ class Worker:
             processing_timeout: the consumer's processing timeout (with
                 ``subjects``); a call running past it is pinged, never redelivered.
             prefetch: at most this many events fetched and not yet settled
-                (default: twice ``concurrency``, at least 16); they are
-                pinged while they wait.
+                (default: twice ``concurrency``, at least 50, a subscription's
+                default); they are pinged while they wait.
 
         Raises:
             ValidationError: a bad name or option, a handler that is not an
@@ -346,6 +348,7 @@ class _Runner:
         self._metrics = HandlerMetrics(
             spec.stream, spec.consumer, spec.name, lambda: self._running, self._queued
         )
+        self._clock = time.perf_counter
 
     def _queued(self) -> int:
         return (
@@ -389,8 +392,12 @@ class _Runner:
         )
         self._subscription = subscription
         async with subscription:
+            ordered = spec.ordering_key is not None
+            # Unordered, the calls take events straight from the subscription
+            # (several tasks may iterate it); ordered, a dispatcher keeps keys apart.
+            work = self._work if ordered else self._take_and_work
             self._workers = [
-                asyncio.create_task(self._work(), name=f"windshift-worker-{spec.name}-{n}")
+                asyncio.create_task(work(), name=f"windshift-worker-{spec.name}-{n}")
                 for n in range(spec.concurrency)
             ]
             self.subscribed.set()
@@ -402,6 +409,9 @@ class _Runner:
                 spec.concurrency,
                 extra={"stream": spec.stream, "consumer": spec.consumer},
             )
+            if not ordered:
+                await asyncio.gather(*self._workers)
+                return
             async for event in subscription:
                 if self._closing:  # handed out while closing: give it back
                     await _hand_back(event)
@@ -431,7 +441,22 @@ class _Runner:
             self._busy.add(key)
             self._ready.put_nowait(event)
 
+    async def _take_and_work(self) -> None:
+        """One unordered call slot: the next event of the subscription, then the next."""
+        subscription = self._subscription
+        assert subscription is not None
+        async for event in subscription:
+            if self._closing:
+                await _hand_back(event)
+                continue
+            self._running += 1
+            try:
+                await self._call(event)
+            finally:
+                self._running -= 1
+
     async def _work(self) -> None:
+        """One ordered call slot: the next event the dispatcher made ready."""
         while True:
             event = await self._ready.get()
             if event is None:
@@ -450,13 +475,19 @@ class _Runner:
 
     async def _call(self, event: Event) -> tuple[CallOutcome, timedelta | None]:
         spec = self.spec
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock()
         outcome: CallOutcome = "cancelled"
         delay: timedelta | None = None
         try:
             try:
                 await spec.function(event)
+                # The usual end, inline (the hot path of every event).
+                if event.settled is None:
+                    await event.ack()
+                    outcome = "acknowledged"
+                else:
+                    outcome = "settled_by_handler"
             except asyncio.CancelledError:
                 await _hand_back(event)
                 raise
@@ -478,15 +509,11 @@ class _Runner:
                     in_place=event.id in self._keys,
                     max_attempts=self._max_attempts,
                 )
-            else:
-                outcome, delay = await conclude(
-                    event, None, spec.retry, in_place=False, max_attempts=self._max_attempts
-                )
         except WindshiftError as exc:  # settling failed (NATS away): it comes back by itself
             logger.warning("handler %s: could not settle event %d: %s", spec.name, event.id, exc)
             outcome = "cancelled"
         finally:
-            self._metrics.called(loop.time() - started, outcome)
+            self._metrics.called(clock() - started, outcome)
         return outcome, delay
 
     def _after(self, event: Event, outcome: CallOutcome, delay: timedelta | None) -> None:
@@ -534,8 +561,9 @@ class _Runner:
             unstarted.append(event)
         self._retrying.clear()
         await asyncio.gather(*(_hand_back(event) for event in unstarted))
-        for _ in self._workers:
-            self._ready.put_nowait(None)
+        if self.spec.ordering_key is not None:
+            for _ in self._workers:  # the dispatcher's slots wait on the queue
+                self._ready.put_nowait(None)
         if self._workers:
             _, late = await asyncio.wait(self._workers, timeout=grace.total_seconds())
             for task in late:

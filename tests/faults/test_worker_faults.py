@@ -87,7 +87,7 @@ async def test_a_worker_killed_mid_run_loses_nothing(
     # Only what the killed process had received but not settled comes twice.
     twice = {event_id for event_id, count in Counter(i for i, _ in calls).items() if count > 1}
     assert twice <= {event_id for event_id, _ in first}
-    assert len(twice) <= 16 + 8  # its prefetch (2 * concurrency, at least 16) plus calls
+    assert len(twice) <= 50  # at most its prefetch (2 * concurrency, at least 50)
     print(
         f"\n[worker killed] handled={len(handled)} calls={len(calls)} "
         f"redelivered={len(again)} twice={len(twice)}"

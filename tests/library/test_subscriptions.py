@@ -293,3 +293,23 @@ async def test_bad_subscribe_arguments(client: windshift.Client) -> None:
         client.subscribe("s", "c", max_pending_events=0)
     with pytest.raises(ValidationError, match=re.escape("'a.b'")):
         client.subscribe("a.b", "c")
+
+
+async def test_several_tasks_may_iterate_one_subscription(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    consumer = await client.ensure_consumer(name, "c", start=StreamPointer.start())
+    async with client.subscribe(name, consumer.id) as events:
+        waiting = [asyncio.create_task(anext(events)) for _ in range(3)]
+        await publish_many(client, f"{name}.x", 3)
+        got = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert len({event.id for event in got}) == 3  # each event to one of them
+        for event in got:
+            await event.ack()
+        left = [asyncio.create_task(anext(events)) for _ in range(2)]
+        await asyncio.sleep(0)  # one turn of the loop: both tasks run up to their wait
+    # Leaving ends every waiting iteration, not just one.
+    for task in left:
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(task, 10)
