@@ -38,14 +38,12 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import nats
 from faststream.nats import JStream, NatsBroker
@@ -114,7 +112,7 @@ class Counter:
             self.done.set()
 
 
-async def timed(run: Callable[[], Awaitable[None]]) -> float:
+async def timed(run: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
     await run()
     return time.perf_counter() - started
@@ -171,7 +169,6 @@ async def worker_row(url: str, stream: str, count: int, concurrency: int, work: 
 async def faststream_row(url: str, stream: str, count: int, workers: int, work: float) -> float:
     broker = NatsBroker(url, logger=None, apply_types=False)
     counter = Counter(count)
-    options: dict[str, Any] = {"max_workers": workers} if workers > 1 else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         subscriber = broker.subscriber(
@@ -180,15 +177,16 @@ async def faststream_row(url: str, stream: str, count: int, workers: int, work: 
             durable="bench",
             deliver_policy=DeliverPolicy.ALL,
             persistent=False,
-            **options,
+            max_workers=workers,  # FastStream's documented concurrency setting
         )
 
-    @subscriber
     async def handle(body: bytes) -> None:
         StringValue.FromString(body)
         if work:
             await asyncio.sleep(work)
         counter.add()
+
+    subscriber(handle)
 
     await broker.start()
     try:
@@ -329,12 +327,12 @@ async def run(args: argparse.Namespace) -> int:
             finally:
                 await drop(url, stream)
 
+        slow = min(count, args.slow_events)  # events of the 1 ms rows
         for round_number in range(args.repeat):
             print(f"round {round_number + 1}/{args.repeat}", file=sys.stderr)
             await measure("loop", lambda s: loop_row(url, s, count), True)
             await measure("worker c=1", lambda s: worker_row(url, s, count, 1, 0), True)
             await measure("faststream c=1", lambda s: faststream_row(url, s, count, 1, 0), True)
-            slow = min(count, args.slow_events)
             await measure("worker c=16, 1 ms", lambda s: worker_row(url, s, slow, 16, 0.001), True)
             await measure(
                 "faststream c=16, 1 ms", lambda s: faststream_row(url, s, slow, 16, 0.001), True
@@ -352,13 +350,17 @@ async def run(args: argparse.Namespace) -> int:
                 figures.rows.setdefault(f"{library} pydantic consume", []).append(consumed)
         stream = next(names)
         await fill(url, stream, args.backlog)
-        child = subprocess.run(
-            [sys.executable, SCRIPT, "--memory-child", url, stream, str(args.backlog)],
-            capture_output=True,
-            text=True,
-            check=True,
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            SCRIPT,
+            "--memory-child",
+            url,
+            stream,
+            str(args.backlog),
+            stdout=asyncio.subprocess.PIPE,
         )
-        memory = json.loads(child.stdout.strip().splitlines()[-1])
+        out, _ = await child.communicate()
+        memory = json.loads(out.decode().strip().splitlines()[-1])
         await drop(url, stream)
     return report(figures, memory, args)
 
