@@ -26,7 +26,7 @@ from windshift._embedded import EmbeddedNats
 from windshift._events import Event
 from windshift._options import ConsumerOptions, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
-from windshift._publishing import PublishedEvent
+from windshift._publishing import OutgoingEvent, PublishedEvent
 from windshift._retry import Retry
 from windshift._state import StateChange, StateEntry, StateStore, StateWatch
 from windshift._streams import StreamInfo
@@ -65,6 +65,7 @@ __all__ = [
     "EventSettledError",
     "KeyNotFoundError",
     "NotFoundError",
+    "OutgoingEvent",
     "PublishedEvent",
     "Retry",
     "StateChange",

@@ -223,22 +223,19 @@ class AckInbox:
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
 
-    async def request(
+    async def send(
         self, subject: str, body: bytes, headers: dict[str, str] | None, timeout: float
-    ) -> Msg:
-        """Publish with a reply subject of this inbox and wait for the answer.
+    ) -> tuple[str, asyncio.Future[Msg]]:
+        """Publish with a reply subject of this inbox; the future receives the answer.
 
-        Publishes (``headers`` given) and confirmed settlements of events
-        (``headers`` None: a plain ``PUB`` to the event's reply subject) both
-        come this way.
+        The future fails with TimeoutError after ``timeout`` seconds without
+        one. Whoever awaits it calls :meth:`forget` with the token afterwards.
 
         Raises:
-            nats.errors.NoRespondersError: nobody listens on ``subject``.
             nats.errors.MaxPayloadError: body and headers are larger than the
                 NATS server accepts.
-            TimeoutError: no answer within ``timeout`` seconds.
             nats.errors.Error: the other refusals of ``nc.publish`` (such as
-                BadSubjectError).
+                BadSubjectError); nothing was sent.
         """
         if not self._prefix:
             if self._ready is None:
@@ -258,12 +255,46 @@ class AckInbox:
                 block_size = 0 if headers is None else len(header_block(headers))
                 _check_size(self._nc, block_size + len(body))
                 await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            waiter.cancel()
+            raise
+        return token, waiter
+
+    def forget(self, token: str) -> None:
+        """Drop the request of ``token`` (answered, timed out or given up)."""
+        self._waiting.pop(token, None)
+
+    async def request(
+        self, subject: str, body: bytes, headers: dict[str, str] | None, timeout: float
+    ) -> Msg:
+        """Publish with a reply subject of this inbox and wait for the answer.
+
+        Publishes (``headers`` given) and confirmed settlements of events
+        (``headers`` None: a plain ``PUB`` to the event's reply subject) both
+        come this way.
+
+        Raises:
+            nats.errors.NoRespondersError: nobody listens on ``subject``.
+            nats.errors.MaxPayloadError: body and headers are larger than the
+                NATS server accepts.
+            TimeoutError: no answer within ``timeout`` seconds.
+            nats.errors.Error: the other refusals of ``nc.publish`` (such as
+                BadSubjectError).
+        """
+        token, waiter = await self.send(subject, body, headers, timeout)
+        try:
             answer = await waiter
         finally:
             self._waiting.pop(token, None)
-        if not answer.data and answer.headers and answer.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        return answer
+        return checked(answer)
 
 
-__all__ = ["AckInbox", "direct_send_supported", "header_block"]
+def checked(answer: Msg) -> Msg:
+    """``answer``, unless it is NATS' "no responders" status (raised as such)."""
+    if not answer.data and answer.headers and answer.headers.get("Status") == "503":
+        raise nats.errors.NoRespondersError
+    return answer
+
+
+__all__ = ["AckInbox", "checked", "direct_send_supported", "header_block"]

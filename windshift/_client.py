@@ -32,11 +32,11 @@ from windshift._deadletters import DeadLetterQueue
 from windshift._names import quote_value
 from windshift._options import ConsumerOptionArgs, ConsumerOptions, StreamOptionArgs, StreamOptions
 from windshift._payloads import Payload
-from windshift._publishing import PublishedEvent, Publisher
+from windshift._publishing import OutgoingEvent, PublishedEvent, Publisher
 from windshift._state import StateStore, Stores
 from windshift._streams import StreamInfo, Streams
 from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, Subscription
-from windshift.errors import UnavailableError, ValidationError
+from windshift.errors import UnavailableError, ValidationError, WindshiftError
 
 logger = logging.getLogger("windshift.client")
 
@@ -247,6 +247,34 @@ class Client:
             expected_last_id=expected_last_id,
             expected_last_stream_id=expected_last_stream_id,
         )
+
+    async def publish_many(
+        self, events: Sequence[OutgoingEvent]
+    ) -> list[PublishedEvent | WindshiftError]:
+        """Publish many events pipelined, and return one result per event, in order.
+
+        Example:
+            >>> results = await client.publish_many(
+            ...     [OutgoingEvent("orders.created", OrderCreated(id=str(n))) for n in range(100)])
+            >>> [r.id for r in results if isinstance(r, PublishedEvent)]
+
+        The fast way to publish a batch: every event is sent as soon as a
+        slot of the publish pipeline is free (``publish_max_pending`` of
+        :func:`~windshift.connect`), with no task or coroutine per event, and
+        the acknowledgements are collected in order. Each event keeps its own
+        idempotency key and expected ids.
+
+        Returns:
+            Per event, in order: its :class:`PublishedEvent`, or the
+            WindshiftError that refused it (``ConflictError``,
+            ``NotFoundError``, ``UnavailableError``, ...). One failure does
+            not stop the others.
+
+        Raises:
+            ValidationError: an event fails validation (its index is named);
+                raised before anything is published.
+        """
+        return await self._publisher.publish_many(events)
 
     def subscribe(
         self,

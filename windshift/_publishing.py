@@ -7,22 +7,25 @@ through :meth:`Publisher.send`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import nats.errors
-from opentelemetry.trace import Status, StatusCode
+from nats.aio.msg import Msg
+from opentelemetry.trace import Span, Status, StatusCode
 
 from windshift import _metrics as metrics
 from windshift import _payloads as payloads
 from windshift import _tracing as tracing
 from windshift import _wire as wire
-from windshift._acks import header_block
+from windshift._acks import checked, header_block
 from windshift._connection import Connection
 from windshift._jsapi import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE, ApiError, raise_api_error
 from windshift._names import quote_value, validate_subject
@@ -50,6 +53,30 @@ class PublishedEvent:
     id: int
     stream: str
     duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """One event of :meth:`~windshift.Client.publish_many`: what ``publish`` takes, as a value.
+
+    Example:
+        >>> OutgoingEvent("orders.created", OrderCreated(id="1"), idempotency_key="order-1")
+
+    Attributes:
+        subject: the event's subject (no wildcards); a stream must collect it.
+        data: a protobuf message (or an Any), or a pydantic model.
+        timestamp: its publication time (an aware datetime or nanoseconds); now by default.
+        idempotency_key: deduplication within the stream's window.
+        expected_last_id: refuse unless the last event on this subject has this id.
+        expected_last_stream_id: refuse unless the last event of the stream has this id.
+    """
+
+    subject: str
+    data: Payload
+    timestamp: datetime | int | None = None
+    idempotency_key: str | None = None
+    expected_last_id: int | None = None
+    expected_last_stream_id: int | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -98,7 +125,7 @@ class Publisher:
         self._publish_slots = connection.publish_slots
         self._timeout = connection.request_timeout
 
-    async def publish(
+    def prepare(
         self,
         subject: str,
         message: Payload,
@@ -107,8 +134,12 @@ class Publisher:
         idempotency_key: str | None = None,
         expected_last_id: int | None = None,
         expected_last_stream_id: int | None = None,
-    ) -> PublishedEvent:
-        """Publish an event and wait until JetStream stored it (see ``Client.publish``)."""
+    ) -> tuple[bytes, dict[str, str]]:
+        """Check a publish and build its body and headers; nothing is sent.
+
+        Raises:
+            ValidationError: a bad subject, data, key, timestamp or expected id.
+        """
         _valid_subject(subject) if isinstance(subject, str) else validate_subject(subject)
         data_type, body, content_type = payloads.encode(message)
         headers = {
@@ -140,19 +171,35 @@ class Publisher:
         if expected_last_stream_id is not None:
             headers[wire.HEADER_EXPECTED_LAST_SEQ] = str(expected_last_stream_id)
 
+        return body, headers
+
+    async def publish(
+        self,
+        subject: str,
+        message: Payload,
+        *,
+        timestamp: datetime | int | None = None,
+        idempotency_key: str | None = None,
+        expected_last_id: int | None = None,
+        expected_last_stream_id: int | None = None,
+    ) -> PublishedEvent:
+        """Publish an event and wait until JetStream stored it (see ``Client.publish``)."""
+        body, headers = self.prepare(
+            subject,
+            message,
+            timestamp=timestamp,
+            idempotency_key=idempotency_key,
+            expected_last_id=expected_last_id,
+            expected_last_stream_id=expected_last_stream_id,
+        )
         span = tracing.start_publish_span(subject, headers)
         started = time.perf_counter()
         try:
             published = await self.send(subject, body, headers)
         except WindshiftError as exc:
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
-            span.end()
+            _end_publish_span(span, started, exc)
             raise
-        metrics.published(
-            published.stream, time.perf_counter() - started, duplicate=published.duplicate
-        )
-        span.set_attribute("messaging.message.id", str(published.id))
-        span.end()
+        _end_publish_span(span, started, published)
         return published
 
     async def send(self, subject: str, body: bytes, headers: dict[str, str]) -> PublishedEvent:
@@ -164,32 +211,110 @@ class Publisher:
             ConflictError: an expected last sequence header did not match.
             UnavailableError: no acknowledgement in time, or no leader right now.
         """
-        timeout = self._timeout
         async with self._publish_slots:
             try:
-                answer = await self._acks.request(subject, body, headers, timeout)
-            except nats.errors.NoRespondersError:
-                raise await self._no_responders(subject) from None
-            except TimeoutError:
-                raise UnavailableError(
-                    f"publish to {subject!r} was not acknowledged within {timeout:g}s"
-                ) from None
-            except nats.errors.BadSubjectError:
-                raise ValidationError(f"{subject!r} is not a subject NATS accepts") from None
-            except nats.errors.MaxPayloadError:
-                size = len(body) + len(header_block(headers))
+                answer = checked(await self._acks.request(subject, body, headers, self._timeout))
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise await self._failure(exc, subject, body, headers) from None
+        return await self._stored(answer, subject, body, headers)
+
+    async def publish_many(
+        self, events: Sequence[OutgoingEvent]
+    ) -> list[PublishedEvent | WindshiftError]:
+        """Publish events pipelined, without a task per event (see ``Client.publish_many``)."""
+        if isinstance(events, OutgoingEvent) or not isinstance(events, Sequence):
+            raise ValidationError(
+                f"publish_many takes a list of OutgoingEvent, got {quote_value(events)}"
+            )
+        prepared: list[tuple[str, bytes, dict[str, str]]] = []
+        for index, event in enumerate(events):
+            if not isinstance(event, OutgoingEvent):
                 raise ValidationError(
-                    f"event on {subject!r} is larger than the NATS server accepts "
-                    f"({size} bytes with its headers, at most {self._nc.max_payload})"
-                ) from None
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-                raise UnavailableError(f"publish to {subject!r}: connection closed") from None
-            except nats.errors.OutboundBufferLimitError:
-                # Disconnected, and nats-py's reconnect buffer is full.
-                raise UnavailableError(
-                    f"publish to {subject!r}: NATS is unreachable and the reconnect buffer "
-                    "is full; retry with the same idempotency key"
-                ) from None
+                    f"event {index} must be an OutgoingEvent, got {quote_value(event)}"
+                )
+            try:
+                body, headers = self.prepare(
+                    event.subject,
+                    event.data,
+                    timestamp=event.timestamp,
+                    idempotency_key=event.idempotency_key,
+                    expected_last_id=event.expected_last_id,
+                    expected_last_stream_id=event.expected_last_stream_id,
+                )
+            except ValidationError as exc:
+                raise ValidationError(f"event {index}: {exc}") from None
+            prepared.append((event.subject, body, headers))
+        # Everything is valid: send all, each as soon as a pipeline slot is
+        # free, then collect the answers in order (no task per event).
+        slots, acks, timeout = self._publish_slots, self._acks, self._timeout
+        release = _Releaser(slots)
+        sent: list[tuple[Span, float, str | None, asyncio.Future[Msg] | WindshiftError]] = []
+        for subject, body, headers in prepared:
+            span = tracing.start_publish_span(subject, headers)
+            started = time.perf_counter()
+            await slots.acquire()
+            try:
+                token, waiter = await acks.send(subject, body, headers, timeout)
+            except (nats.errors.Error, TimeoutError) as exc:
+                slots.release()
+                sent.append((span, started, None, await self._failure(exc, subject, body, headers)))
+                continue
+            waiter.add_done_callback(release)
+            sent.append((span, started, token, waiter))
+        results: list[PublishedEvent | WindshiftError] = []
+        for (subject, body, headers), (span, started, sent_token, pending) in zip(
+            prepared, sent, strict=True
+        ):
+            result: PublishedEvent | WindshiftError
+            if isinstance(pending, WindshiftError):
+                result = pending
+            else:
+                try:
+                    answer = checked(await pending)
+                    result = await self._stored(answer, subject, body, headers)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    result = await self._failure(exc, subject, body, headers)
+                except WindshiftError as exc:
+                    result = exc
+                finally:
+                    if sent_token is not None:
+                        acks.forget(sent_token)
+            _end_publish_span(span, started, result)
+            results.append(result)
+        return results
+
+    async def _failure(
+        self, exc: BaseException, subject: str, body: bytes, headers: dict[str, str]
+    ) -> WindshiftError:
+        """The windshift error for a publish that NATS refused or never answered."""
+        if isinstance(exc, nats.errors.NoRespondersError):
+            return await self._no_responders(subject)
+        if isinstance(exc, TimeoutError):
+            return UnavailableError(
+                f"publish to {subject!r} was not acknowledged within {self._timeout:g}s"
+            )
+        if isinstance(exc, nats.errors.BadSubjectError):
+            return ValidationError(f"{subject!r} is not a subject NATS accepts")
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            size = len(body) + len(header_block(headers))
+            return ValidationError(
+                f"event on {subject!r} is larger than the NATS server accepts "
+                f"({size} bytes with its headers, at most {self._nc.max_payload})"
+            )
+        if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.ConnectionDrainingError):
+            return UnavailableError(f"publish to {subject!r}: connection closed")
+        if isinstance(exc, nats.errors.OutboundBufferLimitError):
+            # Disconnected, and nats-py's reconnect buffer is full.
+            return UnavailableError(
+                f"publish to {subject!r}: NATS is unreachable and the reconnect buffer "
+                "is full; retry with the same idempotency key"
+            )
+        return UnavailableError(f"publish to {subject!r}: {exc!r}")
+
+    async def _stored(
+        self, answer: Msg, subject: str, body: bytes, headers: dict[str, str]
+    ) -> PublishedEvent:
+        """What JetStream's answer to a publish says (raises what it refused)."""
         stored = _PLAIN_ACK.fullmatch(answer.data)
         if stored is not None:  # the usual answer, read without the JSON parser
             return PublishedEvent(id=int(stored[2]), stream=stored[1].decode())
@@ -256,4 +381,27 @@ class Publisher:
         )
 
 
-__all__ = ["PublishedEvent", "Publisher"]
+class _Releaser:
+    """A done-callback that frees a pipeline slot (one object for all the callbacks)."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+
+    def __call__(self, done: asyncio.Future[Msg]) -> None:
+        self._slots.release()
+
+
+def _end_publish_span(span: Span, started: float, result: PublishedEvent | WindshiftError) -> None:
+    """Record a publish's outcome on its span and in the metrics, and end the span."""
+    if isinstance(result, WindshiftError):
+        span.set_status(Status(StatusCode.ERROR, str(result)))
+        span.end()
+        return
+    metrics.published(result.stream, time.perf_counter() - started, duplicate=result.duplicate)
+    span.set_attribute("messaging.message.id", str(result.id))
+    span.end()
+
+
+__all__ = ["OutgoingEvent", "PublishedEvent", "Publisher"]

@@ -31,6 +31,7 @@ EXPORTED = [
     "EventSettledError",
     "KeyNotFoundError",
     "NotFoundError",
+    "OutgoingEvent",
     "PublishedEvent",
     "Retry",
     "StateChange",

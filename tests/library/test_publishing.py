@@ -11,7 +11,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
-from windshift import EmbeddedNats
+from windshift import EmbeddedNats, OutgoingEvent, PublishedEvent
 from windshift.errors import ConflictError, NotFoundError, ValidationError
 
 
@@ -168,3 +168,44 @@ async def test_connect_to_nothing_is_unavailable() -> None:
 
     with pytest.raises(UnavailableError, match="cannot connect"):
         await windshift.connect(f"nats://127.0.0.1:{free_port()}")
+
+
+async def test_publish_many_sends_a_batch_and_answers_per_event_in_order(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    first = await client.publish(f"{name}.a", StringValue(value="first"))
+    events = [
+        OutgoingEvent(f"{name}.b", StringValue(value=str(n)), idempotency_key=f"k{n}")
+        for n in range(600)  # more than the pipeline's 256 slots
+    ]
+    events.append(OutgoingEvent(f"{name}.b", StringValue(value="again"), idempotency_key="k0"))
+    events.append(OutgoingEvent(f"{name}.a", StringValue(value="late"), expected_last_id=0))
+    events.append(OutgoingEvent(f"{name}.a", StringValue(value="ok"), expected_last_id=first.id))
+    events.append(OutgoingEvent(f"{name}x.nowhere", StringValue(value="lost")))
+    results = await client.publish_many(events)
+    assert len(results) == len(events)
+    stored = [r for r in results[:600] if isinstance(r, PublishedEvent)]
+    assert [r.id for r in stored] == list(range(first.id + 1, first.id + 601))  # in order
+    again, late, ok, lost = results[600:]
+    assert isinstance(again, PublishedEvent) and again.duplicate and again.id == stored[0].id
+    assert isinstance(late, ConflictError)  # its own error; the others went through
+    assert isinstance(ok, PublishedEvent)
+    assert isinstance(lost, NotFoundError)
+    info = await client.stream_info(name)
+    assert info.events == 602
+
+
+async def test_publish_many_refuses_the_whole_batch_when_one_event_is_invalid(
+    client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    events = [
+        OutgoingEvent(f"{name}.a", StringValue(value="fine")),
+        OutgoingEvent(f"{name}.*", StringValue(value="wildcard")),
+    ]
+    with pytest.raises(ValidationError, match=r"event 1: .*wildcards are not allowed"):
+        await client.publish_many(events)
+    assert (await client.stream_info(name)).events == 0  # nothing was published
+    with pytest.raises(ValidationError, match="a list of OutgoingEvent"):
+        await client.publish_many(events[0])  # type: ignore[arg-type]
