@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,10 +42,11 @@ from windshift._jsapi import (
     STREAM_NOT_FOUND,
     ApiError,
     JetStreamApi,
+    StoredMessage,
 )
 from windshift._names import validate_name
 from windshift._options import METADATA_DEAD_LETTER_STREAM, METADATA_MAX_DELIVERY_ATTEMPTS
-from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError
+from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -59,6 +60,15 @@ M = TypeVar("M", bound="Message | BaseModel")
 
 # Dead letters are numbered by JetStream's stream sequence: 1 up to this.
 _LAST_ID = 2**64 - 1
+
+# What every dead letter carries (move() writes them): where it came from.
+# A message without them is no dead letter, and is never replayed.
+_IDENTITY = (
+    wire.HEADER_DEAD_SUBJECT,
+    wire.HEADER_DEAD_STREAM,
+    wire.HEADER_DEAD_CONSUMER,
+    wire.HEADER_DEAD_EVENT_ID,
+)
 
 _CARRIED = (
     wire.HEADER_DATA_TYPE,
@@ -236,9 +246,9 @@ class DeadLetterQueue:
     def __repr__(self) -> str:
         return f"DeadLetterQueue({self.name!r})"
 
-    async def _read(self, query: dict[str, Any], what: str) -> DeadLetter | None:
+    async def _read(self, query: dict[str, Any], what: str) -> StoredMessage | None:
         try:
-            stored = await self._api.get_message(self.name, query)
+            return await self._api.get_message(self.name, query)
         except ApiError as exc:
             if exc.err_code == NO_MESSAGE_FOUND:
                 return None
@@ -247,14 +257,36 @@ class DeadLetterQueue:
                     f"dead-letter stream {self.name!r} does not exist", stream=self.name
                 ) from None
             raise exc.to_windshift(f"read {what} of {self.name!r}", stream=self.name) from None
+
+    def _letter(self, stored: StoredMessage) -> DeadLetter | str:
+        """The dead letter ``stored`` is, or why it is none."""
         headers = stored.headers
+        missing = [name for name in _IDENTITY if not headers.get(name)]
+        if missing:
+            return f"it carries no {missing[0]} header"
+        # move() stores each letter on <queue>.<stream>.<consumer>.<event id>.
+        expected = ".".join(
+            (
+                self.name,
+                headers[wire.HEADER_DEAD_STREAM],
+                headers[wire.HEADER_DEAD_CONSUMER],
+                headers[wire.HEADER_DEAD_EVENT_ID],
+            )
+        )
+        if stored.subject != expected:
+            return f"it is stored on {stored.subject!r}, not {expected!r}"
+        try:
+            event_id = int(headers[wire.HEADER_DEAD_EVENT_ID])
+            attempts = int(headers.get(wire.HEADER_DEAD_ATTEMPTS) or 0)
+        except ValueError:
+            return "its event id or attempts header is not a number"
         return DeadLetter(
             id=stored.sequence,
-            subject=headers.get(wire.HEADER_DEAD_SUBJECT, stored.subject),
-            stream=headers.get(wire.HEADER_DEAD_STREAM, ""),
-            consumer=headers.get(wire.HEADER_DEAD_CONSUMER, ""),
-            event_id=int(headers.get(wire.HEADER_DEAD_EVENT_ID, 0)),
-            attempts=int(headers.get(wire.HEADER_DEAD_ATTEMPTS, 0)),
+            subject=headers[wire.HEADER_DEAD_SUBJECT],
+            stream=headers[wire.HEADER_DEAD_STREAM],
+            consumer=headers[wire.HEADER_DEAD_CONSUMER],
+            event_id=event_id,
+            attempts=attempts,
             reason=headers.get(wire.HEADER_DEAD_REASON, ""),
             dead_since=wire.parse_time(headers.get(wire.HEADER_DEAD_TIME) or stored.time),
             data=payloads.as_any(
@@ -267,18 +299,31 @@ class DeadLetterQueue:
     async def get(self, dead_letter_id: int) -> DeadLetter:
         """One dead letter.
 
+        Only a message that a consumer's dead-letter policy moved here is a
+        dead letter: one stored on ``<this stream>.<stream>.<consumer>.<event id>``
+        with the ``WS-Dead-*`` headers saying the same (any other message,
+        say in a stream that mirrors another, is refused).
+
         Raises:
             NotFoundError: no such dead letter (or stream).
+            ValidationError: the message with this id is not a dead letter.
         """
-        letter = None
+        stored = None
         if 1 <= dead_letter_id <= _LAST_ID:  # JetStream calls any other id a bad request
-            letter = await self._read({"seq": dead_letter_id}, f"dead letter {dead_letter_id}")
-        if letter is None:
+            stored = await self._read({"seq": dead_letter_id}, f"dead letter {dead_letter_id}")
+        if stored is None:
             raise NotFoundError(f"dead letter {dead_letter_id} is not in {self.name!r}")
+        letter = self._letter(stored)
+        if isinstance(letter, str):
+            raise ValidationError(
+                f"message {dead_letter_id} of {self.name!r} is not a dead letter: {letter}"
+            )
         return letter
 
     async def list(self, *, after_id: int = 0, limit: int = 100) -> list[DeadLetter]:
         """Dead letters in order, those with an id above ``after_id``, at most ``limit``.
+
+        Messages of the stream that are no dead letters (see :meth:`get`) are left out.
 
         Raises:
             NotFoundError: the dead-letter stream does not exist.
@@ -286,27 +331,42 @@ class DeadLetterQueue:
         letters: list[DeadLetter] = []
         next_id = after_id + 1
         while len(letters) < limit and next_id <= _LAST_ID:
-            letter = await self._read(
+            stored = await self._read(
                 {"seq": next_id, "next_by_subj": f"{self.name}.>"}, "dead letters"
             )
-            if letter is None:
+            if stored is None:
                 break
-            letters.append(letter)
-            next_id = letter.id + 1
+            letter = self._letter(stored)
+            if isinstance(letter, DeadLetter):  # a message that is none is left out
+                letters.append(letter)
+            next_id = stored.sequence + 1
         return letters
 
-    async def replay(self, dead_letter_id: int) -> PublishedEvent:
+    async def replay(
+        self, dead_letter_id: int, *, check: Callable[[DeadLetter], None] | None = None
+    ) -> PublishedEvent:
         """Publish a dead letter again to its original subject, then remove it.
 
         The new event keeps the data type and trace context. Retrying a
         replay that failed half-way does not publish twice (within the
-        original stream's deduplication window).
+        original stream's deduplication window). Only dead letters are
+        replayed (see :meth:`get`).
+
+        Args:
+            dead_letter_id: the letter's id.
+            check: called with the letter after it is read and before it is
+                published; what it raises ends the replay, with nothing
+                published or removed. (The gRPC server checks there that the
+                caller may publish on the letter's subject.)
 
         Raises:
             NotFoundError: no such dead letter, or no stream collects the
                 original subject any more.
+            ValidationError: the message with this id is not a dead letter.
         """
         letter = await self.get(dead_letter_id)
+        if check is not None:
+            check(letter)
         headers = {
             name: letter.headers[name]
             for name in (

@@ -12,14 +12,28 @@ before JetStream acknowledges it (``sync_interval: always``). NATS' own
 default flushes only every two minutes, which can lose acknowledged events
 when the machine crashes. Pass ``sync_always=False`` to trade that safety for
 speed (benchmarks of the raw engine, throwaway test data).
+
+By default any program on the machine may connect (tests, a first try). With
+``authenticate=True`` (as ``windshift-grpc serve`` starts it) only clients with
+the user and password made for this server may: they are random, made once
+per :class:`EmbeddedNats` (kept across :meth:`~EmbeddedNats.restart`), and
+written, readable only by their owner, into the configuration file and into
+``nats-auth.json`` in the store directory::
+
+    >>> nats_server = EmbeddedNats(store_dir="data", authenticate=True)
+    >>> await nats_server.start()
+    >>> client = await windshift.connect(nats_server.url, **nats_server.connect_options())
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -79,6 +93,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _private(path: Path, flags: int) -> io.BufferedWriter:
+    """``path`` opened for writing (binary) with mode 0600, also when it existed with another."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(descriptor, 0o600)
+        return os.fdopen(descriptor, "wb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable and writable only by its owner."""
+    with _private(path, os.O_TRUNC) as file:
+        file.write(text.encode())
+
+
 class EmbeddedNats:
     """A nats-server child process with JetStream enabled.
 
@@ -94,7 +126,13 @@ class EmbeddedNats:
         cluster_name: name of the cluster.
         routes: ``nats-route://host:port`` URLs of the other cluster members.
         extra_config: text appended to the generated configuration file.
+        authenticate: accept only clients with :attr:`user` and
+            :attr:`password`, random ones made now (see the module docstring).
+            Off by default: tests and examples connect with :attr:`url` alone.
     """
+
+    #: The file in the store directory with the user and password (mode 0600).
+    AUTH_FILE = "nats-auth.json"
 
     def __init__(
         self,
@@ -108,6 +146,7 @@ class EmbeddedNats:
         cluster_name: str = "windshift",
         routes: list[str] | None = None,
         extra_config: str = "",
+        authenticate: bool = False,
     ) -> None:
         self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
         if store_dir is None:
@@ -122,12 +161,22 @@ class EmbeddedNats:
         self.cluster_name = cluster_name
         self.routes = list(routes or [])
         self.extra_config = extra_config
+        #: The user clients must connect as; None when anyone may connect.
+        self.user: str | None = "windshift" if authenticate else None
+        #: Its password; None when anyone may connect.
+        self.password: str | None = secrets.token_urlsafe(32) if authenticate else None
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         """The ``nats://`` URL clients connect to."""
         return f"nats://{self.host}:{self.port}"
+
+    def connect_options(self) -> dict[str, str]:
+        """The keywords of :func:`windshift.connect` (or ``nats.connect``) this server needs."""
+        if self.user is None or self.password is None:
+            return {}
+        return {"user": self.user, "password": self.password}
 
     @property
     def running(self) -> bool:
@@ -155,6 +204,13 @@ class EmbeddedNats:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.user is not None and self.password is not None:
+            lines += [
+                "authorization {",
+                f'  user: "{self.user}"',
+                f'  password: "{self.password}"',
+                "}",
+            ]
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
@@ -168,11 +224,17 @@ class EmbeddedNats:
         if self.running:
             return
         binary = find_nats_server()
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        # Only its owner may read what it creates: the data, the password, the log.
+        self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self.store_dir / "nats-server.conf"
-        config.write_text(self._config())
+        _write_private(config, self._config())
+        if self.user is not None:
+            _write_private(
+                self.store_dir / self.AUTH_FILE,
+                json.dumps({"user": self.user, "password": self.password}) + "\n",
+            )
         log = self.store_dir / "nats-server.log"
-        with open(log, "ab") as log_file:
+        with _private(log, os.O_APPEND) as log_file:
             self._process = await asyncio.create_subprocess_exec(
                 *_die_with_parent(),
                 binary,

@@ -2,31 +2,38 @@
 
 Example:
     >>> tokens = Tokens.load(Path("tokens.json"))
-    >>> grant = tokens.find(digest(bearer([("authorization", "Bearer 3q2-...")])))
+    >>> grant = tokens.get(tokens.credential_of("3q2-..."))
     >>> grant.require(Permission.PUBLISH, "orders.created")
 
 The file (``WINDSHIFT_AUTH_FILE``) is JSON, or TOML when its name ends in
-``.toml``; it lists tokens, each with a name (for logs and messages) and
-its permissions, lists of NATS-style patterns (``*`` one token, ``>`` one
-or more at the end)::
+``.toml``; it lists tokens, each with a name (for logs and messages), its
+permissions, lists of NATS-style patterns (``*`` one token, ``>`` one or more
+at the end), and optional quotas::
 
     {"tokens": [{
         "name": "orders-service",
-        "token": "sha256:9b1f...",
+        "token": "scrypt:n=32768,r=8,p=1:4f1c...:9b1f...",
         "publish": ["orders.>"],
         "consume": ["orders"],
         "manage": ["orders"],
         "read_state": ["carts"],
-        "write_state": ["carts"]
+        "write_state": ["carts"],
+        "max_streams": 5,
+        "max_consumers": 20
     }]}
 
-``token`` is the token itself (16 characters or more) or, better,
-``sha256:`` and the hex SHA-256 of it, so that the file does not give the
-tokens away. Presented tokens are hashed and compared with every entry in
-constant time (:func:`hmac.compare_digest`); no token ever appears in a log
-line or an error message, only its name.
+``token`` is, best, the salted scrypt hash ``windshift-grpc token`` prints
+(:func:`hashed`), so that the file gives no token away; or the token itself
+(:data:`MIN_TOKEN_LENGTH` characters or more, :data:`MIN_DISTINCT_CHARACTERS`
+different ones), in a file no one else may read; or, deprecated, ``sha256:``
+and the hex SHA-256 of it (read with a warning). No token ever appears in a
+log line or an error message, only its entry's name.
 
-See docs/security.md for which call needs which permission.
+Stream permissions never reach the streams behind state and object stores
+(``KV_*``, ``OBJ_*``), and no permission reaches NATS' own subjects
+(``$JS.…``, ``$KV.…``, ``_INBOX.…``): see :func:`internal_stream` and
+:func:`internal_subject`. See docs/security.md for which call needs which
+permission.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ import enum
 import hashlib
 import hmac
 import json
+import logging
+import os
 import re
+import secrets
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,11 +55,33 @@ from typing import Any
 
 from windshift_grpc.settings import SettingsError
 
-#: Shortest plain token the file accepts (hashed entries: any token).
+logger = logging.getLogger("windshift_grpc.auth")
+
+#: Shortest token accepted (in the file as itself, or by ``windshift-grpc token --hash``).
 MIN_TOKEN_LENGTH = 16
-_HASH_PREFIX = "sha256:"
+#: Fewest different characters a token must have ("aaaa…", "abab…" are refused).
+MIN_DISTINCT_CHARACTERS = 10
+#: scrypt cost of the hashes :func:`hashed` makes: about 0.1 s and 32 MiB, once
+#: per distinct token per server process (the result is cached).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+_SCRYPT_PREFIX = "scrypt:"
+_SCRYPT = re.compile(r"scrypt:n=(\d+),r=(\d+),p=(\d+):([0-9a-f]{32,128}):([0-9a-f]{64})")
+# What a hash in the file may cost to check: more would let a bad file (or a
+# copied parameter) stall the server on every new token.
+_SCRYPT_MAX_N, _SCRYPT_MAX_R, _SCRYPT_MAX_P = 2**20, 16, 4
+_SCRYPT_MAX_MEMORY = 256 * 2**20
+_SHA256_PREFIX = "sha256:"
 _HEX = re.compile(r"[0-9a-f]{64}")
 _SETTING = "WINDSHIFT_AUTH_FILE"
+
+#: Stream name prefixes of JetStream's key-value buckets (windshift's state
+#: stores: ``KV_<store>``) and object stores (``OBJ_<bucket>``).
+INTERNAL_STREAM_PREFIXES = ("KV_", "OBJ_")
+# First tokens of subjects NATS keeps for itself: the JetStream API and its
+# stores ($JS, $KV, $O, $SYS, ...), request replies (_INBOX), and the reply
+# subjects of service imports (_R_) and gateways (_GR_).
+_INTERNAL_FIRST_TOKENS = ("_R_", "_GR_")
+_INBOX_PREFIX = "_INBOX"
 
 
 class AccessError(Exception):
@@ -63,10 +96,14 @@ class PermissionDeniedError(AccessError):
     """The token does not grant what the call needs (gRPC PERMISSION_DENIED)."""
 
 
+class QuotaExceededError(AccessError):
+    """More streams or consumers than the token may have (gRPC RESOURCE_EXHAUSTED)."""
+
+
 class Permission(enum.Enum):
     """What a token may do, each scoped by patterns of one kind of name."""
 
-    #: publish events on subjects (PublishEvent).
+    #: publish events on subjects (PublishEvent), and collect them in a stream.
     PUBLISH = "publish"
     #: subscribe to the consumers of streams and settle their events (Events).
     CONSUME = "consume"
@@ -97,6 +134,37 @@ _VERBS = {
     Permission.READ_STATE: "read state store",
     Permission.WRITE_STATE: "write state store",
 }
+_QUOTAS = ("max_streams", "max_consumers")
+
+
+def internal_stream(name: str) -> bool:
+    """Whether ``name`` is a stream JetStream keeps for a store (``KV_*``, ``OBJ_*``).
+
+    Stream permissions (consume, manage) never match one, whatever the
+    pattern: a state store is reached only through ``read_state`` and
+    ``write_state``.
+    """
+    return name.startswith(INTERNAL_STREAM_PREFIXES)
+
+
+def internal_subject(subject: str) -> bool:
+    """Whether ``subject`` (or a filter) may reach a subject NATS keeps for itself.
+
+    Those start with ``$`` (``$JS.API.…``, ``$KV.<store>.…``, ``$O.…``,
+    ``$SYS.…``), ``_INBOX`` (request replies: JetStream's answers, a state
+    store's values) or ``_R_`` / ``_GR_``. A filter whose first token is a
+    wildcard (``>``, ``*.created``) reaches them too.
+
+    Example:
+        >>> internal_subject("_INBOX.>"), internal_subject("*.created"), internal_subject("a.>")
+        (True, True, False)
+    """
+    first = subject.split(".", 1)[0]
+    return (
+        first in ("*", ">")
+        or first.startswith(("$", _INBOX_PREFIX))
+        or first in _INTERNAL_FIRST_TOKENS
+    )
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -116,34 +184,163 @@ def matches(pattern: str, name: str) -> bool:
     return len(given) == len(wanted)
 
 
+def covers(pattern: str, subject_filter: str) -> bool:
+    """Whether every subject ``subject_filter`` matches also matches ``pattern``.
+
+    For a filter without wildcards this is :func:`matches`. A ``*`` of the
+    filter is covered only by ``*`` or ``>`` in the pattern, and its ``>``
+    only by ``>`` (a ``*`` stands for one token, and ``>`` for one or more).
+
+    Example:
+        >>> covers("orders.>", "orders.*.eu"), covers("orders.*", "orders.>")
+        (True, False)
+    """
+    wanted = pattern.split(".")
+    given = subject_filter.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > index
+        if index >= len(given):
+            return False
+        if given[index] == ">":  # one or more tokens: only a '>' holds them all
+            return False
+        if token != "*" and (given[index] == "*" or token != given[index]):
+            return False
+    return len(given) == len(wanted)
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """One entry of the tokens file: a token (as its digest), a name and permissions."""
+    """One entry of the tokens file: a name, permissions, quotas, and how its token is stored.
+
+    Attributes:
+        name: the entry's name, for logs and messages.
+        credential: the token as the file stores it (its hash), which
+            identifies the entry across reloads; never logged.
+        permissions: the patterns of each permission.
+        max_streams: how many streams the token's ``manage`` patterns may
+            match; None: no limit.
+        max_consumers: how many consumers those streams may have; None: no limit.
+    """
 
     name: str
-    digest: bytes = field(repr=False)
+    credential: str = field(repr=False)
     permissions: Mapping[Permission, tuple[str, ...]]
+    max_streams: int | None = None
+    max_consumers: int | None = None
 
     def allows(self, permission: Permission, name: str) -> bool:
-        """Whether this token may do ``permission`` on the subject, stream or store ``name``."""
-        return any(matches(pattern, name) for pattern in self.permissions.get(permission, ()))
+        """Whether this token may do ``permission`` on the subject, stream or store ``name``.
+
+        For ``publish``, ``name`` may be a filter (``orders.*``): allowed when
+        one pattern :func:`covers` all of it. Stream permissions never reach
+        :func:`internal_stream` names, nor publish :func:`internal_subject` ones.
+        """
+        scope = permission.scope
+        if scope == "stream" and internal_stream(name):
+            return False
+        patterns = self.permissions.get(permission, ())
+        if scope == "subject":
+            return not internal_subject(name) and any(covers(p, name) for p in patterns)
+        return any(matches(pattern, name) for pattern in patterns)
 
     def require(self, permission: Permission, name: str) -> None:
         """Raise :class:`PermissionDeniedError` unless :meth:`allows`."""
-        if not self.allows(permission, name):
-            raise PermissionDeniedError(
-                f"token {self.name!r} may not {_VERBS[permission]} {name!r}"
+        if self.allows(permission, name):
+            return
+        denied = f"token {self.name!r} may not {_VERBS[permission]} {name!r}"
+        if permission.scope == "stream" and internal_stream(name):
+            denied += (
+                " (it holds a state or object store: only read_state and write_state reach it)"
             )
+        elif permission.scope == "subject" and internal_subject(name):
+            denied += " (it may reach subjects NATS keeps for itself: $JS, $KV, _INBOX, ...)"
+        elif permission.scope == "subject" and ("*" in name.split(".") or name.endswith(">")):
+            denied = (
+                f"token {self.name!r} may not publish on every subject of {name!r} (a stream "
+                "collecting them needs a publish pattern that covers them all)"
+            )
+        raise PermissionDeniedError(denied)
+
+
+def weakness(token: str) -> str | None:
+    """Why ``token`` is too weak to accept, or None.
+
+    A token needs :data:`MIN_TOKEN_LENGTH` characters, of which at least
+    :data:`MIN_DISTINCT_CHARACTERS` different ones, and no surrounding spaces.
+    (``windshift-grpc token`` makes 43 random characters of 64 possible.)
+    """
+    if token != token.strip():
+        return "it has surrounding spaces"
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"it needs {MIN_TOKEN_LENGTH} characters or more"
+    if len(set(token)) < MIN_DISTINCT_CHARACTERS:
+        return f"it needs {MIN_DISTINCT_CHARACTERS} different characters or more"
+    return None
 
 
 def digest(token: str) -> bytes:
-    """The SHA-256 of a token, as compared (and as ``sha256:<hex>`` in the file)."""
+    """The SHA-256 of a token (the deprecated ``sha256:<hex>`` form of the file)."""
     return hashlib.sha256(token.encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class _ScryptHash:
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+    def text(self) -> str:
+        return (
+            f"{_SCRYPT_PREFIX}n={self.n},r={self.r},p={self.p}:{self.salt.hex()}:{self.key.hex()}"
+        )
+
+    def derive(self, token: str) -> bytes:
+        return hashlib.scrypt(
+            token.encode(),
+            salt=self.salt,
+            n=self.n,
+            r=self.r,
+            p=self.p,
+            maxmem=2 * _SCRYPT_MAX_MEMORY,
+            dklen=len(self.key),
+        )
+
+    def verify(self, token: str) -> bool:
+        return hmac.compare_digest(self.derive(token), self.key)
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> _ScryptHash:
+        found = _SCRYPT.fullmatch(text.lower())
+        if found is None:
+            raise ValueError(
+                f"{where}: a hashed token is 'scrypt:n=<N>,r=<r>,p=<p>:<hex salt>:<64 hex digits>' "
+                "(make one with `windshift-grpc token`)"
+            )
+        n, r, p = (int(found.group(index)) for index in (1, 2, 3))
+        if (
+            n < 2**10
+            or n > _SCRYPT_MAX_N
+            or n & (n - 1)
+            or not 1 <= r <= _SCRYPT_MAX_R
+            or not 1 <= p <= _SCRYPT_MAX_P
+            or 128 * n * r > _SCRYPT_MAX_MEMORY
+        ):
+            raise ValueError(
+                f"{where}: scrypt parameters n={n}, r={r}, p={p} are out of range (n a power "
+                f"of two from 1024 to {_SCRYPT_MAX_N}, r 1 to {_SCRYPT_MAX_R}, p 1 to "
+                f"{_SCRYPT_MAX_P}, at most {_SCRYPT_MAX_MEMORY // 2**20} MiB)"
+            )
+        return cls(n, r, p, bytes.fromhex(found.group(4)), bytes.fromhex(found.group(5)))
+
+
 def hashed(token: str) -> str:
-    """The ``sha256:<hex>`` form of a token for the tokens file."""
-    return _HASH_PREFIX + digest(token).hex()
+    """The salted scrypt hash of a token for the tokens file (``scrypt:n=…:<salt>:<hash>``)."""
+    salt = secrets.token_bytes(16)
+    empty = _ScryptHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, bytes(32))
+    return _ScryptHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, empty.derive(token)).text()
 
 
 def bearer(metadata: Iterable[tuple[str, Any]] | None) -> str:
@@ -169,7 +366,7 @@ def bearer(metadata: Iterable[tuple[str, Any]] | None) -> str:
 
 
 class Tokens:
-    """The tokens of a tokens file, looked up by digest in constant time.
+    """The tokens of a tokens file.
 
     Args:
         grants: the entries; two with the same token are refused by :meth:`load`.
@@ -177,21 +374,56 @@ class Tokens:
 
     def __init__(self, grants: Sequence[Grant]) -> None:
         self.grants = tuple(grants)
+        self._by_credential = {grant.credential: grant for grant in self.grants}
+        # The entries checked with one SHA-256 (plain and "sha256:" ones), and
+        # those each needing a scrypt of the presented token.
+        self._digests = [
+            (bytes.fromhex(grant.credential[len(_SHA256_PREFIX) :]), grant.credential)
+            for grant in self.grants
+            if grant.credential.startswith(_SHA256_PREFIX)
+        ]
+        self._scrypts = [
+            (_ScryptHash.parse(grant.credential, grant.name), grant.credential)
+            for grant in self.grants
+            if grant.credential.startswith(_SCRYPT_PREFIX)
+        ]
 
     def __len__(self) -> int:
         return len(self.grants)
 
-    def find(self, token_digest: bytes) -> Grant | None:
-        """The entry of this digest, comparing with every entry (no early exit)."""
-        found: Grant | None = None
-        for grant in self.grants:
-            if hmac.compare_digest(grant.digest, token_digest):
-                found = grant
+    @property
+    def slow(self) -> bool:
+        """Whether checking a new token costs a scrypt (some entry is hashed with it)."""
+        return bool(self._scrypts)
+
+    def get(self, credential: str) -> Grant | None:
+        """The entry whose token is stored as ``credential`` (None: not in this file)."""
+        return self._by_credential.get(credential)
+
+    def credential_of(self, token: str) -> str | None:
+        """The credential of the entry holding ``token``, or None.
+
+        Compares with every entry in constant time (no early exit); with
+        scrypt entries this costs one scrypt each, so callers cache the
+        answer (:class:`~windshift_grpc.permissions.Access` does).
+        """
+        found: str | None = None
+        token_digest = digest(token)
+        for entry_digest, credential in self._digests:
+            if hmac.compare_digest(entry_digest, token_digest) and found is None:
+                found = credential
+        for scrypt_hash, credential in self._scrypts:
+            if scrypt_hash.verify(token) and found is None:
+                found = credential
         return found
 
     @classmethod
     def load(cls, path: Path) -> Tokens:
         """Read a tokens file (JSON, or TOML for ``*.toml``).
+
+        A file that others may read gets a warning, or, when it holds
+        tokens as themselves, is refused; one others may write is refused.
+        ``sha256:`` entries get a deprecation warning.
 
         Raises:
             SettingsError: (naming ``WINDSHIFT_AUTH_FILE``) the file cannot be
@@ -199,6 +431,7 @@ class Tokens:
         """
         try:
             raw = path.read_bytes()
+            mode = path.stat().st_mode
         except OSError as exc:
             raise SettingsError(_SETTING, f"cannot read {str(path)!r}: {exc.strerror}") from None
         try:
@@ -210,15 +443,51 @@ class Tokens:
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
             raise SettingsError(_SETTING, f"{str(path)!r} is not valid {kind}: {exc}") from None
         try:
-            return cls(_grants(document))
+            grants, plain, legacy = _grants(document)
         except ValueError as exc:
             raise SettingsError(_SETTING, f"{str(path)!r}: {exc}") from None
+        _check_mode(path, mode, plain)
+        for name in legacy:
+            logger.warning(
+                "token %r in %s is stored as an unsalted sha256: digest, which is deprecated: "
+                "hash it again with `windshift-grpc token --hash` (salted scrypt)",
+                name,
+                path,
+            )
+        return cls(grants)
 
 
-_KEYS = {"name", "token"} | {permission.value for permission in Permission}
+def _check_mode(path: Path, mode: int, plain: list[str]) -> None:
+    """Refuse or warn about a tokens file other users may read or write."""
+    if os.name != "posix":
+        return  # POSIX permission bits only
+    others = stat.S_IMODE(mode) & 0o077
+    if not others:
+        return
+    shown = f"{str(path)!r} (mode {stat.S_IMODE(mode):04o})"
+    if plain:
+        raise SettingsError(
+            _SETTING,
+            f"{shown} holds tokens as themselves (token {plain[0]!r}) and other users may "
+            "access it: chmod 600 it, or store the tokens hashed (windshift-grpc token)",
+        )
+    if others & 0o022:
+        raise SettingsError(
+            _SETTING,
+            f"{shown} may be written by other users, who could give themselves any "
+            "permission: chmod 600 it (or 644)",
+        )
+    logger.warning(
+        "the tokens file %s may be read by other users: chmod 600 it (its tokens are hashed)",
+        shown,
+    )
 
 
-def _grants(document: Any) -> list[Grant]:
+_KEYS = {"name", "token", *_QUOTAS} | {permission.value for permission in Permission}
+
+
+def _grants(document: Any) -> tuple[list[Grant], list[str], list[str]]:
+    """The entries; the names of those holding a plain token, and of those in sha256: form."""
     if not isinstance(document, dict) or set(document) != {"tokens"}:
         raise ValueError('expected one key, "tokens", holding a list of tokens')
     entries = document["tokens"]
@@ -226,7 +495,9 @@ def _grants(document: Any) -> list[Grant]:
         raise ValueError('"tokens" must be a list of at least one token')
     grants: list[Grant] = []
     names: set[str] = set()
-    digests: set[bytes] = set()
+    credentials: set[str] = set()
+    plain: list[str] = []
+    legacy: list[str] = []
     for index, entry in enumerate(entries):
         where = f"tokens[{index}]"
         if not isinstance(entry, dict):
@@ -242,34 +513,56 @@ def _grants(document: Any) -> list[Grant]:
             raise ValueError(
                 f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})"
             )
-        token_digest = _token_digest(entry.get("token"), where)
-        if token_digest in digests:
+        token = entry.get("token")
+        credential = _credential(token, where)
+        if credential in credentials:
             raise ValueError(f"{where} has the same token as another entry")
+        if isinstance(token, str) and token.startswith(_SHA256_PREFIX):
+            legacy.append(name)
+        elif not credential.startswith(_SCRYPT_PREFIX):
+            plain.append(name)
         permissions = {
             permission: _patterns(entry.get(permission.value, []), permission, where)
             for permission in Permission
         }
+        quotas = {key: _quota(entry.get(key), f"{where}: {key}") for key in _QUOTAS}
         names.add(name)
-        digests.add(token_digest)
-        grants.append(Grant(name=name, digest=token_digest, permissions=permissions))
-    return grants
+        credentials.add(credential)
+        grants.append(Grant(name=name, credential=credential, permissions=permissions, **quotas))
+    return grants, plain, legacy
 
 
-def _token_digest(token: Any, where: str) -> bytes:
-    # Messages name the entry, never the token's value.
+def _credential(token: Any, where: str) -> str:
+    """How the entry's token is compared: ``sha256:<hex>`` or its scrypt hash.
+
+    Messages name the entry, never the token's value.
+    """
     if not isinstance(token, str) or not token:
-        raise ValueError(f'{where} needs a "token" (the token, or "sha256:<hex>")')
-    if token.startswith(_HASH_PREFIX):
-        hex_digest = token[len(_HASH_PREFIX) :].lower()
-        if not _HEX.fullmatch(hex_digest):
-            raise ValueError(f"{where}: a hashed token is 'sha256:' and 64 hex digits")
-        return bytes.fromhex(hex_digest)
-    if len(token) < MIN_TOKEN_LENGTH or token != token.strip():
         raise ValueError(
-            f"{where}: a token needs {MIN_TOKEN_LENGTH} characters or more and no "
-            "surrounding spaces (make one with `windshift-grpc token`)"
+            f'{where} needs a "token" (its scrypt hash from `windshift-grpc token`, '
+            "or the token itself)"
         )
-    return digest(token)
+    if token.startswith(_SCRYPT_PREFIX):
+        return _ScryptHash.parse(token, where).text()
+    if token.startswith(_SHA256_PREFIX):
+        hex_digest = token[len(_SHA256_PREFIX) :].lower()
+        if not _HEX.fullmatch(hex_digest):
+            raise ValueError(f"{where}: a sha256 token is 'sha256:' and 64 hex digits")
+        return _SHA256_PREFIX + hex_digest
+    why = weakness(token)
+    if why is not None:
+        raise ValueError(
+            f"{where}: the token is too weak: {why} (make one with `windshift-grpc token`)"
+        )
+    return _SHA256_PREFIX + digest(token).hex()
+
+
+def _quota(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a whole number of 0 or more, got {value!r}")
+    return value
 
 
 _TOKEN = re.compile(r"[^.\s*>]+")
@@ -289,19 +582,41 @@ def _patterns(value: Any, permission: Permission, where: str) -> tuple[str, ...]
             last = position == len(tokens) - 1
             if not (token == "*" or (token == ">" and last) or _TOKEN.fullmatch(token)):
                 raise ValueError(f"{key}: {pattern!r} is not a valid {permission.scope} pattern")
+        # A pattern that can only name what it never reaches is a mistake.
+        if permission.scope == "stream" and internal_stream(pattern):
+            raise ValueError(
+                f"{key}: {pattern!r} names the stream of a state or object store, which "
+                "stream permissions never reach (use read_state and write_state)"
+            )
+        wild_first = tokens[0] in ("*", ">")  # reaches ordinary subjects too
+        if permission.scope == "subject" and not wild_first and internal_subject(pattern):
+            raise ValueError(
+                f"{key}: {pattern!r} names subjects NATS keeps for itself, which "
+                "no permission reaches"
+            )
     return tuple(value)
 
 
 __all__ = [
+    "INTERNAL_STREAM_PREFIXES",
+    "MIN_DISTINCT_CHARACTERS",
     "MIN_TOKEN_LENGTH",
+    "SCRYPT_N",
+    "SCRYPT_P",
+    "SCRYPT_R",
     "AccessError",
     "AuthenticationError",
     "Grant",
     "Permission",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "Tokens",
     "bearer",
+    "covers",
     "digest",
     "hashed",
+    "internal_stream",
+    "internal_subject",
     "matches",
+    "weakness",
 ]

@@ -11,8 +11,9 @@ once, in this order:
    INVALID_ARGUMENT naming the field at fault (gRPC itself would say UNKNOWN;
    see :mod:`windshift_grpc.undecodable`);
 4. **authorize**: the token must grant what the request needs
-   (:mod:`windshift_grpc.permissions`; PERMISSION_DENIED); an Events call is
-   checked on every message, so a revoked token stops it;
+   (:mod:`windshift_grpc.permissions`; PERMISSION_DENIED), within its quota
+   (RESOURCE_EXHAUSTED); an Events call is checked on every message, so a
+   revoked token stops it;
 5. **run** the servicer's method inside an OpenTelemetry ``SERVER`` span
    that continues the caller's W3C trace context, so that the library's
    publish span becomes its child;
@@ -177,7 +178,7 @@ class _Call:
         self._level = logging.DEBUG if infrastructure else logging.INFO
         self._admission = None if infrastructure else admission
         self.access = access if method.startswith(PROTECTED) else None
-        self.token: bytes | None = None
+        self.token: str | None = None  # the credential of its bearer token
         carrier = {
             str(key).lower(): value for key, value in (metadata or ()) if isinstance(value, str)
         }
@@ -195,7 +196,7 @@ class _Call:
         """Authenticate and admit the call, or refuse it (raises AbortError)."""
         if self.access is not None:
             try:
-                self.token = self.access.authenticate(self.metadata)
+                self.token = await self.access.authenticate(self.metadata)
             except Exception as exc:
                 await self.fail(context, exc, requests)
         if self._admission is not None:
@@ -204,10 +205,11 @@ class _Call:
                 await self._abort(context, REFUSAL, requests)
             self._admitted = True
 
-    def authorize(self, request: Any) -> None:
-        """Check a unary request against the token (no-op without a tokens file)."""
+    def authorized(self, request: Any) -> contextlib.AbstractAsyncContextManager[object]:
+        """Check a unary request against the token, for its duration (no-op without tokens)."""
         if self.access is not None and self.token is not None:
-            self.access.check(self.token, needs(self.method, request), self.method)
+            return self.access.authorized(self.token, self.method, request)
+        return contextlib.nullcontext()
 
     def stream_check(self) -> Callable[[Any], None] | None:
         """The per-message check of a streaming call (no-op without a tokens file).
@@ -320,14 +322,14 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 await call.open(context)
                 request = _decoded(method, request)
-                call.authorize(request)
-                with trace.use_span(
-                    call.span,
-                    end_on_exit=False,
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ):
-                    return await behavior(request, context)
+                async with call.authorized(request):
+                    with trace.use_span(
+                        call.span,
+                        end_on_exit=False,
+                        record_exception=False,
+                        set_status_on_exception=False,
+                    ):
+                        return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
                 error = exc
                 raise
@@ -350,8 +352,10 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 await call.open(context)
                 request = _decoded(method, request)
-                call.authorize(request)
-                async with contextlib.aclosing(behavior(request, context)) as responses:
+                async with (
+                    call.authorized(request),
+                    contextlib.aclosing(behavior(request, context)) as responses,
+                ):
                     async for response in responses:
                         yield response
             except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit) as exc:

@@ -31,7 +31,7 @@ from typing import Any
 
 from windshift import __version__
 from windshift_grpc import logs
-from windshift_grpc.auth import MIN_TOKEN_LENGTH, Tokens, hashed
+from windshift_grpc.auth import Tokens, hashed, weakness
 from windshift_grpc.settings import Settings, SettingsError, describe
 
 _DESCRIPTION = "The Windshift gRPC API (windshift.events.v1alpha1.EventsService) on NATS JetStream."
@@ -46,8 +46,9 @@ _SERVE_DESCRIPTION = (
 )
 _TOKEN_DESCRIPTION = (
     "Print a new random API token and, for the tokens file, its hashed form "
-    "(sha256:<hex>). With --hash: read a token from standard input and print only "
-    "its hashed form."
+    "(scrypt:n=...,r=...,p=...:<salt>:<hash>, salted: hashing the same token twice "
+    "gives two different lines, both valid). With --hash: read a token from standard "
+    "input and print only its hashed form (a weak token is refused)."
 )
 
 
@@ -92,11 +93,9 @@ def _parser() -> argparse.ArgumentParser:
 def _token(hash_stdin: bool) -> int:
     if hash_stdin:
         token = sys.stdin.read().strip()
-        if len(token) < MIN_TOKEN_LENGTH:
-            print(
-                f"windshift-grpc: a token needs {MIN_TOKEN_LENGTH} characters or more",
-                file=sys.stderr,
-            )
+        why = weakness(token)
+        if why is not None:
+            print(f"windshift-grpc: the token is too weak: {why}", file=sys.stderr)
             return 2
         print(hashed(token))
         return 0
@@ -147,11 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"windshift-grpc: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(development=settings.development)  # loading the tokens may warn
+    try:
         tokens = None if settings.auth_file is None else Tokens.load(settings.auth_file)
     except SettingsError as exc:
         print(f"windshift-grpc: {exc}", file=sys.stderr)
         return 2
-    logs.configure(development=settings.development)
     return asyncio.run(serve(settings, tokens=tokens))
 
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import windshift
-from windshift_grpc import convert
+from windshift_grpc import convert, permissions
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import events_call
@@ -120,7 +120,9 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def ReplayDeadLetter(
         self, request: pb.ReplayDeadLetterRequest, context: Any
     ) -> pb.ReplayDeadLetterResponse:
-        published = await self._client.dead_letters(request.dead_letter_stream).replay(request.id)
+        queue = self._client.dead_letters(request.dead_letter_stream)
+        # The caller must also be allowed to publish where the letter goes back to.
+        published = await queue.replay(request.id, check=permissions.check_replay)
         return pb.ReplayDeadLetterResponse(id=published.id, stream=published.stream)
 
     async def DeleteDeadLetter(

@@ -8,7 +8,9 @@ on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a 
 file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``; and, without ``NATS_URL``, an embedded nats-server keeping its data in
 ``WINDSHIFT_DATA_DIR``, on ``WINDSHIFT_EMBEDDED_NATS_PORT`` (kept across restarts; another
-port, with a WARNING saying why, only when another program listens there). With
+port, with a WARNING saying why, only when another program listens there), accepting only
+this process (a random user and password, made at each start, in files only the owner may
+read; see :class:`~windshift._embedded.EmbeddedNats`). With
 ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` the gRPC port speaks TLS only, and with
 ``GRPC_TLS_CLIENT_CA`` it requires client certificates signed by that CA. An API left
 without authentication is announced with a WARNING at start.
@@ -56,7 +58,7 @@ from windshift_grpc.auth import Tokens
 from windshift_grpc.calls import CallLayer
 from windshift_grpc.events_service import EventsService
 from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
-from windshift_grpc.permissions import Access
+from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
@@ -97,18 +99,21 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             servers = settings.nats_servers
+            options = settings.nats_options()
             if not servers:
                 nats_server = await _start_embedded(settings)
                 stack.push_async_callback(nats_server.stop, remove_data=False)
                 servers = [nats_server.url]
+                options = nats_server.connect_options()
             client = await windshift.connect(
                 servers,
                 name="windshift-grpc",
                 publish_max_pending=settings.nats_publish_async_max_pending,
-                **settings.nats_options(),
+                **options,
             )
             stack.push_async_callback(client.close)
-            await _run(settings, client, None if tokens is None else Access(tokens))
+            access = None if tokens is None else Access(tokens, inventory=Inventory(client))
+            await _run(settings, client, access)
     except (UnavailableError, OSError, RuntimeError) as exc:
         return _could_not_start(exc)
     finally:
@@ -166,7 +171,11 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
             taken,
             port,
         )
-    nats_server = EmbeddedNats(store_dir=settings.data_dir, port=port, host=EMBEDDED_NATS_HOST)
+    # Only this process may connect: the API's tokens mean nothing if anyone on
+    # the machine could reach the data in NATS directly.
+    nats_server = EmbeddedNats(
+        store_dir=settings.data_dir, port=port, host=EMBEDDED_NATS_HOST, authenticate=True
+    )
     try:
         await nats_server.start()
     except OSError as exc:  # the directory went away or turned read-only since the settings
@@ -175,9 +184,10 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
         ) from None
     logger.info(
         "NATS_URL is not set: started an embedded NATS with JetStream at %s; "
-        "its data is kept in %s",
+        "its data is kept in %s; only this process may connect (user and password in %s)",
         nats_server.url,
         nats_server.store_dir.absolute(),
+        nats_server.AUTH_FILE,
     )
     return nats_server
 

@@ -20,15 +20,17 @@ error                                 gRPC status
 ``EventSettledError``                 FAILED_PRECONDITION
 ``auth.AuthenticationError``          UNAUTHENTICATED
 ``auth.PermissionDeniedError``        PERMISSION_DENIED
+``auth.QuotaExceededError``           RESOURCE_EXHAUSTED
 ``TooManyCallsError``                 RESOURCE_EXHAUSTED
 ====================================  ====================
 
 The class is looked up along the error's MRO, so a subclass answers as its
 parent: ``StreamNotFoundError``, ``ConsumerNotFoundError``,
 ``StoreNotFoundError`` and ``KeyNotFoundError`` are NOT_FOUND. The last
-three rows are the façade's own: no valid bearer token, a token that does
-not grant what the call needs (:mod:`windshift_grpc.auth`), and an Events
-call beyond ``WINDSHIFT_MAX_EVENTS_CALLS`` (defined here).
+four rows are the façade's own: no valid bearer token, a token that does
+not grant what the call needs, a call past the token's quota of streams or
+consumers (:mod:`windshift_grpc.auth`), and an Events call beyond
+``WINDSHIFT_MAX_EVENTS_CALLS`` (defined here).
 
 Nothing a client sends may produce UNKNOWN or INTERNAL. An error the table
 does not know is answered thus:
@@ -62,7 +64,7 @@ from windshift.errors import (
     ValidationError,
     WindshiftError,
 )
-from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
+from windshift_grpc.auth import AuthenticationError, PermissionDeniedError, QuotaExceededError
 
 
 class TooManyCallsError(Exception):
@@ -84,6 +86,7 @@ STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = MappingProxyType(
         EventSettledError: grpc.StatusCode.FAILED_PRECONDITION,
         AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
         PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+        QuotaExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         TooManyCallsError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import signal
@@ -45,15 +46,20 @@ from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
 from windshift_grpc.auth import (
     AuthenticationError,
+    Grant,
     Permission,
     PermissionDeniedError,
     Tokens,
     bearer,
+    covers,
     digest,
     hashed,
+    internal_stream,
+    internal_subject,
     matches,
+    weakness,
 )
-from windshift_grpc.permissions import EVENTS_METHOD, RULES, Access
+from windshift_grpc.permissions import EVENTS_METHOD, KNOWN_TOKENS, RULES, Access
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.status import status_for
 
@@ -75,6 +81,13 @@ def new_token() -> str:
 
 def metadata(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
+
+
+def write_tokens(path: Path, document: dict[str, Any] | str) -> Path:
+    """Write a tokens file only its owner may read (as one holding plain tokens must be)."""
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    path.chmod(0o600)
+    return path
 
 
 async def run_serve(env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
@@ -107,29 +120,117 @@ def test_patterns_match_like_nats_subjects(pattern: str, name: str, expected: bo
     assert matches(pattern, name) is expected
 
 
-def test_a_tokens_file_in_json_and_in_toml(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "subject_filter", "expected"),
+    [
+        ("orders.>", "orders.created", True),
+        ("orders.>", "orders.*", True),
+        ("orders.>", "orders.>", True),
+        ("orders.>", "orders.*.eu", True),
+        ("orders.>", "orders", False),
+        ("orders.*", "orders.created", True),
+        ("orders.*", "orders.*", True),
+        ("orders.*", "orders.>", False),  # '>' also matches orders.a.b
+        ("orders.*", "orders.*.eu", False),
+        ("orders.*.>", "orders.>", False),  # '>' also matches orders.a
+        ("orders.*.>", "orders.*.*", True),
+        ("orders.created", "orders.*", False),
+        ("orders.created", "orders.created", True),
+        ("*.created", "orders.created", True),
+        ("*.created", "*.created", True),
+        ("*.created", "*.*", False),
+        (">", ">", True),
+        (">", "*", True),
+        ("*", ">", False),
+        ("*", "*", True),
+        ("a.b", "a.b.c", False),
+        ("a.b.c", "a.b", False),
+        ("payments.>", "orders.>", False),
+    ],
+)
+def test_a_pattern_covers_a_filter_when_it_matches_every_subject_the_filter_does(
+    pattern: str, subject_filter: str, expected: bool
+) -> None:
+    assert covers(pattern, subject_filter) is expected
+    if "*" not in subject_filter and ">" not in subject_filter:  # a subject: the same as matches
+        assert covers(pattern, subject_filter) is matches(pattern, subject_filter)
+
+
+def test_internal_streams_and_subjects() -> None:
+    assert internal_stream("KV_carts") and internal_stream("OBJ_files")
+    assert not internal_stream("orders") and not internal_stream("kv_carts")
+    for subject in ("$JS.API.STREAM.NAMES", "$KV.carts.k", "$SYS.>", "_INBOX.>", "_INBOX.a.b"):
+        assert internal_subject(subject), subject
+    for subject in (">", "*.created", "*.*.*", "_R_.x", "_GR_.x.y"):
+        assert internal_subject(subject), subject
+    for subject in ("orders.>", "orders.*.created", "o_INBOX.x", "INBOX.x"):
+        assert not internal_subject(subject), subject
+
+
+def test_no_pattern_reaches_the_streams_of_stores_or_the_subjects_of_nats() -> None:
+    everything = {permission: ("*", ">") for permission in Permission}
+    grant = Grant(name="root", credential="x", permissions=everything)
+    assert grant.allows(Permission.MANAGE, "orders")
+    assert grant.allows(Permission.PUBLISH, "orders.created")
+    assert grant.allows(Permission.READ_STATE, "carts")
+    for permission in (Permission.CONSUME, Permission.MANAGE):
+        assert not grant.allows(permission, "KV_carts")
+        assert not grant.allows(permission, "OBJ_files")
+        with pytest.raises(PermissionDeniedError, match="only read_state and write_state"):
+            grant.require(permission, "KV_carts")
+    for subject in ("_INBOX.abc.def", "_INBOX.>", "*.created", ">"):
+        assert not grant.allows(Permission.PUBLISH, subject), subject
+    with pytest.raises(PermissionDeniedError, match="subjects NATS keeps for itself"):
+        grant.require(Permission.PUBLISH, "_INBOX.>")
+    narrow = Grant(name="n", credential="y", permissions={Permission.PUBLISH: ("orders.*",)})
+    with pytest.raises(PermissionDeniedError, match="covers them all"):
+        narrow.require(Permission.PUBLISH, "orders.>")
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("short", "16 characters"),
+        ("a" * 40, "10 different characters"),
+        ("abababababababababab", "10 different characters"),
+        ("0123456780123456", "10 different characters"),
+        (" " + secrets.token_urlsafe(20), "surrounding spaces"),
+        (secrets.token_urlsafe(32), None),
+        (secrets.token_hex(16), None),
+        ("correct-horse-battery-staple", None),
+    ],
+)
+def test_a_weak_token_is_named_why(token: str, why: str | None) -> None:
+    found = weakness(token)
+    if why is None:
+        assert found is None
+    else:
+        assert found is not None and why in found
+
+
+async def test_a_tokens_file_in_json_and_in_toml(tmp_path: Path) -> None:
     plain, other = new_token(), new_token()
-    as_json = tmp_path / "tokens.json"
-    as_json.write_text(
-        json.dumps(
-            {
-                "tokens": [
-                    {
-                        "name": "orders-service",
-                        "token": hashed(plain),
-                        "publish": ["orders.>"],
-                        "consume": ["orders"],
-                        "manage": ["orders"],
-                        "read_state": ["carts"],
-                        "write_state": ["carts"],
-                    },
-                    {"name": "nobody", "token": other},
-                ]
-            }
-        )
+    as_json = write_tokens(
+        tmp_path / "tokens.json",
+        {
+            "tokens": [
+                {
+                    "name": "orders-service",
+                    "token": hashed(plain),
+                    "publish": ["orders.>"],
+                    "consume": ["orders"],
+                    "manage": ["orders"],
+                    "read_state": ["carts"],
+                    "write_state": ["carts"],
+                    "max_streams": 3,
+                    "max_consumers": 0,
+                },
+                {"name": "nobody", "token": other},
+            ]
+        },
     )
-    as_toml = tmp_path / "tokens.toml"
-    as_toml.write_text(
+    as_toml = write_tokens(
+        tmp_path / "tokens.toml",
         f"""
 [[tokens]]
 name = "orders-service"
@@ -139,18 +240,21 @@ consume = ["orders"]
 manage = ["orders"]
 read_state = ["carts"]
 write_state = ["carts"]
+max_streams = 3
+max_consumers = 0
 
 [[tokens]]
 name = "nobody"
 token = "{other}"
-"""
+""",
     )
     for path in (as_json, as_toml):
         tokens = Tokens.load(path)
         assert len(tokens) == 2
         access = Access(tokens)
-        grant = access.grant(access.authenticate(metadata(plain)))
+        grant = access.grant(await access.authenticate(metadata(plain)))
         assert grant.name == "orders-service"
+        assert (grant.max_streams, grant.max_consumers) == (3, 0)
         assert grant.allows(Permission.PUBLISH, "orders.created")
         assert not grant.allows(Permission.PUBLISH, "payments.created")
         assert grant.allows(Permission.CONSUME, "orders")
@@ -160,23 +264,119 @@ token = "{other}"
         assert not grant.allows(Permission.WRITE_STATE, "orders")
         with pytest.raises(PermissionDeniedError, match="'orders-service' may not consume"):
             grant.require(Permission.CONSUME, "payments")
-        nobody = access.grant(access.authenticate(metadata(other)))
+        nobody = access.grant(await access.authenticate(metadata(other)))
         assert nobody.name == "nobody"
+        assert (nobody.max_streams, nobody.max_consumers) == (None, None)
         assert not any(nobody.allows(permission, "orders") for permission in Permission)
-        # The digest is what is kept; the repr shows no secret.
-        assert plain not in repr(grant) and grant.digest.hex() not in repr(grant)
+        # What is kept is the hash; the repr shows no secret.
+        assert plain not in repr(grant) and grant.credential not in repr(grant)
+        assert other not in repr(nobody) and digest(other).hex() not in repr(nobody)
         with pytest.raises(AuthenticationError, match="not valid"):
-            access.authenticate(metadata(new_token()))
+            await access.authenticate(metadata(new_token()))
 
 
-def test_a_hashed_token_is_the_sha256_of_the_token() -> None:
-    # `printf %s abc | sha256sum`
-    assert hashed("abc") == (
-        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+def test_a_hashed_token_is_salted_scrypt_and_the_sha256_form_is_still_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = new_token()
+    first, second = hashed(token), hashed(token)
+    assert first.startswith("scrypt:n=32768,r=8,p=1:")
+    assert first != second  # salted
+    assert token not in first
+    legacy = "sha256:" + digest(token).hex()  # `printf %s "$TOKEN" | sha256sum`
+    for stored in (first, second, legacy):
+        path = write_tokens(tmp_path / "tokens.json", {"tokens": [{"name": "a", "token": stored}]})
+        with caplog.at_level(logging.WARNING, "windshift_grpc.auth"):
+            caplog.clear()
+            tokens = Tokens.load(path)
+        credential = tokens.credential_of(token)
+        assert credential is not None
+        grant = tokens.get(credential)
+        assert grant is not None and grant.name == "a"
+        assert tokens.credential_of(new_token()) is None
+        deprecated = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+        if stored is legacy:
+            assert len(deprecated) == 1 and "'a'" in deprecated[0]
+            assert "windshift-grpc token --hash" in deprecated[0]
+        else:
+            assert deprecated == []
+    # The cost of a hash in the file is bounded (a bad one must not stall the server).
+    path = write_tokens(
+        tmp_path / "costly.json",
+        {"tokens": [{"name": "a", "token": first.replace("n=32768", "n=4194304")}]},
     )
+    with pytest.raises(SettingsError, match="out of range"):
+        Tokens.load(path)
 
 
-async def test_the_token_command_makes_a_token_and_its_hash() -> None:
+async def test_a_token_is_checked_against_the_file_once_per_process() -> None:
+    good, bad = new_token(), new_token()
+    tokens = Tokens(
+        [Grant(name="a", credential=hashed(good), permissions={Permission.CONSUME: ("x",)})]
+    )
+    access = Access(tokens)
+    assert tokens.slow
+    credentials = await asyncio.gather(*(access.authenticate(metadata(good)) for _ in range(5)))
+    assert len(set(credentials)) == 1
+    assert access.grant(credentials[0]).name == "a"
+    for _ in range(3):
+        with pytest.raises(AuthenticationError):
+            await access.authenticate(metadata(bad))
+    assert access.verifications == 2  # one scrypt check each; the rest came from the caches
+    # A reload forgets the refused tokens (one may be in the new file), not the good ones.
+    access.reload(
+        Tokens(
+            [
+                Grant(name="a", credential=tokens.grants[0].credential, permissions={}),
+                Grant(name="b", credential=hashed(bad), permissions={}),
+            ]
+        )
+    )
+    assert access.grant(await access.authenticate(metadata(good))).name == "a"
+    assert access.grant(await access.authenticate(metadata(bad))).name == "b"
+    assert access.verifications == 3
+    assert KNOWN_TOKENS >= 1000
+
+
+@pytest.mark.parametrize(
+    ("mode", "plain", "outcome"),
+    [
+        (0o600, True, "silent"),
+        (0o400, True, "silent"),
+        (0o640, True, "refused"),
+        (0o644, True, "refused"),
+        (0o644, False, "warned"),
+        (0o604, False, "warned"),
+        (0o660, False, "refused"),
+        (0o602, False, "refused"),
+        (0o600, False, "silent"),
+    ],
+)
+def test_a_tokens_file_others_may_access(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, plain: bool, outcome: str
+) -> None:
+    token = new_token()
+    path = tmp_path / "tokens.json"
+    path.write_text(
+        json.dumps({"tokens": [{"name": "a", "token": token if plain else hashed(token)}]})
+    )
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING, "windshift_grpc.auth"):
+        if outcome == "refused":
+            with pytest.raises(SettingsError) as refused:
+                Tokens.load(path)
+            assert refused.value.name == "WINDSHIFT_AUTH_FILE"
+            assert f"mode {mode:04o}" in str(refused.value) and "chmod 600" in str(refused.value)
+            assert token not in str(refused.value)
+        else:
+            assert len(Tokens.load(path)) == 1
+    warned = [
+        r.getMessage() for r in caplog.records if "may be read by other users" in r.getMessage()
+    ]
+    assert len(warned) == (outcome == "warned")
+
+
+async def test_the_token_command_makes_a_token_and_its_hash(tmp_path: Path) -> None:
     env = serve_env(None)
     command = serve_command()[0]
     process = await asyncio.create_subprocess_exec(
@@ -186,20 +386,32 @@ async def test_the_token_command_makes_a_token_and_its_hash() -> None:
     assert process.returncode == 0
     token_line, hash_line = out.decode().splitlines()
     token = token_line.removeprefix("token:").strip()
-    assert len(token) >= 40
-    assert hash_line.removeprefix("hashed:").strip() == hashed(token)
+    assert len(token) >= 40 and weakness(token) is None
+    made = hash_line.removeprefix("hashed:").strip()
+    assert made.startswith("scrypt:")
 
-    process = await asyncio.create_subprocess_exec(
-        command,
-        "token",
-        "--hash",
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await process.communicate(f"{token}\n".encode())
-    assert process.returncode == 0
-    assert out.decode().strip() == hashed(token)
+    async def hash_of(text: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            command,
+            "token",
+            "--hash",
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate(text.encode())
+        assert process.returncode is not None
+        return process.returncode, out.decode().strip(), err.decode().strip()
+
+    code, rehashed, _ = await hash_of(f"{token}\n")
+    assert code == 0
+    for stored in (made, rehashed):
+        path = write_tokens(tmp_path / "t.json", {"tokens": [{"name": "a", "token": stored}]})
+        assert Tokens.load(path).credential_of(token) is not None
+    code, printed, err = await hash_of("aaaaaaaaaaaaaaaaaaaaaaaa\n")
+    assert (code, printed) == (2, "")
+    assert err == "windshift-grpc: the token is too weak: it needs 10 different characters or more"
 
 
 @pytest.mark.parametrize(
@@ -210,8 +422,20 @@ async def test_the_token_command_makes_a_token_and_its_hash() -> None:
         ('{"tokens": []}', "at least one token"),
         ('{"tokens": [{"token": "%(t)s"}]}', "needs a name"),
         ('{"tokens": [{"name": "a"}]}', 'needs a "token"'),
-        ('{"tokens": [{"name": "a", "token": "short"}]}', "16 characters"),
+        ('{"tokens": [{"name": "a", "token": "short"}]}', "too weak: it needs 16 characters"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s "}]}', "too weak: it has surrounding spaces"),
+        (
+            '{"tokens": [{"name": "a", "token": "xyxyxyxyxyxyxyxyxyxy"}]}',
+            "too weak: it needs 10 different characters",
+        ),
         ('{"tokens": [{"name": "a", "token": "sha256:abc"}]}', "64 hex digits"),
+        ('{"tokens": [{"name": "a", "token": "scrypt:n=1024:ab:cd"}]}', "scrypt:n=<N>"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "max_streams": -1}]}', "max_streams must"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "max_consumers": true}]}', "0 or more"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "consume": ["KV_carts"]}]}', "read_state"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "manage": ["OBJ_x"]}]}', "object store"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "publish": ["_INBOX.>"]}]}', "for itself"),
+        ('{"tokens": [{"name": "a", "token": "%(t)s", "publish": ["$KV.x.>"]}]}', "for itself"),
         (
             '{"tokens": [{"name": "a", "token": "%(t)s"}, {"name": "a", "token": "%(u)s"}]}',
             "listed twice",
@@ -396,9 +620,9 @@ async def secured(
     allowed, denied, mirror = f"{prefix}ok", f"{prefix}no", f"{prefix}okmirror"
     admin, limited, reader, nobody = new_token(), new_token(), new_token(), new_token()
     everything = [">"]
-    path = tmp_path_factory.mktemp("auth") / "tokens.json"
-    path.write_text(
-        json.dumps(
+    path = write_tokens(
+        tmp_path_factory.mktemp("auth") / "tokens.json",
+        (
             {
                 "tokens": [
                     {
@@ -409,7 +633,8 @@ async def secured(
                     {
                         "name": "limited",
                         "token": hashed(limited),
-                        "publish": [f"{allowed}.>"],
+                        # its dead-letter stream collects <name>.>: managing it needs that
+                        "publish": [f"{allowed}.>", f"{_dead(allowed)}.>"],
                         "consume": [allowed, _dead(allowed)],
                         "manage": [allowed, mirror, _dead(allowed)],
                         "read_state": [allowed],
@@ -424,7 +649,7 @@ async def secured(
                     {"name": "nobody", "token": nobody},
                 ]
             }
-        )
+        ),
     )
     server = ServeProcess(serve_env(nats_server.url, WINDSHIFT_AUTH_FILE=str(path)))
     await server.start()
@@ -822,7 +1047,7 @@ async def test_sighup_reloads_the_tokens_and_open_calls_feel_it_at_their_next_me
     first, second, third = new_token(), new_token(), new_token()
 
     def write(entries: list[dict[str, Any]]) -> None:
-        path.write_text(json.dumps({"tokens": entries}))
+        write_tokens(path, {"tokens": entries})
 
     path = tmp_path / "tokens.json"
     write(

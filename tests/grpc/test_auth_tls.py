@@ -72,7 +72,9 @@ async def test_tls_with_tokens(
 ) -> None:
     token = secrets.token_urlsafe(24)
     tokens = tmp_path / "tokens.toml"
-    tokens.write_text(f'[[tokens]]\nname = "ci"\ntoken = "{hashed(token)}"\nmanage = [">"]\n')
+    tokens.write_text(
+        f'[[tokens]]\nname = "ci"\ntoken = "{hashed(token)}"\nmanage = [">"]\npublish = [">"]\n'
+    )
     server = await start_serve(
         GRPC_TLS_CERT=str(pki.server_cert),
         GRPC_TLS_KEY=str(pki.server_key),
@@ -95,6 +97,7 @@ async def test_tokens_without_tls_in_production_are_warned_about(
 ) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "a", "token": secrets.token_hex(16)}]}))
+    tokens.chmod(0o600)  # it holds a plain token
     server = await start_serve(WINDSHIFT_AUTH_FILE=str(tokens))
     assert "(plaintext)" in await server.wait_for_line("ready")
     line = await server.wait_for_line("tokens travel unencrypted")

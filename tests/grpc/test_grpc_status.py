@@ -40,7 +40,7 @@ from windshift import (
 )
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.auth import AuthenticationError, PermissionDeniedError
+from windshift_grpc.auth import AuthenticationError, PermissionDeniedError, QuotaExceededError
 from windshift_grpc.status import STATUS_CODES, TooManyCallsError, status_for
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ TABLE = [
     # The façade's own access errors (end to end in test_auth.py).
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    # A token's quota of streams and consumers (end to end in test_attacks_access.py).
+    (QuotaExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # The limit on open Events calls (end to end in test_grpc_resilience.py).
     (TooManyCallsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]

@@ -215,7 +215,10 @@ async def test_the_embedded_nats_keeps_its_port_after_a_stop_with_a_client_conne
     # nats-server closes the connection first, so its end stays in TIME_WAIT.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert (await reader.readline()).startswith(b"INFO ")
-    writer.write(b'CONNECT {"verbose": false}\r\nPING\r\n')
+    # Only serve's own user may connect to its embedded NATS.
+    auth = json.loads((tmp_path / EmbeddedNats.AUTH_FILE).read_text())
+    connect = {"verbose": False, "user": auth["user"], "pass": auth["password"]}
+    writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
     assert await asyncio.wait_for(reader.readline(), 10) == b"PONG\r\n"
     assert await first.signal(signal.SIGINT) == 0
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server

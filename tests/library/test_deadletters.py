@@ -260,6 +260,9 @@ async def test_a_dead_letter_naming_no_valid_subject_is_not_replayed(
             b"",
             headers={
                 "WS-Dead-Subject": f"{name}.a b",
+                "WS-Dead-Stream": name,
+                "WS-Dead-Consumer": "worker",
+                "WS-Dead-Event-Id": "1",
                 "WS-Data-Type": "google.protobuf.StringValue",
             },
         )
@@ -270,3 +273,69 @@ async def test_a_dead_letter_naming_no_valid_subject_is_not_replayed(
         await queue.replay(stored.seq)
     assert [letter.id for letter in await queue.list()] == [stored.seq]
     assert (await client.publish(f"{name}.a", StringValue(value="still connected"))).id == 1
+
+
+async def test_only_dead_letters_are_read_or_replayed(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str
+) -> None:
+    # A stream of ordinary events is no dead-letter queue: "replaying" its
+    # events would publish them again (through a mirror: into someone's stream).
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    original = await client.publish(f"{name}.a", StringValue(value="an event"))
+    queue = client.dead_letters(name)
+    for attempt in (queue.get, queue.replay):
+        with pytest.raises(ValidationError) as refused:
+            await attempt(original.id)
+        assert str(refused.value) == (
+            f"message {original.id} of {name!r} is not a dead letter: "
+            "it carries no WS-Dead-Subject header"
+        )
+    assert await queue.list() == []
+    assert (await client.stream_info(name)).events == 1  # nothing was published again
+
+    # Nor is a message on a dead-letter subject whose headers say otherwise.
+    _, dead = await _setup(client, f"{name}d")
+    raw = await nats.connect(nats_server.url)
+    try:
+        forged = await raw.jetstream().publish(
+            f"{dead}.{name}d.worker.7",
+            b"",
+            headers={
+                "WS-Dead-Subject": f"{name}.a",
+                "WS-Dead-Stream": f"{name}d",
+                "WS-Dead-Consumer": "worker",
+                "WS-Dead-Event-Id": "8",
+            },
+        )
+    finally:
+        await raw.close()
+    dead_queue = client.dead_letters(dead)
+    with pytest.raises(ValidationError, match=f"message {forged.seq} of .* is stored on"):
+        await dead_queue.replay(forged.seq)
+    assert await dead_queue.list() == []
+
+
+async def test_a_replay_check_that_raises_publishes_nothing(
+    client: windshift.Client, name: str
+) -> None:
+    consumer, dead = await _setup(client, name)
+    await client.publish(f"{name}.orders", StringValue(value="held back"))
+    async with client.subscribe(name, consumer) as events:
+        [event] = await take(events, 1)
+        await event.reject(permanently=True, confirm=True)
+    queue = client.dead_letters(dead)
+    [letter] = await queue.list()
+    seen: list[windshift.DeadLetter] = []
+
+    def refuse(checked: windshift.DeadLetter) -> None:
+        seen.append(checked)
+        raise PermissionError(f"not {checked.subject}")
+
+    with pytest.raises(PermissionError, match=f"not {name}.orders"):
+        await queue.replay(letter.id, check=refuse)
+    assert [checked.id for checked in seen] == [letter.id]
+    assert (await client.stream_info(name)).events == 1
+    assert [kept.id for kept in await queue.list()] == [letter.id]
+    replayed = await queue.replay(letter.id, check=seen.append)
+    assert replayed.stream == name and len(seen) == 2
+    assert await queue.list() == []
