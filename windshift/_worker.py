@@ -120,6 +120,8 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._serving: asyncio.Event | None = None
         self._grace: timedelta | None = None
+        # Set to cut a stop's grace period short (a later, shorter stop; run cancelled).
+        self._hurry: asyncio.Event | None = None
 
     @property
     def handlers(self) -> list[str]:
@@ -262,6 +264,7 @@ class Worker:
         self._stopping, self._stopped = asyncio.Event(), asyncio.Event()
         serving = self._serving = self._serving or asyncio.Event()
         self._grace = None
+        hurry = self._hurry = asyncio.Event()
         runners = [_Runner(spec, client) for spec in self._specs]
         try:
             for runner in runners:
@@ -284,10 +287,20 @@ class Worker:
                 stop.cancel()
                 announce.cancel()
                 grace = self.grace_period if self._grace is None else self._grace
-                await asyncio.shield(
-                    asyncio.gather(*(runner.shutdown(grace) for runner in runners))
-                )
-                await asyncio.gather(*tasks, return_exceptions=True)
+
+                async def close() -> None:
+                    await asyncio.gather(*(runner.shutdown(grace, hurry) for runner in runners))
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+                closing = asyncio.ensure_future(close())
+                try:
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError:
+                    # Cancelled while stopping: stop at once, but still hand
+                    # everything back before the cancellation goes on.
+                    hurry.set()
+                    await closing
+                    raise
             for task in tasks:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -318,11 +331,19 @@ class Worker:
 
         Args:
             grace_period: this stop's grace period, instead of the worker's.
+                Given while a stop is already under way, it cuts that stop's
+                grace period short when it ends sooner:
+                ``stop(grace_period=timedelta(0))`` cancels the running calls
+                at once (a second Ctrl-C).
         """
         if self._stopping is None or self._stopped is None or self._stopped.is_set():
             return
         if grace_period is not None:
             self._grace = grace_period
+            if self._stopping.is_set() and self._hurry is not None:
+                # Already stopping with the grace period it had: end it sooner.
+                hurry = self._hurry
+                asyncio.get_running_loop().call_later(grace_period.total_seconds(), hurry.set)
         self._stopping.set()
         await self._stopped.wait()
 
@@ -542,8 +563,11 @@ class _Runner:
         event.delivery_attempt += 1  # the worker counts the attempts it makes in place
         self._ready.put_nowait(event)
 
-    async def shutdown(self, grace: timedelta) -> None:
-        """Stop fetching, hand back what has not started, give running calls ``grace``."""
+    async def shutdown(self, grace: timedelta, hurry: asyncio.Event) -> None:
+        """Stop fetching, hand back what has not started, give running calls ``grace``.
+
+        ``hurry`` set ends the grace period early.
+        """
         self._closing = True
         subscription = self._subscription
         if subscription is not None:
@@ -565,7 +589,19 @@ class _Runner:
             for _ in self._workers:  # the dispatcher's slots wait on the queue
                 self._ready.put_nowait(None)
         if self._workers:
-            _, late = await asyncio.wait(self._workers, timeout=grace.total_seconds())
+            # asyncio.wait, not gather: cancelling the waiter leaves the calls running.
+            finished = asyncio.ensure_future(asyncio.wait(self._workers))
+            hurried = asyncio.ensure_future(hurry.wait())
+            try:
+                await asyncio.wait(
+                    [finished, hurried],
+                    timeout=grace.total_seconds(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                finished.cancel()
+                hurried.cancel()
+            late = [task for task in self._workers if not task.done()]
             for task in late:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)

@@ -6,15 +6,15 @@ Once per module, outside the checkout:
   the sdist, as a release does (so the sdist holds what a build needs).
   hatchling comes from the dev group at the pin of ``[build-system]``, which
   build checks; nothing is downloaded.
-- A fresh venv gets the runtime dependencies of the ``grpc`` and ``embedded``
-  extras at the versions of uv.lock (``uv sync --no-install-project``, from
+- A fresh venv gets the runtime dependencies of the ``grpc``, ``embedded``
+  and ``cli`` extras at the versions of uv.lock (``uv sync --no-install-project``, from
   uv's cache: offline), then the wheel with those extras, offline and
   constrained to the lock: the wheel's own requirements must be met by the
   locked set, so no version outside the lock is ever resolved. (``uv pip
   install`` alone would need PyPI's index pages, which uv's cache of a locked
   sync does not hold; ``make lint`` keeps the lock equal to pyproject.toml.)
 
-Then the installed console script and an example run in that venv, from a
+Then the installed console scripts and an example run in that venv, from a
 directory outside the checkout, with an environment that cannot reach the
 checkout's packages.
 """
@@ -140,7 +140,7 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Install
     run(
         UV,
         *("sync", "--project", ROOT, "--frozen", "--offline", "--no-dev"),
-        *("--no-install-project", "--extra", "grpc", "--extra", "embedded"),
+        *("--no-install-project", "--extra", "grpc", "--extra", "embedded", "--extra", "cli"),
         *("--python", sys.executable),
         cwd=home,
         env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)},
@@ -164,7 +164,7 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Install
     run(
         UV,
         *("pip", "install", "--offline", "--python", python),
-        *("-c", locked, f"{built.wheel}[grpc,embedded]"),
+        *("-c", locked, f"{built.wheel}[grpc,embedded,cli]"),
         cwd=home,
         env=env,
     )
@@ -269,6 +269,7 @@ def test_the_wheel_holds_both_packages_their_types_and_the_generated_code(built:
         assert module in files, f"the wheel lacks {module}"
         assert f"{module}i" in files, f"the wheel lacks the stub {module}i"
     assert "windshift-grpc = windshift_grpc.cli:main" in entry_points
+    assert "windshift = windshift._cli:main" in entry_points
 
 
 # -- installed from the wheel, used from outside the checkout -----------------------
@@ -281,6 +282,14 @@ def test_the_installed_windshift_grpc_prints_its_version(
     script = installed.venv / "bin" / "windshift-grpc"
     out = run(script, *argv, cwd=installed.home, env=installed.env)
     assert out == f"windshift-grpc {VERSION}\n"
+
+
+def test_the_installed_windshift_prints_its_version(installed: Installed) -> None:
+    # The cli extra brings what the command imports (typer, rich).
+    out = run(
+        installed.venv / "bin" / "windshift", "--version", cwd=installed.home, env=installed.env
+    )
+    assert out == f"windshift {VERSION}\n"
 
 
 def test_the_grpc_extra_brings_what_the_server_imports(installed: Installed) -> None:

@@ -3,7 +3,9 @@
 Each script is started the way docs/getting-started.md says
 (``python examples/publish.py [--nats-url URL]`` from the repository root),
 once on the embedded NATS it starts itself and once against the session's
-nats-server, and must exit 0 on its own with the output it promises.
+nats-server, and must exit 0 on its own with the output it promises. The
+worker example also runs as ``windshift run examples.worker:worker``, until
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from types import ModuleType
 import pytest
 
 import windshift
+from tests._cli import RunProcess, run_env
 from windshift import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +37,9 @@ DUPLICATE = re.compile(r"^published order (ord-[0-9a-f]+) again: duplicate of ev
 CONSUMED = re.compile(
     r"^consumed event (\d+) on orders\.created \(delivery attempt (\d+)\): order (ord-[0-9a-f]+)",
     re.MULTILINE,
+)
+HANDLED = re.compile(
+    r"^handled event (\d+) \(delivery attempt (\d+)\): order (ord-[0-9a-f]+)", re.MULTILINE
 )
 WAITING = re.compile(r"^consumer order-printer: events waiting: (\d+)$", re.MULTILINE)
 EMBEDDED = "started an embedded NATS at nats://"
@@ -87,6 +94,13 @@ def consumed_in(output: str) -> list[tuple[int, str]]:
     return [(int(event_id), order_id) for event_id, _, order_id in found]
 
 
+def handled_in(output: str) -> list[tuple[int, str]]:
+    """(event id, order id) of every "handled event" line, sorted, checking first deliveries."""
+    found = HANDLED.findall(output)
+    assert all(attempt == "1" for _, attempt, _ in found), output
+    return sorted((int(event_id), order_id) for event_id, _, order_id in found)
+
+
 @pytest.fixture
 async def fresh_orders_stream(client: windshift.Client) -> AsyncIterator[None]:
     """No stream "orders" on the session's server before and after the test."""
@@ -129,6 +143,17 @@ async def test_consume_count() -> None:
     assert [event_id for event_id, _ in consumed_in(output)] == [1, 2, 3, 4, 5]
 
 
+async def test_worker_starts_its_own_nats_and_handles_what_it_publishes() -> None:
+    output = await run_example("worker.py")
+
+    assert EMBEDDED in output
+    published = published_in(output)
+    assert [event_id for event_id, _ in published] == [1, 2, 3]
+    # Handled (in any order: four at once, one customer at a time), then stopped.
+    assert handled_in(output) == published
+    assert output.rstrip().endswith("done: handled 3 orders, worker stopped")
+
+
 # -- against a running nats-server (--nats-url, NATS_URL) --------------------------
 
 
@@ -167,6 +192,47 @@ async def test_nats_url_from_the_environment(
     assert info.events == 2  # the repeated publish was deduplicated
 
 
+@contextlib.asynccontextmanager
+async def windshift_run_example(
+    target: str, nats_server: EmbeddedNats
+) -> AsyncIterator[RunProcess]:
+    """``windshift run examples.worker:<target>`` from the repository root, as documented."""
+    run = RunProcess(
+        ["run", f"examples.worker:{target}", "--server", nats_server.url], cwd=ROOT, env=run_env()
+    )
+    try:
+        await run.start()
+        yield run
+    finally:
+        await run.close()
+
+
+@pytest.mark.usefixtures("fresh_orders_stream")
+async def test_windshift_run_runs_the_worker_example(nats_server: EmbeddedNats) -> None:
+    published = published_in(await run_example("publish.py", "--nats-url", nats_server.url))
+
+    async with windshift_run_example("worker", nats_server) as run:
+        lines = await run.wait_for_lines(r"^handled event ", 3, stdout=True)
+        assert handled_in("\n".join(lines)) == published
+        run.send(signal.SIGTERM)
+        assert await run.exited() == 0
+    assert handled_in("\n".join(run.stdout)) == published  # each once
+
+
+@pytest.mark.usefixtures("fresh_orders_stream")
+async def test_windshift_run_make_worker_makes_the_stream_first(
+    nats_server: EmbeddedNats, client: windshift.Client
+) -> None:
+    async with windshift_run_example("make_worker", nats_server) as run:
+        await run.wait_for_line(r"worker handler fulfil_order on orders/order-fulfilment started")
+        assert (await client.stream_info(STREAM)).subjects == ["orders.>"]
+        output = await run_example("publish.py", "--nats-url", nats_server.url, "--count", "2")
+        lines = await run.wait_for_lines(r"^handled event ", 2, stdout=True)
+        assert handled_in("\n".join(lines)) == published_in(output)
+        run.send(signal.SIGTERM)
+        assert await run.exited() == 0
+
+
 # -- imported: main() returns what it published / consumed -------------------------
 
 
@@ -201,6 +267,11 @@ async def test_main_functions_return_what_they_did(
     assert all(order.subject == "orders.created" for order in consumed)
     assert all(order.delivery_attempt == 1 for order in consumed)
     assert all(order.order.id.startswith("ord-") for order in consumed)
+
+    worker = load_example("worker", monkeypatch)
+    handled = await worker.main(nats_server.url, count=2)
+    assert len({order.id for order in handled}) == 2
+    assert all(order.id.startswith("ord-") for order in handled)
 
 
 # -- the committed generated code matches examples/orders.proto --------------------

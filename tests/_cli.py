@@ -1,0 +1,233 @@
+"""Helpers of the tests of the ``windshift`` command: real child processes of the console script.
+
+:class:`RunProcess` is one long-running ``windshift ...`` (``windshift run``),
+its stderr (the log) and stdout collected line by line, optionally on a
+pseudo-terminal that is its controlling terminal; :func:`run_windshift` runs
+a command to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+STOP_TIMEOUT = 30.0
+
+# The command's own variables: none passes from the developer's environment
+# to the tests' processes (each test says what it sets).
+OWN_VARIABLES = frozenset(
+    {
+        "NATS_URL",
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_TOKEN",
+        "NATS_CREDS",
+        "NATS_NKEY_SEED",
+        "NATS_TLS_CA",
+        "NATS_TLS_CERT",
+        "NATS_TLS_KEY",
+        "WINDSHIFT_LOG_LEVEL",
+        "WINDSHIFT_LOG_FORMAT",
+    }
+)
+
+# Make the terminal on stdin the controlling terminal of this new session,
+# then become the command in argv[1:].
+_ON_TERMINAL = """\
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def windshift_command() -> str:
+    """The installed ``windshift`` console script, as a user would run it."""
+    script = Path(sys.executable).parent / "windshift"
+    assert script.exists(), "windshift is not installed (make .venv/bin/.installed)"
+    return str(script)
+
+
+def run_env(**overrides: str) -> dict[str, str]:
+    """Our environment without the command's own variables (nor OTEL_*), plus ``overrides``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in OWN_VARIABLES and not key.startswith("OTEL_")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+class RunProcess:
+    """One ``windshift run`` child process; its stderr (the log) and stdout, line by line.
+
+    With ``terminal``, a pseudo-terminal is its stdin, stdout, stderr and
+    controlling terminal (what it writes there becomes :attr:`lines`), and
+    :meth:`ctrl_c` types ^C.
+    """
+
+    def __init__(
+        self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], terminal: bool = False
+    ) -> None:
+        self.args = list(args)
+        self.cwd = cwd
+        self.env = dict(env)
+        self.terminal = terminal
+        self.lines: list[str] = []
+        self.stdout: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._changed = asyncio.Condition()
+        self._readers: list[asyncio.Task[None]] = []
+        self._master = -1
+
+    @property
+    def log(self) -> str:
+        return "\n".join([*self.lines, "-- stdout:", *self.stdout])
+
+    async def start(self) -> None:
+        if not self.terminal:
+            self.process = await asyncio.create_subprocess_exec(
+                windshift_command(),
+                *self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert self.process.stdout is not None and self.process.stderr is not None
+            self._readers = [
+                asyncio.create_task(self._collect(self.process.stderr, self.lines)),
+                asyncio.create_task(self._collect(self.process.stdout, self.stdout)),
+            ]
+            return
+        master, device = os.openpty()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _ON_TERMINAL,
+                windshift_command(),
+                *self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=device,
+                stdout=device,
+                stderr=device,
+                start_new_session=True,
+            )
+        finally:
+            os.close(device)
+        self._master = master
+        output = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last process on the terminal has gone
+                data = b""
+            if data:
+                output.feed_data(data.replace(b"\r\n", b"\n"))
+            else:
+                loop.remove_reader(master)
+                output.feed_eof()
+
+        loop.add_reader(master, readable)
+        self._readers = [asyncio.create_task(self._collect(output, self.lines))]
+
+    async def _collect(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        while True:
+            line = await stream.readline()
+            async with self._changed:
+                if line:
+                    into.append(line.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+            if not line:
+                return
+
+    async def wait_for_lines(
+        self, pattern: str, count: int = 1, *, stdout: bool = False, timeout: float = 20.0
+    ) -> list[str]:
+        """The first ``count`` lines matching ``pattern`` (a regex), of the log or stdout."""
+        regex = re.compile(pattern)
+        lines = self.stdout if stdout else self.lines
+
+        async def wait() -> list[str]:
+            async with self._changed:
+                while len(found := [line for line in lines if regex.search(line)]) < count:
+                    if all(reader.done() for reader in self._readers):
+                        raise AssertionError(
+                            f"exited with {len(found)} of {count} lines matching {pattern!r}:\n"
+                            f"{self.log}"
+                        )
+                    await self._changed.wait()
+                return found[:count]
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {count} lines matching {pattern!r}:\n{self.log}") from None
+
+    async def wait_for_line(self, pattern: str, *, stdout: bool = False) -> str:
+        return (await self.wait_for_lines(pattern, stdout=stdout))[0]
+
+    def send(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def ctrl_c(self) -> None:
+        """Type ^C on the terminal: SIGINT to its foreground process group."""
+        os.write(self._master, b"\x03")
+
+    async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to exit (within ``timeout`` seconds); its exit code."""
+        assert self.process is not None
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"still running after {timeout}s:\n{self.log}") from None
+        await asyncio.wait_for(asyncio.gather(*self._readers), 10)
+        return code
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        for reader in self._readers:
+            reader.cancel()
+        if self._master >= 0:
+            with contextlib.suppress(ValueError):
+                asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+            self._master = -1
+
+
+async def run_windshift(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``windshift ARGS`` to its end: exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        windshift_command(),
+        *args,
+        cwd=cwd,
+        env=dict(run_env() if env is None else env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def json_lines(lines: Sequence[str]) -> list[dict[str, object]]:
+    """Every line parsed as one JSON object (fails on a line that is not one)."""
+    return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,57 @@
+"""The ``windshift`` command: its subcommands, ``--version``, and its exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from windshift import __version__
+from windshift._cli import _run
+
+app = typer.Typer(
+    name="windshift",
+    help="Windshift on NATS JetStream: run workers (and, to come, look at streams, "
+    "consumers and dead letters).",
+    no_args_is_help=True,
+    add_completion=False,
+    # Tracebacks as Python prints them: the expected failures are one line each.
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("run", no_args_is_help=True)(_run.run)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"windshift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def windshift(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Windshift on NATS JetStream: run workers (windshift run MODULE:ATTRIBUTE)."""
+
+
+def run_app(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (sys.argv[1:] by default); its exit code."""
+    try:
+        app(args=None if argv is None else list(argv), prog_name="windshift")
+    except SystemExit as exc:  # how click ends, always
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["app", "run_app"]
