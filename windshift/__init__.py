@@ -24,7 +24,7 @@ from windshift._consumers import ConsumerInfo
 from windshift._deadletters import DeadLetter, DeadLetterQueue
 from windshift._embedded import EmbeddedNats
 from windshift._events import Event
-from windshift._options import ConsumerOptions, StreamOptions, StreamSource
+from windshift._options import ConsumerOptions, Limits, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
 from windshift._publishing import PublishedEvent
 from windshift._state import StateChange, StateEntry, StateStore, StateWatch
@@ -62,6 +62,7 @@ __all__ = [
     "Event",
     "EventSettledError",
     "KeyNotFoundError",
+    "Limits",
     "NotFoundError",
     "PublishedEvent",
     "StateChange",
