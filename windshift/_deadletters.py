@@ -42,7 +42,7 @@ from windshift._jsapi import (
     ApiError,
     JetStreamApi,
 )
-from windshift._names import validate_name
+from windshift._names import quote_value, validate_name
 from windshift._options import METADATA_DEAD_LETTER_STREAM, METADATA_MAX_DELIVERY_ATTEMPTS
 from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError, ValidationError
 
@@ -324,7 +324,7 @@ class DeadLetterQueue:
         if max_bytes is not None and (
             isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
         ):
-            raise ValidationError(f"max_bytes must be 1 or more, got {max_bytes!r}")
+            raise ValidationError(f"max_bytes must be 1 or more, got {quote_value(max_bytes)}")
         letters: list[DeadLetter] = []
         total = 0
         next_id = after_id + 1

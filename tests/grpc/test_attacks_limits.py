@@ -37,6 +37,7 @@ import windshift
 from tests.grpc_fixtures import (
     EventsClient,
     ServeProcess,
+    StartServe,
     duration,
     serve_env,
     string_any,
@@ -47,6 +48,7 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
+from windshift_grpc.settings import Settings
 
 if TYPE_CHECKING:
     from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
@@ -92,7 +94,8 @@ async def tenants(
     long_store = prefix + "s" * (MAX_STORE_NAME_LENGTH - len(prefix))
     attacker_token, victim_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     path = tmp_path_factory.mktemp("limits") / "tokens.json"
-    own = [attacker_stream, attacker_dead]
+    spare = f"{attacker_stream}x"  # a stream the attacker may make, test by test
+    own = [attacker_stream, attacker_dead, spare]
     path.write_text(
         json.dumps(
             {
@@ -100,9 +103,9 @@ async def tenants(
                     {
                         "name": "attacker",
                         "token": attacker_token,
-                        "publish": [f"{attacker_stream}.>"],
+                        "publish": [f"{attacker_stream}.>", f"{spare}.>"],
                         "consume": own,
-                        "manage": [*own, f"{attacker_stream}x"],
+                        "manage": own,
                         "read_state": [long_store],
                         "write_state": [long_store, long_store + "s"],
                     },
@@ -436,6 +439,62 @@ async def test_a_subject_too_long_for_nats_does_not_cut_everyones_connection(
     assert "253 characters long, longer than NATS allows (252)" in str(error.details())
 
 
+async def test_the_limits_are_settings_of_serve(start_serve: StartServe, name: str) -> None:
+    variables = {
+        "WINDSHIFT_MAX_STREAM_SUBJECTS": "300",  # above the default: real streams may need it
+        "WINDSHIFT_MAX_STREAM_SOURCES": "1",
+        "WINDSHIFT_MAX_FILTER_SUBJECTS": "2",
+        "WINDSHIFT_MAX_SUBJECT_LENGTH": "40",
+        "WINDSHIFT_MAX_SUBJECT_TOKENS": "3",
+    }
+    assert Settings.from_env(variables).limits() == windshift.Limits(
+        max_stream_subjects=300,
+        max_stream_sources=1,
+        max_filter_subjects=2,
+        max_subject_length=40,
+        max_subject_tokens=3,
+    )
+    server = await start_serve(**variables)
+    async with grpc.aio.insecure_channel(server.target) as opened:
+        stub, _ = _stubs(opened)
+        subjects = [f"{name}.{i}" for i in range(300)]
+        await stub.EnsureStream(_subjects(name, subjects))
+        other = name + "b"
+        refusals = [
+            (
+                _subjects(name, [*subjects, f"{name}.more"]),
+                "301 stream subjects, more than the limit of 300 (max_stream_subjects)",
+            ),
+            (
+                ESR(
+                    name=other,
+                    aggregate=ESR.StreamSources(sources=[ESR.StreamSource(name=name)] * 2),
+                ),
+                "2 sources, more than the limit of 1 (max_stream_sources)",
+            ),
+            (
+                _subjects(other, [f"{other}.{'a' * 40}"]),
+                "more than the limit of 40 (max_subject_length)",
+            ),
+            (
+                _subjects(other, [f"{other}.a.b.c"]),
+                "has 4 tokens, more than the limit of 3 (max_subject_tokens)",
+            ),
+        ]
+        for request, message in refusals:
+            error, _ = await _refused(stub.EnsureStream(request))
+            assert (error.code(), message in str(error.details())) == (INVALID, True), error
+        error, _ = await _refused(
+            stub.EnsureConsumer(
+                pb.EnsureConsumerRequest(stream=name, subjects=[f"{name}.1", f"{name}.2", "x"])
+            )
+        )
+        assert error.code() == INVALID
+        assert "3 consumer subjects, more than the limit of 2 (max_filter_subjects)" in str(
+            error.details()
+        )
+
+
 # --- dead letters: pages bounded in bytes ------------------------------------------
 
 
@@ -459,10 +518,21 @@ def _reset_peak(pid: int) -> bool:
 
 
 async def test_dead_letters_of_900_kb_come_in_pages_within_the_budget(
-    tenants: Tenants, channel: grpc.aio.Channel
+    tenants: Tenants, channel: grpc.aio.Channel, client: windshift.Client
 ) -> None:
     stub, _ = _stubs(channel)
-    own, dead = tenants.attacker_stream, tenants.attacker_dead
+    own, dead = tenants.attacker_stream + "x", tenants.attacker_dead
+    await stub.EnsureStream(_subjects(own, [f"{own}.>"]), metadata=tenants.attacker)
+    try:
+        await _page_through_large_dead_letters(tenants, stub, own, dead)
+    finally:  # 108 MB of events and letters
+        await client.delete_stream(own)
+        await client.delete_stream(dead)
+
+
+async def _page_through_large_dead_letters(
+    tenants: Tenants, stub: Stub, own: str, dead: str
+) -> None:
     consumer = pb.EnsureConsumerRequest(
         stream=own,
         name="poisoned",
