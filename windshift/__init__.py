@@ -24,7 +24,7 @@ from windshift._consumers import ConsumerInfo
 from windshift._deadletters import DeadLetter, DeadLetterQueue
 from windshift._embedded import EmbeddedNats
 from windshift._events import Event
-from windshift._options import ConsumerOptions, StreamOptions, StreamSource
+from windshift._options import ConsumerOptions, Limits, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
 from windshift._publishing import OutgoingEvent, PublishedEvent
 from windshift._retry import Retry
@@ -64,6 +64,7 @@ __all__ = [
     "Event",
     "EventSettledError",
     "KeyNotFoundError",
+    "Limits",
     "NotFoundError",
     "OutgoingEvent",
     "PublishedEvent",

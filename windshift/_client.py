@@ -30,7 +30,13 @@ from windshift._connection import ClientSettings, Connection
 from windshift._consumers import ConsumerInfo, Consumers
 from windshift._deadletters import DeadLetterQueue
 from windshift._names import quote_value
-from windshift._options import ConsumerOptionArgs, ConsumerOptions, StreamOptionArgs, StreamOptions
+from windshift._options import (
+    ConsumerOptionArgs,
+    ConsumerOptions,
+    Limits,
+    StreamOptionArgs,
+    StreamOptions,
+)
 from windshift._payloads import Payload
 from windshift._publishing import OutgoingEvent, PublishedEvent, Publisher
 from windshift._state import StateStore, Stores
@@ -109,7 +115,9 @@ class Client:
                 ``max_event_size``); they replace those of ``options``.
 
         Raises:
-            ValidationError: a bad name, subject or option combination.
+            ValidationError: a bad name, subject or option combination, or
+                more subjects, sources or filters than the client's limits
+                allow (see :class:`~windshift.Limits`).
             ConfigurationConflictError: JetStream refuses the change (storage
                 type, a mirror's source, a subject already bound to another stream).
             UnavailableError: NATS did not answer.
@@ -168,7 +176,8 @@ class Client:
                 those of ``options``.
 
         Raises:
-            ValidationError: a bad name, subject or option.
+            ValidationError: a bad name, subject or option, or more subjects
+                than the client's limits allow (see :class:`~windshift.Limits`).
             StreamNotFoundError: the stream does not exist.
             UnavailableError: NATS did not answer.
         """
@@ -522,6 +531,7 @@ def connect(
     credentials_file: str | None = None,
     nkey_seed_file: str | None = None,
     tls: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
 ) -> _Connecting:
     """Connect to NATS JetStream.
 
@@ -551,6 +561,9 @@ def connect(
         tls: a TLS context: the CA to verify the servers with and, for
             servers that verify clients, a client certificate. TLS is used
             when a server requires it or the URL says ``tls://``.
+        limits: how many subjects, sources and filters the streams and
+            consumers this client ensures may have (see
+            :class:`~windshift.Limits`); ``Limits()``'s defaults when not given.
 
     Give at most one of ``user``/``password``, ``token``,
     ``credentials_file`` and ``nkey_seed_file``. A server that refuses them
@@ -599,6 +612,8 @@ def connect(
         _credentials_file("nkey_seed_file", nkey_seed_file)
     if tls is not None and not isinstance(tls, ssl.SSLContext):
         raise ValidationError(f"tls must be an ssl.SSLContext, got {quote_value(tls)}")
+    if limits is not None and not isinstance(limits, Limits):
+        raise ValidationError(f"limits must be a windshift.Limits, got {quote_value(limits)}")
     options: dict[str, Any] = {
         "name": name,
         "connect_timeout": connect_timeout.total_seconds(),
@@ -616,7 +631,9 @@ def connect(
     if tls is not None:
         options["tls"] = tls
     settings = ClientSettings(
-        request_timeout=request_timeout, publish_max_pending=publish_max_pending
+        request_timeout=request_timeout,
+        publish_max_pending=publish_max_pending,
+        limits=Limits() if limits is None else limits,
     )
     return _Connecting(urls, settings, options)
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from windshift._acks import AckInbox
 from windshift._jsapi import JetStreamApi
+from windshift._options import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger("windshift.client")
 
@@ -36,10 +37,13 @@ class ClientSettings:
             (a publish acknowledgement, a stream or consumer change).
         publish_max_pending: how many publishes may await their
             acknowledgement at once; further ``publish`` calls wait for a slot.
+        limits: how many subjects, sources and filters a stream or consumer
+            this client ensures may have (see :class:`~windshift.Limits`).
     """
 
     request_timeout: timedelta = timedelta(seconds=5)
     publish_max_pending: int = 256
+    limits: Limits = DEFAULT_LIMITS
 
 
 class Connection:

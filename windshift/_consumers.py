@@ -96,10 +96,11 @@ class Consumers:
 
     def __init__(self, connection: Connection) -> None:
         self._api = connection.api
+        self._limits = connection.settings.limits
 
     async def ensure(self, stream: str, name: str | None, options: ConsumerOptions) -> ConsumerInfo:
         """Create a consumer, or update a durable one; see ``Client.ensure_consumer``."""
-        config = options.to_config(stream, name)
+        config = options.to_config(stream, name, self._limits)
         if options.dead_letter_stream is not None:
             await self._ensure_dead_letter_stream(options.dead_letter_stream)
         context = f"ensure consumer {name or '(ephemeral)'!r} on stream {stream!r}"

@@ -44,7 +44,7 @@ from windshift._jsapi import (
     JetStreamApi,
     StoredMessage,
 )
-from windshift._names import validate_name
+from windshift._names import quote_value, validate_name
 from windshift._options import METADATA_DEAD_LETTER_STREAM, METADATA_MAX_DELIVERY_ATTEMPTS
 from windshift.errors import ConflictError, NotFoundError, StreamNotFoundError, ValidationError
 
@@ -234,6 +234,30 @@ class DeadLetter:
         )
 
 
+# What a letter's size adds to its strings: the numbers, timestamps and field
+# framing of a gRPC DeadLetter, and of its place in a list, with room to spare.
+_SIZE_OVERHEAD = 256
+
+
+def _size(letter: DeadLetter) -> int:
+    """At least the bytes ``letter`` takes as a gRPC ``DeadLetter`` (see ``list``'s ``max_bytes``).
+
+    Every string the proto carries is counted, as UTF-8, from where it comes:
+    the data and its type URL, the subject, stream, consumer and reason, and
+    the headers (the publish time and trace context come from them).
+    """
+    strings = (
+        letter.data.type_url,
+        letter.subject,
+        letter.stream,
+        letter.consumer,
+        letter.reason,
+        *letter.headers.keys(),
+        *letter.headers.values(),
+    )
+    return len(letter.data.value) + sum(len(text.encode()) for text in strings) + _SIZE_OVERHEAD
+
+
 class DeadLetterQueue:
     """The dead letters of one dead-letter stream; from :meth:`Client.dead_letters`."""
 
@@ -320,15 +344,43 @@ class DeadLetterQueue:
             )
         return letter
 
-    async def list(self, *, after_id: int = 0, limit: int = 100) -> list[DeadLetter]:
+    async def list(
+        self, *, after_id: int = 0, limit: int = 100, max_bytes: int | None = None
+    ) -> list[DeadLetter]:
         """Dead letters in order, those with an id above ``after_id``, at most ``limit``.
 
         Messages of the stream that are no dead letters (see :meth:`get`) are left out.
 
+        Example:
+            >>> page = await queue.list(max_bytes=1024 * 1024)
+            >>> while page:
+            ...     ...
+            ...     page = await queue.list(after_id=page[-1].id, max_bytes=1024 * 1024)
+
+        Args:
+            after_id: only letters with a higher id: 0 for the first page, the
+                last id of the previous page for the next one.
+            limit: at most this many letters.
+            max_bytes: also end the page before the letters' sizes together
+                would pass this many bytes. A letter's size counts its data,
+                its type, its subject, stream, consumer, reason and headers,
+                plus 256 bytes: never less than it weighs as a gRPC
+                ``DeadLetter``. A first letter larger than ``max_bytes``
+                comes alone, so that paging always moves on. None: no bound.
+
+        With ``max_bytes`` a page may hold fewer than ``limit`` letters while
+        more follow: only an empty page says there are no more.
+
         Raises:
+            ValidationError: ``max_bytes`` is not a whole number of 1 or more.
             NotFoundError: the dead-letter stream does not exist.
         """
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValidationError(f"max_bytes must be 1 or more, got {quote_value(max_bytes)}")
         letters: list[DeadLetter] = []
+        total = 0
         next_id = after_id + 1
         while len(letters) < limit and next_id <= _LAST_ID:
             stored = await self._read(
@@ -337,9 +389,14 @@ class DeadLetterQueue:
             if stored is None:
                 break
             letter = self._letter(stored)
-            if isinstance(letter, DeadLetter):  # a message that is none is left out
-                letters.append(letter)
             next_id = stored.sequence + 1
+            if not isinstance(letter, DeadLetter):  # a message that is none is left out
+                continue
+            if max_bytes is not None:
+                total += _size(letter)
+                if letters and total > max_bytes:
+                    break  # read again as the first of the next page
+            letters.append(letter)
         return letters
 
     async def replay(

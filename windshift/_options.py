@@ -13,6 +13,10 @@ Each class is what the library, the gRPC façade and the read-back of
 Adding an option is one field here, with its JetStream key in both
 directions (see CONTRIBUTING.md, "Add an option").
 
+:class:`Limits` bounds what one configuration may ask of nats-server (how
+many subjects, sources and filters, how long and deep a filter); ``to_config``
+enforces the client's limits (``ClientSettings.limits``).
+
 Example:
     >>> options = StreamOptions(subjects=["orders.>"], max_age=timedelta(days=30))
     >>> await client.ensure_stream("orders", options)
@@ -21,12 +25,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypedDict
 
-from windshift._names import quote_value, validate_name, validate_subjects
+from windshift._names import (
+    MAX_SUBJECT_LENGTH,
+    quote_value,
+    subject_list,
+    validate_name,
+    validate_subject,
+)
 from windshift._pointers import StreamPointer
 from windshift._wire import duration_to_nanos, nanos_to_duration, parse_time
 from windshift.errors import ValidationError
@@ -42,6 +52,110 @@ EPHEMERAL_INACTIVE_THRESHOLD = timedelta(hours=1)
 # Where a consumer keeps its dead-letter settings (JetStream consumer metadata).
 METADATA_DEAD_LETTER_STREAM = "windshift.dead_letter_stream"
 METADATA_MAX_DELIVERY_ATTEMPTS = "windshift.max_delivery_attempts"
+
+# A limit above this protects nothing; it only has to stay a number.
+_MOST_OF_A_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """How much one stream or consumer configuration may ask of nats-server.
+
+    nats-server checks every subject of a stream against the stream's other
+    subjects and against those of every other stream, and a consumer's or a
+    source's filters against each other: the cost grows with the square of
+    their number and with their length. A stream of 20,000 subjects costs it
+    ten CPU-seconds and more, during which other clients' JetStream requests
+    stall. These limits keep each configuration cheap; anything beyond them
+    is refused with a :class:`~windshift.ValidationError` naming the limit
+    and the count, before anything reaches NATS. The defaults leave real
+    configurations plenty of room (a stream of 256 subjects is created in
+    milliseconds).
+
+    Set them per client with ``windshift.connect(..., limits=Limits(...))``;
+    ``windshift-grpc serve`` takes them from its ``WINDSHIFT_MAX_*`` settings.
+
+    Example:
+        >>> client = await windshift.connect(url, limits=Limits(max_stream_subjects=1000))
+
+    Raises:
+        ValidationError: a limit is not a whole number in its range.
+    """
+
+    max_stream_subjects: int = 256
+    """Subjects one stream may collect."""
+    max_stream_sources: int = 64
+    """Sources one aggregate stream may copy from."""
+    max_filter_subjects: int = 256
+    """Subjects one consumer may read, and filter subjects of a mirror or of all the
+    sources of an aggregate together."""
+    max_subject_length: int = 256
+    """Characters in each subject of those lists (at most ``MAX_SUBJECT_LENGTH``, 3072)."""
+    max_subject_tokens: int = 16
+    """``.``-separated tokens in each subject of those lists."""
+
+    def __post_init__(self) -> None:
+        for what, highest in (
+            ("max_stream_subjects", _MOST_OF_A_LIMIT),
+            ("max_stream_sources", _MOST_OF_A_LIMIT),
+            ("max_filter_subjects", _MOST_OF_A_LIMIT),
+            ("max_subject_length", MAX_SUBJECT_LENGTH),
+            ("max_subject_tokens", MAX_SUBJECT_LENGTH // 2),
+        ):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+                raise ValidationError(
+                    f"{what} must be a whole number from 1 to {highest}, got {quote_value(value)}"
+                )
+
+
+def _filters(
+    limits: Limits, subjects: Iterable[str] | None, *, owner: str, what: str, limit: str
+) -> list[str]:
+    """Check a list of subject filters against ``limits`` and the rules of subjects.
+
+    Args:
+        limits: the client's limits.
+        subjects: the list.
+        owner: whose list it is, for messages ("stream 'orders'").
+        what: what one subject is, for messages ("stream subject").
+        limit: the field of :class:`Limits` that bounds the list's length.
+
+    Raises:
+        ValidationError: too many subjects, one too long or too deep, or malformed.
+    """
+    values = subject_list(subjects, what=what)
+    _count(limits, len(values), owner=owner, what=f"{what}s", limit=limit)
+    for value in values:
+        if isinstance(value, str):  # anything else is refused by validate_subject
+            _check_size(limits, value, what)
+        validate_subject(value, wildcards=True, what=what)
+    return values
+
+
+def _count(limits: Limits, count: int, *, owner: str, what: str, limit: str) -> None:
+    """Refuse ``count`` things of ``owner`` when more than the limit ``limit`` allows."""
+    most: int = getattr(limits, limit)
+    if count > most:
+        raise ValidationError(f"{owner}: {count} {what}, more than the limit of {most} ({limit})")
+
+
+def _check_size(limits: Limits, subject: str, what: str) -> None:
+    if len(subject) > limits.max_subject_length:
+        raise ValidationError(
+            f"{what} {quote_value(subject)} is {len(subject)} characters long, more than "
+            f"the limit of {limits.max_subject_length} (max_subject_length)"
+        )
+    tokens = subject.count(".") + 1
+    if tokens > limits.max_subject_tokens:
+        raise ValidationError(
+            f"{what} {quote_value(subject)} has {tokens} tokens, more than the limit of "
+            f"{limits.max_subject_tokens} (max_subject_tokens)"
+        )
+
+
+#: The limits of a client that is not given any.
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +175,21 @@ class StreamSource:
     start: StreamPointer | None = None
     filter_subjects: Sequence[str] = ()
 
-    def to_config(self) -> dict[str, Any]:
-        """The JetStream ``StreamSource`` JSON for this source."""
+    def to_config(self, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+        """The JetStream ``StreamSource`` JSON for this source.
+
+        Raises:
+            ValidationError: a bad name, start or filter subject, or more
+                filter subjects than ``limits.max_filter_subjects``.
+        """
         validate_name("source stream", self.name)
-        filters = validate_subjects(self.filter_subjects, what="filter subject")
+        filters = _filters(
+            limits,
+            self.filter_subjects,
+            owner=f"source stream {self.name!r}",
+            what="filter subject",
+            limit="max_filter_subjects",
+        )
         if self.start is not None and not isinstance(self.start, StreamPointer):
             raise ValidationError(
                 f"source start must be a StreamPointer, got {quote_value(self.start)}"
@@ -156,11 +281,16 @@ class StreamOptions:
     """How the stream's storage is compressed: "none" or "s2" (S2, fast, often 2-4x smaller
     for text and JSON payloads; may change on an existing stream)."""
 
-    def to_config(self, name: str) -> dict[str, Any]:
+    def to_config(self, name: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         """Validate the options and build the JetStream configuration of stream ``name``.
 
+        Args:
+            name: the stream's name.
+            limits: how many subjects, sources and filters it may have.
+
         Raises:
-            ValidationError: a bad name, subject, value or combination.
+            ValidationError: a bad name, subject, value or combination, or
+                more than ``limits`` allows.
         """
         validate_name("stream", name)
         chosen = [
@@ -220,15 +350,21 @@ class StreamOptions:
             "compression": self.compression,
         }
         if self.subjects:
-            config["subjects"] = validate_subjects(self.subjects, what="stream subject")
+            config["subjects"] = _filters(
+                limits,
+                self.subjects,
+                owner=f"stream {name!r}",
+                what="stream subject",
+                limit="max_stream_subjects",
+            )
         elif self.mirror:
             if not isinstance(self.mirror, StreamSource):
                 raise ValidationError(
                     f"mirror must be a StreamSource, got {quote_value(self.mirror)}"
                 )
-            config["mirror"] = self.mirror.to_config()
+            config["mirror"] = self.mirror.to_config(limits)
         else:
-            config["sources"] = [source.to_config() for source in _sources(self.sources)]
+            config["sources"] = _sources_config(name, self.sources, limits)
         return config
 
     @classmethod
@@ -252,6 +388,28 @@ class StreamOptions:
             max_event_size=_read_limit(config, "max_msg_size"),
             compression="s2" if config.get("compression") == "s2" else "none",
         )
+
+
+def _sources_config(
+    name: str, sources: Sequence[StreamSource] | None, limits: Limits
+) -> list[dict[str, Any]]:
+    """The JetStream ``sources`` of stream ``name``, within ``limits``."""
+    checked = _sources(sources)
+    owner = f"stream {name!r}"
+    _count(limits, len(checked), owner=owner, what="sources", limit="max_stream_sources")
+    # Each source's filters are checked on their own (to_config); together
+    # they are one list for nats-server to check as well.
+    filters = sum(
+        len(subject_list(source.filter_subjects, what="filter subject")) for source in checked
+    )
+    _count(
+        limits,
+        filters,
+        owner=owner,
+        what="filter subjects in its sources together",
+        limit="max_filter_subjects",
+    )
+    return [source.to_config(limits) for source in checked]
 
 
 def _sources(sources: Sequence[StreamSource] | None) -> Sequence[StreamSource]:
@@ -310,20 +468,30 @@ class ConsumerOptions:
     """Move events rejected permanently, or out of attempts, to this stream (created,
     collecting ``<name>.>``, if missing). See :class:`~windshift.DeadLetterQueue`."""
 
-    def to_config(self, stream: str, name: str | None) -> dict[str, Any]:
+    def to_config(
+        self, stream: str, name: str | None, limits: Limits = DEFAULT_LIMITS
+    ) -> dict[str, Any]:
         """Validate the options and build the JetStream configuration of a consumer.
 
         Args:
             stream: the consumer's stream.
             name: its durable name; None for an ephemeral consumer.
+            limits: how many subjects it may read, and how long and deep they may be.
 
         Raises:
-            ValidationError: a bad name, subject, value or combination.
+            ValidationError: a bad name, subject, value or combination, or
+                more than ``limits`` allows.
         """
         validate_name("stream", stream)
         if name is not None:
             validate_name("consumer", name)
-        filters = validate_subjects(self.subjects, what="consumer subject")
+        filters = _filters(
+            limits,
+            self.subjects,
+            owner=f"consumer {name or '(ephemeral)'!r} on stream {stream!r}",
+            what="consumer subject",
+            limit="max_filter_subjects",
+        )
         start = StreamPointer.end() if self.start is None else self.start
         if not isinstance(start, StreamPointer):
             raise ValidationError(f"start must be a StreamPointer, got {quote_value(start)}")
@@ -421,6 +589,7 @@ class ConsumerOptionArgs(TypedDict, total=False):
 
 __all__ = [
     "DEFAULT_DEDUPLICATION_WINDOW",
+    "DEFAULT_LIMITS",
     "DEFAULT_PROCESSING_TIMEOUT",
     "EPHEMERAL_INACTIVE_THRESHOLD",
     "METADATA_DEAD_LETTER_STREAM",
@@ -429,6 +598,7 @@ __all__ = [
     "ConsumerOptionArgs",
     "ConsumerOptions",
     "Discard",
+    "Limits",
     "Storage",
     "StreamOptionArgs",
     "StreamOptions",

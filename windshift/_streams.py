@@ -94,10 +94,11 @@ class Streams:
 
     def __init__(self, connection: Connection) -> None:
         self._api = connection.api
+        self._limits = connection.settings.limits
 
     async def ensure(self, name: str, options: StreamOptions) -> StreamInfo:
         """Create the stream, or update it to match ``options``; see ``Client.ensure_stream``."""
-        config = options.to_config(name)
+        config = options.to_config(name, self._limits)
         context = f"ensure stream {name!r}"
         for _ in range(5):
             try:

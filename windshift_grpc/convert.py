@@ -282,8 +282,13 @@ def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
     return options
 
 
-def dead_letter_page(request: pb.ListDeadLettersRequest) -> dict[str, Any]:
+def dead_letter_page(request: pb.ListDeadLettersRequest, *, max_bytes: int) -> dict[str, Any]:
     """The keyword arguments of ``DeadLetterQueue.list`` for a ListDeadLetters request.
+
+    Args:
+        request: the request.
+        max_bytes: the byte budget of one answer (``WINDSHIFT_DEAD_LETTER_PAGE_BYTES``);
+            the library ends the page before its letters would pass it.
 
     Raises:
         ValidationError: ``limit`` is above :data:`MAX_DEAD_LETTER_PAGE`.
@@ -291,7 +296,7 @@ def dead_letter_page(request: pb.ListDeadLettersRequest) -> dict[str, Any]:
     limit = request.limit or DEFAULT_DEAD_LETTER_PAGE  # unset or 0: the default
     if limit > MAX_DEAD_LETTER_PAGE:
         raise ValidationError(f"limit must be at most {MAX_DEAD_LETTER_PAGE}, got {limit}")
-    return {"after_id": request.after_id, "limit": limit}
+    return {"after_id": request.after_id, "limit": limit, "max_bytes": max_bytes}
 
 
 def headers(

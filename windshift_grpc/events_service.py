@@ -34,15 +34,23 @@ class EventsService(pb_grpc.EventsServiceServicer):
             cleanly (status OK).
         max_calls: how many Events calls may be open at once; a further one is
             answered RESOURCE_EXHAUSTED.
+        dead_letter_page_bytes: the most bytes of dead letters one
+            ListDeadLetters answer holds (a single larger letter comes alone).
     """
 
     def __init__(
-        self, client: windshift.Client, *, stopping: asyncio.Event, max_calls: int = 1000
+        self,
+        client: windshift.Client,
+        *,
+        stopping: asyncio.Event,
+        max_calls: int = 1000,
+        dead_letter_page_bytes: int = 1024 * 1024,
     ) -> None:
         self._client = client
         self._stopping = stopping
         self._max_calls = max_calls
         self._open_calls = 0
+        self._dead_letter_page_bytes = dead_letter_page_bytes
 
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
@@ -107,8 +115,11 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Any
     ) -> pb.ListDeadLettersResponse:
+        # The page ends at the byte budget as well as at the limit: a client
+        # continues from the last id it got, and only an empty page is the end.
         queue = self._client.dead_letters(request.dead_letter_stream)
-        letters = await queue.list(**convert.dead_letter_page(request))
+        page = convert.dead_letter_page(request, max_bytes=self._dead_letter_page_bytes)
+        letters = await queue.list(**page)
         return pb.ListDeadLettersResponse(dead_letters=map(convert.dead_letter, letters))
 
     async def GetDeadLetter(

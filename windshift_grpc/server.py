@@ -109,6 +109,7 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
                 servers,
                 name="windshift-grpc",
                 publish_max_pending=settings.nats_publish_async_max_pending,
+                limits=settings.limits(),
                 **options,
             )
             stack.push_async_callback(client.close)
@@ -297,7 +298,13 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
         options=[("grpc.so_reuseport", 0)],
     )
     events_grpc.add_EventsServiceServicer_to_server(
-        EventsService(client, stopping=stopping, max_calls=settings.max_events_calls), server
+        EventsService(
+            client,
+            stopping=stopping,
+            max_calls=settings.max_events_calls,
+            dead_letter_page_bytes=settings.dead_letter_page_bytes,
+        ),
+        server,
     )
     state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)

@@ -39,6 +39,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from windshift import Limits
+from windshift._names import MAX_SUBJECT_LENGTH
+
 T = TypeVar("T")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -377,6 +380,59 @@ class Settings:
         "publish pipeline's depth); further PublishEvent calls wait for a slot.",
         group=_LIMITS,
     )
+    max_stream_subjects: int = _setting(
+        "WINDSHIFT_MAX_STREAM_SUBJECTS",
+        256,
+        _integer(1, 1_000_000),
+        "How many subjects one EnsureStream may give a stream; more is refused "
+        "`INVALID_ARGUMENT`. nats-server checks a stream's subjects against each other "
+        "in time that grows with the square of their number (docs/security.md).",
+        group=_LIMITS,
+    )
+    max_stream_sources: int = _setting(
+        "WINDSHIFT_MAX_STREAM_SOURCES",
+        64,
+        _integer(1, 1_000_000),
+        "How many sources one aggregate stream may copy from (each is a consumer "
+        "nats-server keeps running); more is refused `INVALID_ARGUMENT`.",
+        group=_LIMITS,
+    )
+    max_filter_subjects: int = _setting(
+        "WINDSHIFT_MAX_FILTER_SUBJECTS",
+        256,
+        _integer(1, 1_000_000),
+        "How many subjects one consumer may read, and how many filter subjects a "
+        "mirror, or all the sources of an aggregate together, may have; more is "
+        "refused `INVALID_ARGUMENT`.",
+        group=_LIMITS,
+    )
+    max_subject_length: int = _setting(
+        "WINDSHIFT_MAX_SUBJECT_LENGTH",
+        256,
+        _integer(1, MAX_SUBJECT_LENGTH),
+        "Characters in each subject of a stream, of a consumer and of a mirror's or "
+        f"source's filter; longer is refused `INVALID_ARGUMENT` (at most {MAX_SUBJECT_LENGTH}, "
+        "the bound of any subject or key).",
+        group=_LIMITS,
+    )
+    max_subject_tokens: int = _setting(
+        "WINDSHIFT_MAX_SUBJECT_TOKENS",
+        16,
+        _integer(1, MAX_SUBJECT_LENGTH // 2),
+        "`.`-separated tokens in each subject of a stream, of a consumer and of a "
+        "mirror's or source's filter; more is refused `INVALID_ARGUMENT`.",
+        group=_LIMITS,
+    )
+    dead_letter_page_bytes: int = _setting(
+        "WINDSHIFT_DEAD_LETTER_PAGE_BYTES",
+        1024 * 1024,
+        _integer(64 * 1024, 64 * 1024 * 1024),
+        "Most bytes of dead letters in one ListDeadLetters answer (well under the 4 MiB "
+        "gRPC clients receive by default): a page ends before it would grow larger, so "
+        "it may hold fewer letters than asked for while more follow (the end is an "
+        "empty page). A single larger letter comes alone.",
+        group=_LIMITS,
+    )
 
     @property
     def production(self) -> bool:
@@ -521,6 +577,16 @@ class Settings:
         if cert is not None and key is not None:
             context.load_cert_chain(cert, key, password=_no_password)
         return context
+
+    def limits(self) -> Limits:
+        """The :class:`windshift.Limits` of ``WINDSHIFT_MAX_*``, for :func:`windshift.connect`."""
+        return Limits(
+            max_stream_subjects=self.max_stream_subjects,
+            max_stream_sources=self.max_stream_sources,
+            max_filter_subjects=self.max_filter_subjects,
+            max_subject_length=self.max_subject_length,
+            max_subject_tokens=self.max_subject_tokens,
+        )
 
     def nats_options(self) -> dict[str, Any]:
         """The credentials and TLS keywords of :func:`windshift.connect` (only those set)."""

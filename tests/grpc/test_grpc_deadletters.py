@@ -21,12 +21,14 @@ import windshift
 from tests.grpc_fixtures import (
     EventsClient,
     ServeProcess,
+    StartServe,
     duration,
     ensure_stream,
     publish,
     string_any,
 )
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from windshift_grpc._proto.windshift.events.v1alpha1.service_pb2_grpc import (
@@ -251,6 +253,51 @@ async def test_list_pages_default_to_100_and_stop_at_1000(
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "1001" in str(error.details())
+
+
+async def _pages(stub: Stub, dead: str, *, limit: int = 1000) -> list[pb.ListDeadLettersResponse]:
+    """Every non-empty ListDeadLetters answer, paging from the start until an empty one."""
+    pages: list[pb.ListDeadLettersResponse] = []
+    after = 0
+    while True:
+        response: pb.ListDeadLettersResponse = await stub.ListDeadLetters(
+            pb.ListDeadLettersRequest(dead_letter_stream=dead, after_id=after, limit=limit)
+        )
+        if not response.dead_letters:
+            return pages
+        pages.append(response)
+        after = response.dead_letters[-1].id
+
+
+async def test_pages_end_at_the_byte_budget_and_paging_reaches_every_letter(
+    stub: Stub, events_client: OpenEvents, name: str
+) -> None:
+    # The session's server has the default budget, 1 MiB: letters of 300 kB
+    # come three to a page, however high the limit.
+    dead = await _setup(stub, name)
+    texts = [f"{i}{'x' * 300_000}" for i in range(7)]
+    await _reject_permanently(stub, events_client, name, *texts)
+    pages = await _pages(stub, dead)
+    assert [len(page.dead_letters) for page in pages] == [3, 3, 1]
+    assert all(page.ByteSize() <= 1024 * 1024 for page in pages)
+    assert [_text(letter) for page in pages for letter in page.dead_letters] == texts
+
+
+async def test_the_budget_is_a_setting_and_a_larger_letter_comes_alone(
+    start_serve: StartServe, name: str
+) -> None:
+    budget = 64 * 1024
+    server = await start_serve(WINDSHIFT_DEAD_LETTER_PAGE_BYTES=str(budget))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        dead = await _setup(stub, name)
+        texts = [f"{i}{'x' * size}" for i, size in enumerate([20_000] * 3 + [100_000, 20_000])]
+        call = await _reject_permanently(stub, lambda: EventsClient(stub), name, *texts)
+        await call.cancel()
+        pages = await _pages(stub, dead)
+        assert [len(page.dead_letters) for page in pages] == [3, 1, 1]
+        assert [page.ByteSize() <= budget for page in pages] == [True, False, True]
+        assert [_text(letter) for page in pages for letter in page.dead_letters] == texts
 
 
 # --- GetDeadLetter and the errors ----------------------------------------------------

@@ -104,6 +104,9 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_EMBEDDED_NATS_PORT", "0"),
         ("WINDSHIFT_EMBEDDED_NATS_PORT", "8080"),  # the same as GRPC_PORT
         ("WINDSHIFT_MAX_EVENTS_CALLS", "lots"),
+        ("WINDSHIFT_MAX_STREAM_SUBJECTS", "0"),
+        ("WINDSHIFT_MAX_SUBJECT_LENGTH", "4000"),  # longer than NATS can carry
+        ("WINDSHIFT_DEAD_LETTER_PAGE_BYTES", "1000"),
     ],
 )
 async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(

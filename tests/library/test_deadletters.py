@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import nats
 import pytest
-from google.protobuf.wrappers_pb2 import StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -339,3 +339,42 @@ async def test_a_replay_check_that_raises_publishes_nothing(
     replayed = await queue.replay(letter.id, check=seen.append)
     assert replayed.stream == name and len(seen) == 2
     assert await queue.list() == []
+
+
+async def test_pages_bounded_in_bytes_end_early_and_reach_every_letter(
+    client: windshift.Client, name: str
+) -> None:
+    consumer, dead = await _setup(client, name)
+    sizes = [10_000, 10_000, 10_000, 50_000, 10_000]
+    for size in sizes:
+        await client.publish(f"{name}.orders", BytesValue(value=b"x" * size))
+    async with client.subscribe(name, consumer, max_pending_events=len(sizes)) as events:
+        for event in await take(events, len(sizes)):
+            await event.reject(permanently=True)
+    queue = client.dead_letters(dead)
+    letters = await queue.list()
+    assert [len(letter.unpack(BytesValue).value) for letter in letters] == sizes
+    for letter in letters:  # a size counts the data and more, never less
+        assert deadletters._size(letter) > len(letter.data.value) + len(letter.reason)
+
+    pages: list[list[int]] = []
+    after = 0
+    while page := await queue.list(after_id=after, max_bytes=25_000):
+        pages.append([letter.id for letter in page])
+        assert len(page) == 1 or sum(map(deadletters._size, page)) <= 25_000
+        after = page[-1].id
+    ids = [letter.id for letter in letters]
+    # Two small ones fit; the third would pass the budget; the large one comes
+    # alone; every page but the empty last is shorter than the limit of 100.
+    assert pages == [ids[0:2], ids[2:3], ids[3:4], ids[4:5]]
+    assert await queue.list(max_bytes=10**9) == letters
+    assert await queue.list(limit=2, max_bytes=10**9) == letters[:2]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+async def test_max_bytes_must_be_a_positive_whole_number(
+    client: windshift.Client, name: str, bad: object
+) -> None:
+    _, dead = await _setup(client, name)
+    with pytest.raises(ValidationError, match=f"max_bytes must be 1 or more, got {bad!r}"):
+        await client.dead_letters(dead).list(max_bytes=bad)  # type: ignore[arg-type]

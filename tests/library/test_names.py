@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from windshift._names import validate_name, validate_subject, validate_subjects
+from windshift._names import (
+    MAX_STORE_NAME_LENGTH,
+    MAX_SUBJECT_LENGTH,
+    validate_name,
+    validate_subject,
+    validate_subjects,
+)
 from windshift.errors import ValidationError
 
 
@@ -22,6 +28,24 @@ def test_bad_names_are_refused_naming_the_value(bad: object) -> None:
     assert "consumer" in str(info.value)
     if isinstance(bad, str) and bad and len(bad) < 50:
         assert repr(bad) in str(info.value)
+
+
+def test_a_store_name_leaves_room_for_its_streams_prefix() -> None:
+    # The store's stream is KV_<name>, and NATS takes stream names of 255 at most.
+    assert MAX_STORE_NAME_LENGTH == 252
+    assert validate_name("store", "s" * 252) == "s" * 252
+    with pytest.raises(ValidationError, match="253 characters long, longer than NATS allows"):
+        validate_name("store", "s" * 253)
+    assert validate_name("stream", "s" * 253)
+
+
+def test_a_subject_fits_a_publish_line_of_nats() -> None:
+    longest = "a" * MAX_SUBJECT_LENGTH
+    assert validate_subject(longest) == longest
+    with pytest.raises(ValidationError, match="3073 characters long, longer than NATS can carry"):
+        validate_subject(longest + "a")
+    with pytest.raises(ValidationError, match="4096 characters long"):
+        validate_subject("a" * 4096)  # what nats-server answers by closing the connection
 
 
 @pytest.mark.parametrize("good", ["orders", "orders.created", "a.b-c.D_e.9"])

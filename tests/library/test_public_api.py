@@ -30,6 +30,7 @@ EXPORTED = [
     "Event",
     "EventSettledError",
     "KeyNotFoundError",
+    "Limits",
     "NotFoundError",
     "OutgoingEvent",
     "PublishedEvent",

@@ -9,8 +9,14 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
-from windshift import StreamPointer, StreamSource
-from windshift.errors import ConfigurationConflictError, NotFoundError, ValidationError
+from windshift import EmbeddedNats, Limits, StreamPointer, StreamSource
+from windshift._names import MAX_NAME_LENGTH
+from windshift.errors import (
+    ConfigurationConflictError,
+    NotFoundError,
+    StreamNotFoundError,
+    ValidationError,
+)
 
 
 async def _publish(client: windshift.Client, subject: str, count: int) -> list[int]:
@@ -241,3 +247,44 @@ async def test_stream_info_and_delete(client: windshift.Client, name: str) -> No
         await client.stream_info(name)
     with pytest.raises(NotFoundError, match=name):
         await client.delete_stream(name)
+
+
+async def test_the_limits_of_a_client_hold_before_nats(
+    nats_server: EmbeddedNats, name: str
+) -> None:
+    limits = Limits(max_stream_subjects=2, max_filter_subjects=1)
+    async with windshift.connect(nats_server.url, limits=limits) as client:
+        assert client.settings.limits == limits
+        with pytest.raises(ValidationError, match="3 stream subjects, more than the limit of 2"):
+            await client.ensure_stream(name, subjects=[f"{name}.a", f"{name}.b", f"{name}.c"])
+        with pytest.raises(StreamNotFoundError):
+            await client.stream_info(name)  # nothing reached NATS
+        await client.ensure_stream(name, subjects=[f"{name}.a", f"{name}.b"])
+        with pytest.raises(ValidationError, match="2 consumer subjects, more than the limit of 1"):
+            await client.ensure_consumer(name, "c", subjects=[f"{name}.a", f"{name}.b"])
+        await client.ensure_consumer(name, "c", subjects=[f"{name}.a"])
+
+
+async def test_a_stream_at_the_default_limits_is_created(
+    client: windshift.Client, name: str
+) -> None:
+    subjects = [f"{name}.{i}.{'x' * 200}" for i in range(256)]
+    info = await client.ensure_stream(name, subjects=subjects, storage="memory")
+    assert info.subjects == subjects
+    with pytest.raises(ValidationError, match="257 stream subjects"):
+        await client.ensure_stream(name, subjects=[*subjects, f"{name}.more"])
+    assert (await client.stream_info(name)).subjects == subjects  # unchanged
+
+
+async def test_names_as_long_as_nats_takes(client: windshift.Client, name: str) -> None:
+    longest = name + "x" * (MAX_NAME_LENGTH - len(name))
+    await client.ensure_stream(longest, subjects=[f"{name}.>"], storage="memory")
+    consumer = await client.ensure_consumer(longest, longest)
+    assert (consumer.id, consumer.stream) == (longest, longest)
+    with pytest.raises(ValidationError, match="256 characters long, longer than NATS allows"):
+        await client.ensure_stream(longest + "x", subjects=[f"{name}.b"])
+
+
+async def test_connect_refuses_limits_of_another_kind(nats_server: EmbeddedNats) -> None:
+    with pytest.raises(ValidationError, match=r"limits must be a windshift\.Limits, got 5"):
+        windshift.connect(nats_server.url, limits=5)  # type: ignore[arg-type]

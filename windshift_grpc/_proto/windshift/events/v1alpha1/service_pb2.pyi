@@ -1108,7 +1108,10 @@ class ListDeadLettersResponse(_message.Message):
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
-        """In id order; fewer than the limit on the last page."""
+        """In id order. The server also ends a page before it passes its byte
+        budget (WINDSHIFT_DEAD_LETTER_PAGE_BYTES), so a page may hold fewer
+        than the limit while more follow: only an empty page is the last.
+        """
 
     def __init__(
         self,
