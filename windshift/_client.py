@@ -291,6 +291,7 @@ class Client:
         consumer: str,
         *,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_pending_bytes: int | None = None,
         auto_ping: bool = True,
     ) -> Subscription:
         """Receive the events of a consumer.
@@ -305,6 +306,11 @@ class Client:
             consumer: the consumer's id (see :meth:`ensure_consumer`).
             max_pending_events: at most this many events are delivered to this
                 subscription and unsettled at any time (default 50).
+            max_pending_bytes: at most this many bytes of events (subject,
+                headers and data, as JetStream counts them) are delivered to
+                this subscription and unsettled at any time; None (the
+                default): no bound in bytes. An event larger than the bound
+                is still delivered, alone: it waits until nothing else is held.
             auto_ping: ping held events every third of the processing timeout
                 so they are not redelivered while being worked on. Without it,
                 an event the holder does not ping within the processing
@@ -312,7 +318,7 @@ class Client:
                 delivery raises EventSettledError).
 
         Raises:
-            ValidationError: bad names or ``max_pending_events``.
+            ValidationError: bad names, ``max_pending_events`` or ``max_pending_bytes``.
             StreamNotFoundError, ConsumerNotFoundError: (on entering) the
                 stream or consumer does not exist.
         """
@@ -322,6 +328,7 @@ class Client:
             stream,
             consumer,
             max_pending_events=max_pending_events,
+            max_pending_bytes=max_pending_bytes,
             auto_ping=auto_ping,
         )
 

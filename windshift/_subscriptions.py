@@ -4,7 +4,10 @@ How it works, in short: the subscription owns one inbox subscription and
 asks JetStream for events with pull requests sent to it. It never asks for
 more than ``max_pending_events`` minus what it already holds and what earlier
 requests may still bring, so at most ``max_pending_events`` events are ever
-delivered and unsettled. Every pull request carries an idle heartbeat; when
+delivered and unsettled. With ``max_pending_bytes`` the same holds for their
+size: each pull request carries JetStream's ``max_bytes``, the room left in
+bytes, and an event too large for the whole bound is asked for alone, once
+nothing else is held (so it is delivered rather than stuck). Every pull request carries an idle heartbeat; when
 neither events nor heartbeats arrive for a while, or the connection comes
 back after a drop, the requests in flight are taken as dead and new ones are
 sent at once. Status messages (timeouts, leadership changes, heartbeats) are
@@ -52,6 +55,8 @@ DEFAULT_MAX_PENDING_EVENTS = 50
 # A pull request's batch is a signed 64-bit number to JetStream: a larger one
 # is refused, and was asked for again and again (tests/test_resilience.py).
 MAX_PENDING_EVENTS_LIMIT = 2**63 - 1
+# JetStream reads a pull request's max_bytes as a signed 64-bit number too.
+MAX_PENDING_BYTES_LIMIT = 2**63 - 1
 
 # A pull request is held by the server this long at most; an idle one
 # proves it is alive with a heartbeat this often.
@@ -65,8 +70,10 @@ _MISSING_GRACE = 3.0
 
 @dataclass(slots=True)
 class _PullRequest:
-    remaining: int
+    remaining: int  # events it may still bring
     expires_at: float
+    remaining_bytes: int = 0  # bytes it may still bring (with max_pending_bytes)
+    max_bytes: int = 0  # the max_bytes it asked for; 0: none
 
 
 class Subscription:
@@ -95,6 +102,7 @@ class Subscription:
         consumer: str,
         *,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_pending_bytes: int | None = None,
         auto_ping: bool = True,
     ) -> None:
         validate_name("stream", stream)
@@ -108,6 +116,15 @@ class Subscription:
                 f"max_pending_events must be between 1 and {MAX_PENDING_EVENTS_LIMIT}, "
                 f"got {quote_value(max_pending_events)}"
             )
+        if max_pending_bytes is not None and (
+            isinstance(max_pending_bytes, bool)
+            or not isinstance(max_pending_bytes, int)
+            or not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT
+        ):
+            raise ValidationError(
+                f"max_pending_bytes must be None or between 1 and {MAX_PENDING_BYTES_LIMIT}, "
+                f"got {quote_value(max_pending_bytes)}"
+            )
         self.nc = connection.nc
         self._connection = connection
         self._api = api = connection.api
@@ -118,6 +135,7 @@ class Subscription:
         self.stream = stream
         self.consumer = consumer
         self.max_pending_events = max_pending_events
+        self.max_pending_bytes = max_pending_bytes
         self.auto_ping = auto_ping
         self.request_timeout = api.timeout
         self.processing_timeout = timedelta(seconds=30)
@@ -133,7 +151,13 @@ class Subscription:
         self._tokens = itertools.count(1)
         self._requests: dict[str, _PullRequest] = {}
         self._credit = 0  # events the live pull requests may still bring
+        self._byte_credit = 0  # bytes they may still bring (with max_pending_bytes)
         self._held: dict[str, Event] = {}  # delivered and unsettled, by reply subject
+        self._sizes: dict[str, int] = {}  # their sizes (only with max_pending_bytes)
+        self._held_bytes = 0
+        # A pull request with this much room in bytes was refused: the next
+        # event is larger. Asking again waits until there is more room.
+        self._too_small = 0
         self._by_id: dict[int, Event] = {}  # the latest of them per event id
         self._metrics = SubscriptionMetrics(stream, consumer, self._held)
         self._buffer: deque[Event] = deque()  # held, not yet handed to the caller
@@ -152,6 +176,11 @@ class Subscription:
     def held_events(self) -> int:
         """Events delivered to this subscription and not yet settled."""
         return len(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        """The size of the held events, as JetStream counts it (0 without ``max_pending_bytes``)."""
+        return self._held_bytes
 
     @property
     def dead_letters(self) -> DeadLetterPolicy | None:
@@ -241,15 +270,26 @@ class Subscription:
         if not reply:
             await self._on_status(msg.subject[len(self._inbox) + 1 :], msg)
             return
+        bound = self.max_pending_bytes
+        size = _wire_size(msg) if bound is not None else 0
         # Events carry their own subject, not the request's: JetStream serves
         # waiting requests in order, so count this one against the oldest.
         for token, request in self._requests.items():
             self._credit -= 1
             request.remaining -= 1
-            if request.remaining <= 0:
-                del self._requests[token]
+            if request.max_bytes:
+                taken = min(size, request.remaining_bytes)
+                self._byte_credit -= taken
+                request.remaining_bytes -= taken
+            # JetStream ends a request whose bytes are used up exactly, silently.
+            if request.remaining <= 0 or (request.max_bytes and request.remaining_bytes <= 0):
+                self._retire(token)
             break
-        if self._closed or len(self._held) >= self.max_pending_events:
+        if (
+            self._closed
+            or len(self._held) >= self.max_pending_events
+            or (bound is not None and self._held and self._held_bytes + size > bound)
+        ):
             # Only a request taken for dead can bring this: hand it straight back.
             await self.nc.publish(reply, b"-NAK")
             return
@@ -258,6 +298,9 @@ class Subscription:
             await self.nc.publish(reply, b"+TERM")
             return
         self._held[reply] = event
+        if bound is not None:
+            self._sizes[reply] = size
+            self._held_bytes += size
         earlier = self._by_id.get(event.id)
         self._by_id[event.id] = event
         if earlier is not None and not self.auto_ping:
@@ -282,11 +325,19 @@ class Subscription:
         status = headers.get("Status", "")
         if status == "100":
             return  # idle heartbeat
-        request = self._requests.pop(token, None)
+        request = self._requests.get(token)
         if request is not None:
-            self._credit -= request.remaining
+            self._retire(token)
         # nats-py keys the description with an Enum member whose hash is not the string's
         description = str(headers.get(Header.DESCRIPTION) or headers.get("Description") or "")
+        if status == "409" and "Exceeds MaxBytes" in description:
+            # The next event does not fit the room this request had: ask again
+            # once there is more (a settlement), or for it alone once nothing
+            # is held (see _pull).
+            if request is not None:
+                self._too_small = max(self._too_small, request.max_bytes)
+            await self._pull()
+            return
         if status == "409" and "Consumer Deleted" in description:
             self._fail(
                 ConsumerNotFoundError(
@@ -362,29 +413,54 @@ class Subscription:
         free = self.max_pending_events - len(self._held) - self._credit
         if free <= 0 or (self._credit and free < max(1, self.max_pending_events // 2)):
             return
+        max_bytes = 0
+        bound = self.max_pending_bytes
+        if bound is not None:
+            max_bytes = bound - self._held_bytes - self._byte_credit
+            if max_bytes <= self._too_small:
+                if self._held or self._requests:
+                    return  # wait for room
+                # Nothing held, nothing asked for, and the next event is larger
+                # than the whole bound: ask for it alone, without max_bytes.
+                free, max_bytes = 1, 0
+            elif self._byte_credit and max_bytes < bound // 2:
+                return
         token = str(next(self._tokens))
-        self._requests[token] = _PullRequest(free, self.clock() + self.pull_expires)
+        self._requests[token] = _PullRequest(
+            free, self.clock() + self.pull_expires, max_bytes, max_bytes
+        )
         self._credit += free
+        self._byte_credit += max_bytes
         request = {
             "batch": free,
             "expires": int(self.pull_expires * 1e9),
             "idle_heartbeat": int(self.heartbeat * 1e9),
         }
+        if max_bytes:
+            request["max_bytes"] = max_bytes
         await self.nc.publish(
             self._next_subject,
             json.dumps(request).encode(),
             reply=f"{self._inbox}.{token}",
         )
 
+    def _retire(self, token: str) -> None:
+        """Forget a pull request that ended: what it could still bring is no longer credit."""
+        request = self._requests.pop(token)
+        self._credit -= request.remaining
+        self._byte_credit -= request.remaining_bytes
+
     def _drop_requests(self) -> None:
         self._requests.clear()
         self._credit = 0
+        self._byte_credit = 0
 
     async def _on_reconnect(self) -> None:
         # The requests in flight died with the old connection: ask again now.
         self._drop_requests()
         self._last_activity = self.clock()
         self._not_before = 0.0
+        self._too_small = 0
         await self._pull()
 
     # The event source of the events this subscription delivers (windshift._events.EventSource).
@@ -433,8 +509,12 @@ class Subscription:
         await self._pull()
 
     def _forget(self, event: Event) -> None:
-        if self._held.pop(event.reply, None) is not None and self._by_id.get(event.id) is event:
-            del self._by_id[event.id]
+        if self._held.pop(event.reply, None) is not None:
+            if self._by_id.get(event.id) is event:
+                del self._by_id[event.id]
+            if self.max_pending_bytes is not None:
+                self._held_bytes -= self._sizes.pop(event.reply, 0)
+                self._too_small = 0  # more room: the next event may fit now
 
     async def _expire(self, event: Event) -> None:
         """Give up an unsettled event unpinged for its processing timeout (``auto_ping=False``)."""
@@ -470,8 +550,7 @@ class Subscription:
         now = self.clock()
         for token, request in list(self._requests.items()):
             if now > request.expires_at + 1.0:
-                self._credit -= request.remaining
-                del self._requests[token]
+                self._retire(token)
         # Requests are taken as dead when nothing (event or heartbeat) came for a while.
         if self._requests and now - self._last_activity > 2 * self.heartbeat + 0.5:
             logger.debug("pull requests of %s/%s went silent", self.stream, self.consumer)
@@ -537,6 +616,20 @@ def _consume_outcome(task: asyncio.Future[None]) -> None:
     """Retrieve a shielded task's outcome, so an error left behind is not logged as lost."""
     if not task.cancelled():
         task.exception()
+
+
+def _wire_size(msg: Msg) -> int:
+    """The size JetStream counts a delivered message at against a pull request's ``max_bytes``.
+
+    Subject, reply subject, header block and data; nats-py keeps the headers
+    parsed only, so their block (``NATS/1.0\\r\\n``, ``Name: value\\r\\n`` each,
+    ``\\r\\n``) is counted again from them.
+    """
+    size = len(msg.subject) + len(msg.reply) + len(msg.data)
+    headers = msg.headers
+    if headers:
+        size += 12 + sum(len(name) + len(value) + 4 for name, value in headers.items())
+    return size
 
 
 def _event_from(subscription: Subscription, msg: Msg, now: float) -> Event | None:

@@ -12,8 +12,11 @@ once, in this order:
    see :mod:`windshift_grpc.undecodable`);
 4. **authorize**: the token must grant what the request needs
    (:mod:`windshift_grpc.permissions`; PERMISSION_DENIED), within its quota
-   (RESOURCE_EXHAUSTED); an Events call is checked on every message, so a
-   revoked token stops it;
+   (RESOURCE_EXHAUSTED); an Events call is checked on every message, and once
+   subscribed it is in the register of open Events calls
+   (:class:`~windshift_grpc.admission.EventsCalls`), which
+   :meth:`CallLayer.recheck` walks after a reload of the tokens file, so a
+   withdrawn token ends its calls at once, silent ones included;
 5. **run** the servicer's method inside an OpenTelemetry ``SERVER`` span
    that continues the caller's W3C trace context, so that the library's
    publish span becomes its child;
@@ -22,7 +25,11 @@ once, in this order:
    (never the payload).
 
 The servicers hold none of this: they convert, call the library and convert
-back. Health and reflection calls skip authentication and admission and log
+back. The one exception is the moment an Events call takes its place among
+the open ones, which only the call knows (after its Subscribe is validated,
+before the subscription opens): it does so through the
+:class:`~windshift_grpc.admission.EventsCall` that its :class:`Requests`
+carry. Health and reflection calls skip authentication and admission and log
 at DEBUG (probes call often).
 
 A refused streaming call first reads the client's first message: grpcio's
@@ -51,7 +58,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from windshift import ValidationError
-from windshift_grpc.admission import REFUSAL, Admission
+from windshift_grpc.admission import REFUSAL, Admission, EventsCall, EventsCalls
 from windshift_grpc.auth import Permission
 from windshift_grpc.permissions import EVENTS_METHOD, PROTECTED, Access, needs
 from windshift_grpc.status import status_for
@@ -111,14 +118,20 @@ class Requests(Generic[T], AsyncIterator[T]):
         raw: the messages as gRPC hands them over (possibly malformed).
         method: the RPC, for messages.
         check: called with every request before it is handed on (authorization).
+        call: an Events call's place among the open ones (see the module docstring).
     """
 
     def __init__(
-        self, raw: AsyncIterator[Any], method: str, check: Callable[[T], None] | None
+        self,
+        raw: AsyncIterator[Any],
+        method: str,
+        check: Callable[[T], None] | None,
+        call: EventsCall | None = None,
     ) -> None:
         self._raw = raw
         self._method = method
         self._check = check
+        self.call = call
         self.started = False
 
     def __aiter__(self) -> Requests[T]:
@@ -211,24 +224,40 @@ class _Call:
             return self.access.authorized(self.token, self.method, request)
         return contextlib.nullcontext()
 
-    def stream_check(self) -> Callable[[Any], None] | None:
+    def events_entry(self, register: EventsCalls) -> EventsCall | None:
+        """An Events call's entry for the register of open ones (None for other methods)."""
+        if self.method != EVENTS_METHOD:
+            return None
+        access, token, method = self.access, self.token, self.method
+        if access is None or token is None:
+            return EventsCall(register)
+
+        def verify() -> None:
+            if call.stream is not None:
+                access.check(token, [(Permission.CONSUME, call.stream)], method)
+
+        call = EventsCall(register, token, access.grant(token).name, verify)
+        return call
+
+    def stream_check(self, events: EventsCall | None) -> Callable[[Any], None] | None:
         """The per-message check of a streaming call (no-op without a tokens file).
 
-        Events needs consume on the subscribed stream, on every message; any
-        other protected streaming method is refused (no permission grants it).
+        Events needs consume on the subscribed stream, on every message (the
+        stream is kept in ``events``); any other protected streaming method
+        is refused (no permission grants it).
         """
         access, token, method = self.access, self.token, self.method
         if access is None or token is None:
             return None
-        if method != EVENTS_METHOD:
+        if method != EVENTS_METHOD or events is None:  # (events: only None for the others)
             needs(method, None)  # raises: closed by default
-        subscribed: list[str] = []
+            return None
 
         def check(request: Any) -> None:
-            if not subscribed and request.WhichOneof("request") == "subscribe":
-                subscribed.append(request.subscribe.stream)
-            if subscribed:
-                access.check(token, [(Permission.CONSUME, subscribed[0])], method)
+            if events.stream is None and request.WhichOneof("request") == "subscribe":
+                events.stream = request.subscribe.stream
+            if events.stream is not None:
+                access.check(token, [(Permission.CONSUME, events.stream)], method)
             else:  # not a subscribe first: the call itself refuses it, if the token is good
                 access.grant(token)
 
@@ -280,11 +309,23 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         admission: counts the API's calls and refuses them while the server
             drains; None: admit everything.
         access: the tokens and their checks; None: the API needs no token.
+        events: the register of open Events calls, with its limits; None:
+            one with the default limits.
     """
 
-    def __init__(self, admission: Admission | None = None, access: Access | None = None) -> None:
+    def __init__(
+        self,
+        admission: Admission | None = None,
+        access: Access | None = None,
+        events: EventsCalls | None = None,
+    ) -> None:
         self.admission = admission
         self.access = access
+        self.events = EventsCalls() if events is None else events
+
+    def recheck(self) -> int:
+        """After a reload of the tokens: end the open Events calls it withdrew; how many."""
+        return self.events.recheck() if self.access is not None else 0
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = await continuation(details)
@@ -374,9 +415,11 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             call = self._call(method, metadata)
             error: BaseException | None = None
             requests: Requests[Any] = Requests(raw, method, None)
+            events: EventsCall | None = None
             try:
                 await call.open(context, requests)
-                requests = Requests(raw, method, call.stream_check())
+                events = call.events_entry(self.events)
+                requests = Requests(raw, method, call.stream_check(events), events)
                 if inspect.isasyncgenfunction(behavior):
                     async with contextlib.aclosing(behavior(requests, context)) as responses:
                         async for response in responses:
@@ -392,6 +435,8 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = exc
                 await call.fail(context, exc, requests)
             finally:
+                if events is not None:
+                    events.leave()
                 call.finish(context, error)
 
         return handle

@@ -21,8 +21,8 @@ import windshift
 from windshift_grpc import convert, permissions
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.events_stream import events_call
-from windshift_grpc.status import TooManyCallsError
+from windshift_grpc.calls import Requests
+from windshift_grpc.events_stream import CallLimits, events_call
 
 
 class EventsService(pb_grpc.EventsServiceServicer):
@@ -32,8 +32,9 @@ class EventsService(pb_grpc.EventsServiceServicer):
         client: the connected library client all calls go through.
         stopping: set when the server shuts down; open Events calls then end
             cleanly (status OK).
-        max_calls: how many Events calls may be open at once; a further one is
-            answered RESOURCE_EXHAUSTED.
+        limits: what one Events call may hold (None: the defaults). How many
+            calls may be open is the call layer's
+            (:class:`~windshift_grpc.admission.EventsCalls`).
         dead_letter_page_bytes: the most bytes of dead letters one
             ListDeadLetters answer holds (a single larger letter comes alone).
     """
@@ -43,13 +44,12 @@ class EventsService(pb_grpc.EventsServiceServicer):
         client: windshift.Client,
         *,
         stopping: asyncio.Event,
-        max_calls: int = 1000,
+        limits: CallLimits | None = None,
         dead_letter_page_bytes: int = 1024 * 1024,
     ) -> None:
         self._client = client
         self._stopping = stopping
-        self._max_calls = max_calls
-        self._open_calls = 0
+        self._limits = limits or CallLimits()
         self._dead_letter_page_bytes = dead_letter_page_bytes
 
     async def EnsureStream(
@@ -96,19 +96,12 @@ class EventsService(pb_grpc.EventsServiceServicer):
     async def Events(
         self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any
     ) -> AsyncGenerator[pb.EventsResponse, None]:
-        if self._open_calls >= self._max_calls:
-            raise TooManyCallsError(
-                f"this server already serves {self._open_calls} Events calls, its limit "
-                "(WINDSHIFT_MAX_EVENTS_CALLS); retry later or on another replica"
-            )
-        self._open_calls += 1
-        try:
-            calls = events_call(self._client, request_iterator, self._stopping)
-            async with contextlib.aclosing(calls) as responses:
-                async for response in responses:
-                    yield response
-        finally:
-            self._open_calls -= 1
+        # Behind the call layer, the requests carry the call's place among the open ones.
+        call = request_iterator.call if isinstance(request_iterator, Requests) else None
+        calls = events_call(self._client, request_iterator, self._stopping, self._limits, call)
+        async with contextlib.aclosing(calls) as responses:
+            async for response in responses:
+                yield response
 
     # Dead letters (additions of this implementation; see docs/deadletters.md).
 

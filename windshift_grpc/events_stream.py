@@ -21,6 +21,22 @@ The call ends with OK when the client half-closes or the server shuts down
 when the subscription fails or the client breaks the protocol. Events handed
 to the client and not settled are redelivered by NATS once their processing
 timeout passes; events fetched but never sent are handed back at once.
+
+What one call may cost the server is bounded (:class:`CallLimits`):
+
+* the Subscribe must come within ``first_message_timeout`` seconds
+  (INVALID_ARGUMENT otherwise), and the call takes its place among the open
+  Events calls only once it is validated, just before the subscription
+  opens (:class:`~windshift_grpc.admission.EventsCall`);
+* the events it holds: at most ``max_processing_events`` and at most
+  ``max_pending_bytes`` bytes of them (one larger event alone);
+* an Ack, Reject or Ping names at most ``max_ids`` ids (INVALID_ARGUMENT
+  naming the limit);
+* requests are read only while fewer than :data:`MAX_REQUESTS_IN_FLIGHT`
+  requests, naming fewer than ``max_ids`` ids in all, are being settled or
+  wait for their confirmation to be sent. A client that does not read its
+  confirmations therefore stops being read, and gRPC flow control holds
+  its further requests on its side.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -37,24 +54,60 @@ import windshift
 from windshift import Event, EventSettledError, UnavailableError, ValidationError, WindshiftError
 from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc.admission import EventsCall
 
 logger = logging.getLogger("windshift_grpc.events")
 
 DEFAULT_MAX_PROCESSING_EVENTS = 50
 #: Larger ``max_processing_events`` values are lowered to this.
 MAX_PROCESSING_EVENTS = 10_000
-# Ack/reject/ping requests of one call being settled at once; reading more
-# requests waits (and so does the client, through gRPC flow control).
-_MAX_REQUESTS_IN_FLIGHT = 64
+#: Ack/reject/ping requests of one call being settled or waiting for their
+#: confirmation to be sent, at most; reading more waits (and so does the
+#: client, through gRPC flow control).
+MAX_REQUESTS_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one Events call may hold on the server (the ``WINDSHIFT_EVENTS_*`` settings).
+
+    Attributes:
+        first_message_timeout: seconds the Subscribe may take to arrive.
+        max_ids: ids one Ack, Reject or Ping may name; also the ids that
+            the requests being settled or confirmed may name in all before
+            reading waits (one request alone may always be read).
+        max_pending_bytes: bytes of events the call's subscription holds at
+            most (one event larger than this is still delivered, alone);
+            None: no bound in bytes.
+    """
+
+    first_message_timeout: float = 5.0
+    max_ids: int = 10_000
+    max_pending_bytes: int | None = 4 * 1024 * 1024
+
 
 Settle = Callable[[Event], Awaitable[None]]
-_Outgoing = Event | asyncio.Task[pb.EventsResponse]
+
+
+class _Settling:
+    """A request being settled: its confirmation to be, and how many ids it names."""
+
+    __slots__ = ("ids", "task")
+
+    def __init__(self, task: asyncio.Task[pb.EventsResponse], ids: int) -> None:
+        self.task = task
+        self.ids = ids
+
+
+_Outgoing = Event | _Settling
 
 
 async def events_call(
     client: windshift.Client,
     requests: AsyncIterator[pb.EventsRequest],
     stopping: asyncio.Event,
+    limits: CallLimits | None = None,
+    call: EventsCall | None = None,
 ) -> AsyncGenerator[pb.EventsResponse, None]:
     """Serve one Events call: yields the responses to send.
 
@@ -62,15 +115,23 @@ async def events_call(
         client: the library client.
         requests: the client's messages.
         stopping: set when the server shuts down; the call then ends with OK.
+        limits: what the call may hold (None: the defaults).
+        call: its place among the open Events calls (taken before the
+            subscription opens, given back when it ends); through it a
+            reload of the tokens file ends the call. None: not counted.
 
     Raises:
-        ValidationError: the first message is not a Subscribe, or a later one
-            is a Subscribe or empty.
+        ValidationError: the first message is not a Subscribe or does not
+            come within ``limits.first_message_timeout``, or a later one is
+            a Subscribe, empty or names more than ``limits.max_ids`` ids.
         NotFoundError: the stream or the consumer does not exist (or the
             consumer is deleted during the call).
+        TooManyCallsError: the server, or the call's token, has as many open
+            Events calls as allowed.
         UnavailableError: NATS did not answer.
     """
-    first = await _first_request(requests, stopping)
+    limits = limits or CallLimits()
+    first = await _first_request(requests, stopping, limits.first_message_timeout)
     if first is None:
         return
     kind = first.WhichOneof("request")
@@ -83,11 +144,22 @@ async def events_call(
         subscribe.max_processing_events or DEFAULT_MAX_PROCESSING_EVENTS, MAX_PROCESSING_EVENTS
     )
     subscription = client.subscribe(
-        subscribe.stream, subscribe.consumer, max_pending_events=limit, auto_ping=False
+        subscribe.stream,
+        subscribe.consumer,
+        max_pending_events=limit,
+        max_pending_bytes=limits.max_pending_bytes,
+        auto_ping=False,
     )
+    # Counted from here: the Subscribe passed authentication, the consume
+    # check and validation; a refused call never opens a subscription (which
+    # could take events and hand them back, one delivery attempt spent).
+    if call is not None:
+        call.enter()
     try:
         await subscription.__aenter__()
     except BaseException:
+        if call is not None:
+            call.leave()
         await _close(subscription)  # whatever the opening left behind
         raise
     try:
@@ -102,10 +174,13 @@ async def events_call(
                 processing_timeout=convert.to_duration(subscription.processing_timeout)
             )
         )
-        async with contextlib.aclosing(_Call(subscription, requests, stopping).run()) as responses:
+        running = _Call(subscription, requests, stopping, limits.max_ids, call)
+        async with contextlib.aclosing(running.run()) as responses:
             async for response in responses:
                 yield response
     finally:
+        if call is not None:
+            call.leave()
         await _close(subscription)
 
 
@@ -133,13 +208,18 @@ def _closed(task: asyncio.Task[None]) -> None:
 
 
 async def _first_request(
-    requests: AsyncIterator[pb.EventsRequest], stopping: asyncio.Event
+    requests: AsyncIterator[pb.EventsRequest], stopping: asyncio.Event, timeout: float
 ) -> pb.EventsRequest | None:
-    """The first message, or None when the server stops before it arrives."""
+    """The first message, or None when the server stops before it arrives.
+
+    Raises:
+        ValidationError: it did not arrive within ``timeout`` seconds, or the
+            client half-closed without sending it.
+    """
     read = asyncio.ensure_future(anext(requests, None))
     stop = asyncio.ensure_future(stopping.wait())
     try:
-        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((read, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop.cancel()
         if not read.done():
@@ -147,7 +227,12 @@ async def _first_request(
             with contextlib.suppress(BaseException):
                 await read
     if read.cancelled():
-        return None
+        if stopping.is_set():
+            return None
+        raise ValidationError(
+            f"no subscribe within {timeout:g}s of the Events call's start "
+            "(WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT): send it as the first message"
+        )
     first = read.result()
     if first is None:
         raise ValidationError("the Events call ended before its first message, a subscribe")
@@ -162,17 +247,26 @@ class _Call:
         subscription: windshift.Subscription,
         requests: AsyncIterator[pb.EventsRequest],
         stopping: asyncio.Event,
+        max_ids: int,
+        call: EventsCall | None,
     ) -> None:
         self._subscription = subscription
         self._requests = requests
         self._stopping = stopping
+        self._max_ids = max_ids
+        self._call = call
         self._outbox: deque[_Outgoing] = deque()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(_MAX_REQUESTS_IN_FLIGHT)
+        # Requests read and not yet confirmed (sent), and the ids they name.
+        self._in_flight = 0
+        self._in_flight_ids = 0
+        self._room = asyncio.Event()
         self._ended = False
         self._error: BaseException | None = None
 
     async def run(self) -> AsyncGenerator[pb.EventsResponse, None]:
+        if self._call is not None:
+            self._call.on_end(self._end)  # a reload withdrew the token: end now
         workers = [
             asyncio.create_task(self._pump(), name="windshift-grpc-events-pump"),
             asyncio.create_task(self._read(), name="windshift-grpc-events-read"),
@@ -190,7 +284,8 @@ class _Call:
                     if item.settled is None:  # not given up while queued
                         yield pb.EventsResponse(event=convert.event(item))
                 else:
-                    yield await self._confirmation(item)
+                    yield await item.task
+                    self._confirmed(item)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -201,8 +296,11 @@ class _Call:
                     if isinstance(item, Event):
                         unsent.append(item)
                     else:
-                        yield await self._confirmation(item)
+                        yield await item.task
+                        self._confirmed(item)
         finally:
+            if self._call is not None:
+                self._call.on_end(None)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -210,11 +308,11 @@ class _Call:
         if self._error is not None:
             raise self._error
 
-    async def _confirmation(self, task: asyncio.Task[pb.EventsResponse]) -> pb.EventsResponse:
-        try:
-            return await task
-        finally:
-            self._slots.release()
+    def _confirmed(self, settling: _Settling) -> None:
+        """Count a request out: its confirmation is sent (the yield returned), not just made."""
+        self._in_flight -= 1
+        self._in_flight_ids -= settling.ids
+        self._room.set()
 
     async def _give_back(self, unsent: list[Event]) -> None:
         """Hand events that never reached the client back to NATS, and stop confirmations."""
@@ -222,14 +320,14 @@ class _Call:
             if isinstance(item, Event):
                 unsent.append(item)
             else:
-                item.cancel()
+                item.task.cancel()
         self._outbox.clear()
         for event in unsent:
             if event.settled is None:
                 with contextlib.suppress(WindshiftError):
                     await event.reject()
 
-    def _end(self, error: BaseException | None = None) -> None:
+    def _end(self, error: Exception | None = None) -> None:
         if not self._ended:
             self._ended = True
             self._error = error
@@ -254,39 +352,66 @@ class _Call:
             self._end()
 
     async def _read(self) -> None:
-        """Read the client's requests and start settling each."""
+        """Read the client's requests and start settling each, while there is room."""
         try:
             async for request in self._requests:
-                settle = self._settlement(request)
-                await self._slots.acquire()
-                self._send(asyncio.create_task(settle))
+                settle, ids = self._settlement(request)
+                self._in_flight += 1
+                self._in_flight_ids += ids
+                self._send(_Settling(asyncio.create_task(settle), ids))
+                while (
+                    self._in_flight >= MAX_REQUESTS_IN_FLIGHT
+                    or self._in_flight_ids >= self._max_ids
+                ):
+                    self._room.clear()
+                    await self._room.wait()
         except Exception as exc:
             self._end(exc)
         else:
             self._end()
 
-    def _settlement(self, request: pb.EventsRequest) -> Coroutine[Any, Any, pb.EventsResponse]:
+    def _settlement(
+        self, request: pb.EventsRequest
+    ) -> tuple[Coroutine[Any, Any, pb.EventsResponse], int]:
+        """The settling of one request, and how many ids it names.
+
+        Raises:
+            ValidationError: not an ack, reject or ping; more ids than allowed;
+                a negative delay.
+        """
         kind = request.WhichOneof("request")
         if kind == "ack":
-            return self._ack(list(request.ack.ids))
+            ids = self._ids(kind, request.ack.ids)
+            return self._ack(ids), len(ids)
         if kind == "reject":
             reject = request.reject
+            ids = self._ids(kind, reject.ids)
             if reject.permanently:
                 reason = reject.reason if reject.HasField("reason") else None
-                return self._reject(list(reject.ids), None, permanently=True, reason=reason)
+                return self._reject(ids, None, permanently=True, reason=reason), len(ids)
             delay = (
                 convert.duration(reject.delay, "reject.delay") if reject.HasField("delay") else None
             )
             if delay is not None and delay < timedelta(0):
                 raise ValidationError(f"reject.delay must not be negative, got {delay}")
-            return self._reject(list(reject.ids), delay, permanently=False)
+            return self._reject(ids, delay, permanently=False), len(ids)
         if kind == "ping":
-            return self._ping(list(request.ping.ids))
+            ids = self._ids(kind, request.ping.ids)
+            return self._ping(ids), len(ids)
         if kind == "subscribe":
             raise ValidationError(
                 "this Events call is already subscribed: subscribe may only be the first message"
             )
         raise ValidationError("an Events request must set one of ack, reject or ping; got none")
+
+    def _ids(self, kind: str, ids: Any) -> list[int]:
+        """The ids of one request, refused before they are copied when there are too many."""
+        if len(ids) > self._max_ids:
+            raise ValidationError(
+                f"{kind} names {len(ids)} ids, more than the {self._max_ids} one request may "
+                "name (WINDSHIFT_EVENTS_MAX_IDS_PER_REQUEST); send them in several requests"
+            )
+        return list(ids)
 
     async def _ack(self, ids: list[int]) -> pb.EventsResponse:
         done, invalid, failed = await self._settle_ids(ids, lambda e: e.ack(confirm=True))
@@ -364,4 +489,10 @@ class _Call:
         return done, invalid, failed
 
 
-__all__ = ["DEFAULT_MAX_PROCESSING_EVENTS", "MAX_PROCESSING_EVENTS", "events_call"]
+__all__ = [
+    "DEFAULT_MAX_PROCESSING_EVENTS",
+    "MAX_PROCESSING_EVENTS",
+    "MAX_REQUESTS_IN_FLIGHT",
+    "CallLimits",
+    "events_call",
+]

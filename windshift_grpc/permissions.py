@@ -51,9 +51,10 @@ counted in JetStream (:class:`Inventory`; the server keeps no state).
 Tokens are looked up by an HMAC of the presented token under a key made at
 start (never stored): the slow hash of the file is checked once per distinct
 token per process, and each later call costs one HMAC and one dictionary
-lookup. Each check looks the call's entry up again, so a token removed from
-the file (and reloaded with SIGHUP, see :meth:`Access.reload`) stops open
-Events calls at their next message.
+lookup. Each check looks the call's entry up again, and a reload of the file
+(SIGHUP, see :meth:`Access.reload`) has the call layer check every open
+Events call at once (:meth:`windshift_grpc.calls.CallLayer.recheck`): a
+withdrawn token ends its calls, silent ones included.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ class Access:
         self._quota_locks: dict[str, asyncio.Lock] = {}
 
     def reload(self, tokens: Tokens) -> None:
-        """Use these tokens from now on, also for the next message of open Events calls."""
+        """Use these tokens from now on (the call layer then rechecks the open Events calls)."""
         self.tokens = tokens
         self._unknown.clear()  # a token refused before may be in the new file
 

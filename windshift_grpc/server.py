@@ -19,7 +19,8 @@ A ``GRPC_PORT`` or ``HEALTH_PORT`` that is taken fails the start before anything
 starts (exit code 1, one line naming the setting and the port).
 
 SIGHUP reloads the tokens file (a file that no longer loads is logged and the
-tokens in use are kept).
+tokens in use are kept); open Events calls of tokens it removed, or whose
+consume on their stream it withdrew, end at once.
 
 The server keeps no state of its own: every serve process on the same NATS
 serves the same streams and shares the same durable consumers.
@@ -53,10 +54,11 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as event
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2_grpc as state_grpc
-from windshift_grpc.admission import Admission
+from windshift_grpc.admission import Admission, EventsCalls
 from windshift_grpc.auth import Tokens
 from windshift_grpc.calls import CallLayer
 from windshift_grpc.events_service import EventsService
+from windshift_grpc.events_stream import CallLimits
 from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
 from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.settings import Settings, SettingsError
@@ -273,7 +275,7 @@ def _announce_access(settings: Settings, access: Access | None, transport: str) 
         )
 
 
-def _reload(settings: Settings, access: Access | None) -> None:
+def _reload(settings: Settings, access: Access | None, layer: CallLayer) -> None:
     if access is None or settings.auth_file is None:
         logger.warning("SIGHUP received: no WINDSHIFT_AUTH_FILE to reload")
         return
@@ -283,7 +285,16 @@ def _reload(settings: Settings, access: Access | None) -> None:
         logger.error("SIGHUP received: keeping the tokens in use: %s", exc)
         return
     access.reload(tokens)
-    logger.info("SIGHUP received: reloaded %d token(s) from %s", len(tokens), settings.auth_file)
+    # Open Events calls whose token is gone or lost consume end now, not at
+    # their next message (a silent subscriber would otherwise keep receiving).
+    ended = layer.recheck()
+    logger.info(
+        "SIGHUP received: reloaded %d token(s) from %s; ended %d Events call(s) they no "
+        "longer allow",
+        len(tokens),
+        settings.auth_file,
+        ended,
+    )
 
 
 async def _run(settings: Settings, client: windshift.Client, access: Access | None) -> None:
@@ -292,16 +303,26 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
     admission = Admission()
+    layer = CallLayer(
+        admission,
+        access,
+        EventsCalls(settings.max_events_calls, settings.max_events_calls_per_token),
+    )
     server = grpc.aio.server(
-        interceptors=[CallLayer(admission, access)],
+        interceptors=[layer],
         # Refuse to start when the port is taken, rather than share it.
         options=[("grpc.so_reuseport", 0)],
+    )
+    limits = CallLimits(
+        first_message_timeout=settings.events_first_message_timeout,
+        max_ids=settings.events_max_ids_per_request,
+        max_pending_bytes=settings.events_max_pending_bytes,
     )
     events_grpc.add_EventsServiceServicer_to_server(
         EventsService(
             client,
             stopping=stopping,
-            max_calls=settings.max_events_calls,
+            limits=limits,
             dead_letter_page_bytes=settings.dead_letter_page_bytes,
         ),
         server,
@@ -325,7 +346,7 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, signalled)
-    loop.add_signal_handler(signal.SIGHUP, _reload, settings, access)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings, access, layer)
     _announce_access(settings, access, transport)
     connected = client.nats.connected_url
     logger.info(

@@ -163,6 +163,19 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
 _port = _integer(1, 65535)
 
 
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _Invalid(f"{raw!r} is not a number of seconds") from None
+        if not low <= value <= high:  # NaN fails too
+            raise _Invalid(f"{raw} is not between {low:g} and {high:g} seconds")
+        return value
+
+    return parse
+
+
 def _flag(raw: str) -> bool:
     value = raw.lower()
     if value in _TRUE:
@@ -369,8 +382,47 @@ class Settings:
         1000,
         _integer(1, 1_000_000),
         "How many Events calls one server serves at once; a further one ends "
-        "`RESOURCE_EXHAUSTED` at once (clients retry later or on another replica).",
+        "`RESOURCE_EXHAUSTED` at once (clients retry later or on another replica). "
+        "A call counts once its subscribe is accepted (valid token, consume "
+        "permission, existing consumer).",
         group=_LIMITS,
+    )
+    max_events_calls_per_token: int = _setting(
+        "WINDSHIFT_MAX_EVENTS_CALLS_PER_TOKEN",
+        100,
+        _integer(1, 1_000_000),
+        "How many of those one API token may hold at once (with `WINDSHIFT_AUTH_FILE`); "
+        "a further one of the same token ends `RESOURCE_EXHAUSTED`.",
+        group=_LIMITS,
+    )
+    events_first_message_timeout: float = _setting(
+        "WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT",
+        5.0,
+        _seconds(0.1, 3600),
+        "Seconds an Events call may take to send its subscribe; later, it ends `INVALID_ARGUMENT`.",
+        group=_LIMITS,
+        shown="5",
+    )
+    events_max_ids_per_request: int = _setting(
+        "WINDSHIFT_EVENTS_MAX_IDS_PER_REQUEST",
+        10_000,
+        _integer(1, 1_000_000),
+        "How many ids one ack, reject or ping of an Events call may name (a call "
+        "holds at most 10000 events); more end the call `INVALID_ARGUMENT`. Also how "
+        "many ids a call's requests may name in all while they are settled or their "
+        "confirmations wait to be sent: beyond, its requests are not read until the "
+        "client reads its confirmations.",
+        group=_LIMITS,
+    )
+    events_max_pending_bytes: int = _setting(
+        "WINDSHIFT_EVENTS_MAX_PENDING_BYTES",
+        4 * 1024 * 1024,
+        _integer(1, 2**40),
+        "Bytes of events (subject, headers and data) one Events call holds at most, "
+        "sent or not, until they are settled; with `max_processing_events` whichever "
+        "is reached first. A single larger event is still delivered, alone.",
+        group=_LIMITS,
+        shown="4194304 (4 MiB)",
     )
     nats_publish_async_max_pending: int = _setting(
         "NATS_PUBLISH_ASYNC_MAX_PENDING",

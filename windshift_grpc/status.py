@@ -30,7 +30,8 @@ parent: ``StreamNotFoundError``, ``ConsumerNotFoundError``,
 four rows are the façade's own: no valid bearer token, a token that does
 not grant what the call needs, a call past the token's quota of streams or
 consumers (:mod:`windshift_grpc.auth`), and an Events call beyond
-``WINDSHIFT_MAX_EVENTS_CALLS`` (defined here).
+``WINDSHIFT_MAX_EVENTS_CALLS``, or ``WINDSHIFT_MAX_EVENTS_CALLS_PER_TOKEN``
+of its token (defined here).
 
 Nothing a client sends may produce UNKNOWN or INTERNAL. An error the table
 does not know is answered thus:
@@ -68,7 +69,7 @@ from windshift_grpc.auth import AuthenticationError, PermissionDeniedError, Quot
 
 
 class TooManyCallsError(Exception):
-    """The server's limit on open Events calls is reached (WINDSHIFT_MAX_EVENTS_CALLS)."""
+    """A limit on open Events calls is reached (WINDSHIFT_MAX_EVENTS_CALLS, or _PER_TOKEN)."""
 
 
 logger = logging.getLogger("windshift_grpc.status")

@@ -74,6 +74,10 @@ def test_settings_defaults_and_values() -> None:
             "WINDSHIFT_DATA_DIR": "/var/lib/windshift",
             "WINDSHIFT_EMBEDDED_NATS_PORT": "14222",
             "WINDSHIFT_MAX_EVENTS_CALLS": "5",
+            "WINDSHIFT_MAX_EVENTS_CALLS_PER_TOKEN": "2",
+            "WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT": "0.5",
+            "WINDSHIFT_EVENTS_MAX_IDS_PER_REQUEST": "100",
+            "WINDSHIFT_EVENTS_MAX_PENDING_BYTES": "65536",
             # not windshift's: the OpenTelemetry SDK reads them itself
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
             "OTEL_SERVICE_NAME": "events-api",
@@ -85,6 +89,10 @@ def test_settings_defaults_and_values() -> None:
     assert settings.nats_publish_async_max_pending == 17
     assert settings.data_dir == Path("/var/lib/windshift")
     assert (settings.embedded_nats_port, settings.max_events_calls) == (14222, 5)
+    assert settings.max_events_calls_per_token == 2
+    assert settings.events_first_message_timeout == 0.5
+    assert settings.events_max_ids_per_request == 100
+    assert settings.events_max_pending_bytes == 65536
     assert not [name for name in vars(Settings) if name.startswith("otel")]
     with pytest.raises(AttributeError):
         settings.grpc_port = 1  # type: ignore[misc]
@@ -107,6 +115,12 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_MAX_STREAM_SUBJECTS", "0"),
         ("WINDSHIFT_MAX_SUBJECT_LENGTH", "4000"),  # longer than NATS can carry
         ("WINDSHIFT_DEAD_LETTER_PAGE_BYTES", "1000"),
+        ("WINDSHIFT_MAX_EVENTS_CALLS_PER_TOKEN", "0"),
+        ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "soon"),
+        ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "0"),
+        ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "nan"),
+        ("WINDSHIFT_EVENTS_MAX_IDS_PER_REQUEST", "0"),
+        ("WINDSHIFT_EVENTS_MAX_PENDING_BYTES", "4MiB"),
     ],
 )
 async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(

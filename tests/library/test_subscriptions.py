@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from google.protobuf.wrappers_pb2 import StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 import windshift
 from tests._util import publish_many, take, text
@@ -189,6 +189,48 @@ async def test_flow_control_bounds_unsettled_events(client: windshift.Client, na
             await event.ack()
 
 
+async def test_a_bound_in_bytes_limits_what_a_subscription_holds(
+    client: windshift.Client, name: str
+) -> None:
+    consumer = await _setup(client, name)
+    for _ in range(20):
+        await client.publish(f"{name}.a", BytesValue(value=b"x" * 10_000))
+    bound = 35_000  # three events of 10 kB and their subject, headers and reply subject
+    async with client.subscribe(
+        name, consumer, max_pending_events=1000, max_pending_bytes=bound
+    ) as events:
+        first = await take(events, 3)
+        assert (events.held_events, events.max_pending_bytes) == (3, bound)
+        assert 30_000 < events.held_bytes <= bound
+        info = await client.consumer_info(name, consumer)
+        assert (info.unsettled_events, info.pending_events) == (3, 17)
+        # Settling one makes room for one more, not more.
+        await first[0].ack(confirm=True)
+        (more,) = await take(events, 1)
+        assert more.id not in {e.id for e in first}
+        info = await client.consumer_info(name, consumer)
+        assert (info.unsettled_events, info.pending_events) == (3, 16)
+        for event in [*first[1:], more]:
+            await event.ack(confirm=True)
+        assert events.held_bytes <= bound  # the next ones came, within the bound
+
+
+async def test_an_event_larger_than_the_bound_comes_alone(
+    client: windshift.Client, name: str
+) -> None:
+    consumer = await _setup(client, name)
+    for _ in range(3):
+        await client.publish(f"{name}.a", BytesValue(value=b"x" * 5_000))
+    async with client.subscribe(name, consumer, max_pending_bytes=1_000) as events:
+        for _ in range(3):
+            (event,) = await take(events, 1)
+            assert events.held_events == 1
+            assert events.held_bytes > 5_000
+            info = await client.consumer_info(name, consumer)
+            assert info.unsettled_events == 1
+            await event.ack(confirm=True)
+
+
 async def test_subscriptions_to_one_durable_share_its_events(
     client: windshift.Client, name: str
 ) -> None:
@@ -291,6 +333,9 @@ async def test_deleting_the_consumer_ends_the_subscription_clearly(
 async def test_bad_subscribe_arguments(client: windshift.Client) -> None:
     with pytest.raises(ValidationError, match="max_pending_events"):
         client.subscribe("s", "c", max_pending_events=0)
+    for bad in (0, -1, True, 1.5, 2**63):
+        with pytest.raises(ValidationError, match="max_pending_bytes must be None or between"):
+            client.subscribe("s", "c", max_pending_bytes=bad)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match=re.escape("'a.b'")):
         client.subscribe("a.b", "c")
 
