@@ -28,6 +28,7 @@ ENV PATH=/opt/windshift/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GRPC_PORT=8080 \
     HEALTH_PORT=8088 \
+    HEALTH_HOST=0.0.0.0 \
     WINDSHIFT_DATA_DIR=/data
 USER windshift
 WORKDIR /data

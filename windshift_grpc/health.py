@@ -133,16 +133,18 @@ class HttpHealth:
 
     Args:
         readiness: what ``/readyz`` reports.
-        port: the TCP port, on every interface.
+        port: the TCP port.
+        host: the address to listen on; ``::`` or ``0.0.0.0``: every interface.
     """
 
-    def __init__(self, readiness: Readiness, port: int) -> None:
+    def __init__(self, readiness: Readiness, port: int, *, host: str = "::") -> None:
         self._readiness = readiness
         self._port = port
+        self._host = None if host in ("::", "0.0.0.0") else host
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, host=None, port=self._port)
+        self._server = await asyncio.start_server(self._handle, host=self._host, port=self._port)
 
     async def stop(self) -> None:
         if self._server is not None:

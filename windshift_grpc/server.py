@@ -93,8 +93,8 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
     try:
         # A port that is taken fails the start now: before the embedded NATS
         # starts and before its data directory is made.
-        _check_port("GRPC_PORT", settings.grpc_port)
-        _check_port("HEALTH_PORT", settings.health_port)
+        _check_port("GRPC_PORT", settings.grpc_bind, settings.grpc_port)
+        _check_port("HEALTH_PORT", settings.health_bind, settings.health_port)
     except OSError as exc:
         return _could_not_start(exc)
     tracing = telemetry.configure()
@@ -131,21 +131,28 @@ def _could_not_start(exc: Exception) -> int:
     return 1
 
 
-def _check_port(variable: str, port: int) -> None:
-    """Raise OSError, naming ``variable``, when nothing could listen on ``port`` now.
+def _check_port(variable: str, host: str, port: int) -> None:
+    """Raise OSError, naming ``variable``, when nothing could listen on ``host``:``port`` now.
 
-    It binds as the gRPC server and the probes will: on all interfaces, IPv4
-    and IPv6, with SO_REUSEADDR (so connections of an earlier run, still in
-    TIME_WAIT, do not count). It cannot keep another program from taking the
-    port a moment later; the real listen then fails with its own message.
+    It binds as the gRPC server and the probes will (``::`` or ``0.0.0.0``:
+    on all interfaces, IPv4 and IPv6), with SO_REUSEADDR (so connections of
+    an earlier run, still in TIME_WAIT, do not count). It cannot keep another
+    program from taking the port a moment later; the real listen then fails
+    with its own message.
     """
-    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    if host in ("::", "0.0.0.0"):
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    elif ":" in host:
+        candidates = [(socket.AF_INET6, host)]
+    else:
+        candidates = [(socket.AF_INET, host)]
+    for family, address in candidates:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError:  # no IPv6 on this machine: IPv4 alone, as gRPC does then
             continue
         with sock:
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and address == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -155,9 +162,11 @@ def _check_port(variable: str, port: int) -> None:
                     raise OSError(
                         f"{variable} {port} is already in use (another program listens on it)"
                     ) from None
-                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and address == "::":
                     continue  # IPv6 switched off
-                raise OSError(f"cannot listen on {variable} {port}: {exc.strerror}") from None
+                raise OSError(
+                    f"cannot listen on {variable} {port} at {address}: {exc.strerror}"
+                ) from None
             return
 
 
@@ -229,9 +238,17 @@ async def _taken(host: str, port: int) -> str | None:
     return "another program, not NATS, listens there"
 
 
+def _where(host: str) -> str:
+    """How a listening address reads in the log."""
+    if host in ("::", "0.0.0.0"):
+        return "all interfaces"
+    return f"on {host} only"
+
+
 def _listen(server: grpc.aio.Server, settings: Settings) -> str:
     """Add the gRPC port, with TLS when configured; how it is secured, for the log."""
-    address = f"[::]:{settings.grpc_port}"
+    host = settings.grpc_bind
+    address = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
     try:
         if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
             server.add_insecure_port(address)
@@ -334,7 +351,7 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     )
     transport = _listen(server, settings)
 
-    http = HttpHealth(readiness, settings.health_port)
+    http = HttpHealth(readiness, settings.health_port, host=settings.health_bind)
     try:
         await http.start()
     except OSError as exc:
@@ -350,10 +367,12 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     _announce_access(settings, access, transport)
     connected = client.nats.connected_url
     logger.info(
-        "windshift-grpc ready: gRPC on port %d (%s), health on port %d, NATS at %s",
+        "windshift-grpc ready: gRPC on port %d (%s, %s), health on port %d (%s), NATS at %s",
         settings.grpc_port,
         transport,
+        _where(settings.grpc_bind),
         settings.health_port,
+        _where(settings.health_bind),
         # host and port only: a URL may carry a user and password
         f"{connected.hostname}:{connected.port}" if connected else "?",
     )

@@ -29,6 +29,7 @@ OpenTelemetry SDK reads them itself (:mod:`windshift_grpc.telemetry`).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import ssl
@@ -195,6 +196,18 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _host(raw: str) -> str:
+    """``auto`` or an IP address to listen on."""
+    if raw.lower() == "auto":
+        return "auto"
+    try:
+        return str(ipaddress.ip_address(raw.strip("[]")))
+    except ValueError:
+        raise _Invalid(
+            f"{raw!r} is not an IP address (e.g. 0.0.0.0, ::, 127.0.0.1) or auto"
+        ) from None
+
+
 def _file(raw: str) -> Path:
     """A file that must exist and be readable."""
     path = Path(raw)
@@ -237,14 +250,32 @@ class Settings:
         group=_SERVING,
     )
     grpc_port: int = _setting(
-        "GRPC_PORT", 8080, _port, "TCP port of the gRPC API, on all interfaces.", group=_SERVING
+        "GRPC_PORT", 8080, _port, "TCP port of the gRPC API (see `GRPC_HOST`).", group=_SERVING
+    )
+    grpc_host: str = _setting(
+        "GRPC_HOST",
+        "auto",
+        _host,
+        "Address the gRPC port listens on: an IP address (`0.0.0.0` or `::` for every "
+        "interface, `127.0.0.1` for this machine alone), or `auto`: loopback while the API "
+        "is open (no `WINDSHIFT_AUTH_FILE`, no `GRPC_TLS_CLIENT_CA`), every interface "
+        "otherwise.",
+        group=_SERVING,
     )
     health_port: int = _setting(
         "HEALTH_PORT",
         8088,
         _port,
-        "TCP port of the HTTP probes `/healthz` and `/readyz`, on all interfaces; "
+        "TCP port of the HTTP probes `/healthz` and `/readyz` (see `HEALTH_HOST`); "
         "not the same as `GRPC_PORT`.",
+        group=_SERVING,
+    )
+    health_host: str = _setting(
+        "HEALTH_HOST",
+        "auto",
+        _host,
+        "Address the HTTP probes listen on, as `GRPC_HOST` (`auto`: loopback while the "
+        "API is open, every interface otherwise).",
         group=_SERVING,
     )
     development: bool = _setting(
@@ -505,6 +536,22 @@ class Settings:
         if self.development:
             return "DEVELOPMENT=true"
         return "embedded NATS, NATS_URL is unset"
+
+    @property
+    def grpc_bind(self) -> str:
+        """The address the gRPC port listens on (``GRPC_HOST``, ``auto`` resolved)."""
+        return self._bind(self.grpc_host)
+
+    @property
+    def health_bind(self) -> str:
+        """The address the HTTP probes listen on (``HEALTH_HOST``, ``auto`` resolved)."""
+        return self._bind(self.health_host)
+
+    def _bind(self, host: str) -> str:
+        if host != "auto":
+            return host
+        # An API anyone may call is for this machine alone, unless told otherwise.
+        return "127.0.0.1" if self.open_api_reason is not None else "::"
 
     @property
     def nats_servers(self) -> list[str]:
