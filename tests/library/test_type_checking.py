@@ -84,7 +84,7 @@ events_pb2.PublishEventRequest(subject=42)
 # Each wrong line, and what mypy must say about it (a regular expression: the
 # class that defines publish is an implementation detail).
 WRONG = {
-    7: r'Argument 2 to "publish" of "\w+" has incompatible type "str"; expected "Message"',
+    7: r'Argument 2 to "publish" of "\w+" has incompatible type "str"; expected "Message( \| BaseModel)?"',
     8: r'Incompatible types in assignment \(expression has type "str", variable has type "int"\)',
     9: r'"Client" has no attribute "no_such_method"',
     12: r'Argument "subject" to "PublishEventRequest" has incompatible type "int"; expected "str"',
