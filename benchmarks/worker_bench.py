@@ -14,6 +14,8 @@ the median of ``--repeat`` rounds taken in turn:
 * ``faststream c=1``: FastStream's JetStream subscriber (durable, push), the
   same handler work, acked by FastStream after the handler;
 * ``worker c=16, 1 ms``: concurrency 16, a handler that awaits 1 ms;
+* ``ref: asyncio ceiling``: 16 tasks that do nothing but ``await asyncio.sleep(0.001)``:
+  what asyncio's timers allow at all (each sleep lasts about 1.2 ms, not 1);
 * ``faststream c=16, 1 ms``: ``max_workers=16`` (FastStream's documented
   concurrency setting), the same handler;
 * ``pydantic publish`` / ``pydantic consume``: a pydantic model published and
@@ -195,6 +197,22 @@ async def faststream_row(url: str, stream: str, count: int, workers: int, work: 
         await broker.stop()
 
 
+async def sleep_ceiling(tasks: int, work: float, seconds: float = 2.0) -> float:
+    """What asyncio allows at all: ``tasks`` tasks doing nothing but ``await asyncio.sleep(work)``."""
+    done = 0
+    until = time.perf_counter() + seconds
+
+    async def sleeper() -> None:
+        nonlocal done
+        while time.perf_counter() < until:
+            await asyncio.sleep(work)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sleeper() for _ in range(tasks)))
+    return done / (time.perf_counter() - started)
+
+
 async def pydantic_windshift(url: str, stream: str, count: int) -> tuple[float, float]:
     async with windshift.connect(url) as client:
         await client.ensure_stream(stream, subjects=[f"{stream}.>"])
@@ -334,6 +352,9 @@ async def run(args: argparse.Namespace) -> int:
             await measure("worker c=1", lambda s: worker_row(url, s, count, 1, 0), True)
             await measure("faststream c=1", lambda s: faststream_row(url, s, count, 1, 0), True)
             await measure("worker c=16, 1 ms", lambda s: worker_row(url, s, slow, 16, 0.001), True)
+            figures.rows.setdefault("asyncio ceiling 16 x 1 ms", []).append(
+                await sleep_ceiling(16, 0.001)
+            )
             await measure(
                 "faststream c=16, 1 ms", lambda s: faststream_row(url, s, slow, 16, 0.001), True
             )
@@ -377,6 +398,9 @@ def report(figures: Figures, memory: dict[str, float], args: argparse.Namespace)
         f"{med('worker c=1') / med('faststream c=1'):.2f}x |",
         f"| worker c=16, 1 ms | {med('worker c=16, 1 ms'):,.0f} | "
         f"{med('worker c=16, 1 ms') / min(16_000, loop):.2f}x of min(16,000, loop) |",
+        f"| ref: asyncio ceiling, 16 tasks only sleeping 1 ms | "
+        f"{med('asyncio ceiling 16 x 1 ms'):,.0f} | worker "
+        f"{med('worker c=16, 1 ms') / med('asyncio ceiling 16 x 1 ms'):.2f}x of it |",
         f"| faststream c=16, 1 ms | {med('faststream c=16, 1 ms'):,.0f} | worker "
         f"{med('worker c=16, 1 ms') / med('faststream c=16, 1 ms'):.2f}x |",
     ]
