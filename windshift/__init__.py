@@ -20,13 +20,14 @@ import typing
 
 from windshift._client import Client, connect
 from windshift._connection import ClientSettings
-from windshift._consumers import ConsumerInfo
+from windshift._consumers import ConsumerInfo, ConsumerLag
 from windshift._deadletters import DeadLetter, DeadLetterQueue
 from windshift._embedded import EmbeddedNats
 from windshift._events import Event
 from windshift._options import ConsumerOptions, Limits, StreamOptions, StreamSource
 from windshift._pointers import StreamPointer
 from windshift._publishing import OutgoingEvent, PublishedEvent
+from windshift._reading import EventTail, StoredEvent
 from windshift._retry import Retry
 from windshift._state import StateChange, StateEntry, StateStore, StateWatch
 from windshift._streams import StreamInfo
@@ -56,6 +57,7 @@ __all__ = [
     "ConfigurationConflictError",
     "ConflictError",
     "ConsumerInfo",
+    "ConsumerLag",
     "ConsumerNotFoundError",
     "ConsumerOptions",
     "DeadLetter",
@@ -63,6 +65,7 @@ __all__ = [
     "EmbeddedNats",
     "Event",
     "EventSettledError",
+    "EventTail",
     "KeyNotFoundError",
     "Limits",
     "NotFoundError",
@@ -74,6 +77,7 @@ __all__ = [
     "StateStore",
     "StateWatch",
     "StoreNotFoundError",
+    "StoredEvent",
     "StreamInfo",
     "StreamNotFoundError",
     "StreamOptions",

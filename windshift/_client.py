@@ -27,7 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from windshift._connection import ClientSettings, Connection
-from windshift._consumers import ConsumerInfo, Consumers
+from windshift._consumers import ConsumerInfo, ConsumerLag, Consumers
 from windshift._deadletters import DeadLetterQueue
 from windshift._names import quote_value
 from windshift._options import (
@@ -38,7 +38,9 @@ from windshift._options import (
     StreamOptions,
 )
 from windshift._payloads import Payload
+from windshift._pointers import StreamPointer
 from windshift._publishing import OutgoingEvent, PublishedEvent, Publisher
+from windshift._reading import EventTail, Reader, StoredEvent
 from windshift._state import StateStore, Stores
 from windshift._streams import StreamInfo, Streams
 from windshift._subscriptions import DEFAULT_MAX_PENDING_EVENTS, Subscription
@@ -68,6 +70,7 @@ class Client:
         self._streams = Streams(connection)
         self._consumers = Consumers(connection)
         self._stores = Stores(connection, self._publisher)
+        self._reader = Reader(connection, self._streams)
 
     @property
     def settings(self) -> ClientSettings:
@@ -140,6 +143,16 @@ class Client:
         """
         await self._streams.delete(name)
 
+    async def streams(self) -> list[StreamInfo]:
+        """Every stream of the account, sorted by name.
+
+        State stores are streams too (``KV_<store>``); :meth:`stores` names them.
+
+        Raises:
+            UnavailableError: NATS did not answer.
+        """
+        return await self._streams.list()
+
     # Consumers
 
     async def ensure_consumer(
@@ -202,6 +215,121 @@ class Client:
             ConsumerNotFoundError: the consumer does not exist.
         """
         await self._consumers.delete(stream, consumer)
+
+    async def consumers(self, stream: str) -> list[ConsumerInfo]:
+        """Every consumer of ``stream``, durable and ephemeral, sorted by id.
+
+        Raises:
+            ValidationError: a bad stream name.
+            StreamNotFoundError: the stream does not exist.
+        """
+        return await self._consumers.list(stream)
+
+    async def consumer_lag(self, stream: str, consumer: str | ConsumerInfo) -> ConsumerLag:
+        """How far a consumer is behind: events not processed yet, and how long the oldest waits.
+
+        Example:
+            >>> lag = await client.consumer_lag("orders", "order-processor")
+            >>> f"{lag.events} events, {lag.seconds:.1f}s behind"
+            '120 events, 4.2s behind'
+
+        The age is that of the oldest event the consumer reads and has not
+        settled (the first one after its ack floor): how long it has been in
+        the stream. One request more than :meth:`consumer_info`, none when
+        the consumer is up to date.
+
+        Args:
+            stream: the consumer's stream.
+            consumer: its id, or a :class:`ConsumerInfo` just read (saves a request).
+
+        Raises:
+            StreamNotFoundError, ConsumerNotFoundError: no such stream or consumer.
+        """
+        if isinstance(consumer, ConsumerInfo):
+            if consumer.stream != stream:
+                raise ValidationError(
+                    f"consumer {consumer.id!r} reads stream {consumer.stream!r}, not {stream!r}"
+                )
+            info = consumer
+        else:
+            info = await self._consumers.info(stream, consumer)
+        return await self._consumers.lag(info)
+
+    # Reading streams without a consumer
+
+    async def get_event(self, stream: str, event_id: int) -> StoredEvent:
+        """Read one event of a stream by its id, settling nothing.
+
+        Example:
+            >>> event = await client.get_event("orders", 17)
+            >>> event.subject, event.to_json()
+            ('orders.created', {'id': '17'})
+
+        Raises:
+            ValidationError: a bad stream name or id.
+            StreamNotFoundError: the stream does not exist.
+            NotFoundError: the stream holds no event with this id.
+        """
+        return await self._reader.get(stream, event_id)
+
+    async def read_events(
+        self, stream: str, *, before_id: int | None = None, limit: int = 50
+    ) -> list[StoredEvent]:
+        """A page of a stream's events, newest first, settling nothing.
+
+        Example:
+            >>> page = await client.read_events("orders", limit=20)
+            >>> older = await client.read_events("orders", before_id=page[-1].id, limit=20)
+
+        Args:
+            stream: the stream.
+            before_id: only events with a smaller id (None: from the newest).
+            limit: at most this many events (1 to 1000).
+
+        A page looks at ``limit`` + 1000 ids at most: across a larger hole
+        (events deleted one by one) it comes back short; ask again with the
+        last id it looked at.
+
+        Raises:
+            ValidationError: a bad stream name, ``before_id`` or ``limit``.
+            StreamNotFoundError: the stream does not exist.
+        """
+        return await self._reader.newest(stream, before_id=before_id, limit=limit)
+
+    def tail(
+        self,
+        stream: str,
+        *,
+        subjects: Sequence[str] = (),
+        start: StreamPointer | None = None,
+        follow: bool = True,
+    ) -> EventTail:
+        """Read a stream's events in order as they come, acknowledging nothing.
+
+        Example:
+            >>> async with client.tail("orders", start=StreamPointer.start(), follow=False) as tail:
+            ...     async for event in tail:
+            ...         print(event.id, event.subject, event.to_json())
+
+        The tail reads through an ordered consumer of its own (ack policy
+        none, in memory, removed when the tail ends), so it never moves or
+        settles anything for other consumers; it recovers from restarts of
+        the nats-server without skipping or repeating events.
+
+        Args:
+            stream: the stream.
+            subjects: only these subjects (filters with ``*`` and ``>``; empty: all).
+            start: where to begin (default :meth:`StreamPointer.end`: new events only).
+            follow: keep waiting for new events; otherwise end once every
+                event that was there when the tail began was read.
+
+        Raises:
+            ValidationError: a bad stream name, subject or pointer.
+            StreamNotFoundError: (on entering) the stream does not exist.
+        """
+        return self._reader.tail(
+            stream, subjects=subjects, start=start or StreamPointer.end(), follow=follow
+        )
 
     # Publishing and receiving
 
@@ -334,16 +462,30 @@ class Client:
 
     # State stores and dead letters
 
-    async def ensure_store(self, name: str) -> StateStore:
+    async def ensure_store(self, name: str, *, history: int = 1) -> StateStore:
         """Create the state store ``name`` if it does not exist, and return it.
 
         Safe to call from many tasks or processes at once.
 
+        Args:
+            name: the store's name (``A-Z a-z 0-9 _ -``).
+            history: how many values of each key the store keeps (1 to 64;
+                :meth:`StateStore.history` reads them). An existing store is
+                changed to keep this many.
+
         Raises:
-            ValidationError: a bad name.
+            ValidationError: a bad name or ``history``.
             UnavailableError: NATS did not answer.
         """
-        return await self._stores.ensure_store(name)
+        return await self._stores.ensure_store(name, history=history)
+
+    async def stores(self) -> list[str]:
+        """The names of every state store, sorted.
+
+        Raises:
+            UnavailableError: NATS did not answer.
+        """
+        return await self._stores.list()
 
     def store(self, name: str) -> StateStore:
         """A handle on the existing state store ``name`` (no request is made)."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from windshift._connection import Connection
-from windshift._jsapi import CONSUMER_NOT_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
+from windshift._jsapi import (
+    CONSUMER_NOT_FOUND,
+    NO_MESSAGE_FOUND,
+    STREAM_NAME_IN_USE,
+    STREAM_NOT_FOUND,
+    ApiError,
+    StoredMessage,
+)
 from windshift._names import validate_name
 from windshift._options import ConsumerOptions, StreamOptions
+from windshift._wire import parse_time
 from windshift.errors import ConsumerNotFoundError, StreamNotFoundError
 
 logger = logging.getLogger("windshift.consumers")
@@ -89,6 +97,32 @@ class ConsumerInfo:
             acknowledged_id=int((answer.get("ack_floor") or {}).get("stream_seq", 0)),
             config=config,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerLag:
+    """How far a consumer is behind its stream, in events and in time.
+
+    Example:
+        >>> lag = await client.consumer_lag("orders", "order-processor")
+        >>> lag.events, lag.seconds
+        (120, 4.2)
+
+    Attributes:
+        info: the consumer, as read for this lag.
+        events: events it has not processed yet: not yet delivered, or
+            delivered and not yet settled.
+        oldest_id: the id of the oldest event it has not processed (None
+            when it is up to date).
+        oldest_stored: when the stream stored that event.
+        seconds: how long that event has waited (0.0 when up to date).
+    """
+
+    info: ConsumerInfo
+    events: int
+    oldest_id: int | None
+    oldest_stored: datetime | None
+    seconds: float
 
 
 class Consumers:
@@ -179,6 +213,50 @@ class Consumers:
                 f"consumer {consumer!r} on stream {stream!r}", stream=stream, consumer=consumer
             ) from None
 
+    async def list(self, stream: str) -> list[ConsumerInfo]:
+        """Every consumer of a stream; see ``Client.consumers``."""
+        validate_name("stream", stream)
+        consumers: list[ConsumerInfo] = []
+        while True:
+            try:
+                answer = await self._api.request(
+                    f"CONSUMER.LIST.{stream}", {"offset": len(consumers)}
+                )
+            except ApiError as exc:
+                raise exc.to_windshift(f"consumers of stream {stream!r}", stream=stream) from None
+            page = answer.get("consumers") or []
+            consumers.extend(ConsumerInfo.from_api(item) for item in page)
+            if not page or len(consumers) >= int(answer.get("total", 0)):
+                return sorted(consumers, key=lambda consumer: consumer.id)
+
+    async def lag(self, consumer: ConsumerInfo) -> ConsumerLag:
+        """How far ``consumer`` is behind; see ``Client.consumer_lag``."""
+        events = consumer.pending_events + consumer.unsettled_events
+        oldest: StoredMessage | None = None
+        if events:
+            # Everything up to the ack floor is settled, so the oldest event
+            # not processed is the first one after it that the consumer reads.
+            after = consumer.acknowledged_id + 1
+            for subject in consumer.subjects or [">"]:
+                try:
+                    found = await self._api.get_message(
+                        consumer.stream, {"seq": after, "next_by_subj": subject}
+                    )
+                except ApiError as exc:
+                    if exc.err_code == NO_MESSAGE_FOUND:
+                        continue
+                    raise exc.to_windshift(
+                        f"lag of consumer {consumer.id!r} on stream {consumer.stream!r}",
+                        stream=consumer.stream,
+                    ) from None
+                if oldest is None or found.sequence < oldest.sequence:
+                    oldest = found
+        if oldest is None:
+            return ConsumerLag(consumer, events, None, None, 0.0)
+        stored = parse_time(oldest.time)
+        waited = max(0.0, (datetime.now(UTC) - stored).total_seconds())
+        return ConsumerLag(consumer, events, oldest.sequence, stored, waited)
+
     async def delete(self, stream: str, consumer: str) -> None:
         """Delete a consumer; see ``Client.delete_consumer``."""
         validate_name("stream", stream)
@@ -209,4 +287,4 @@ class Consumers:
         )
 
 
-__all__ = ["ConsumerInfo", "Consumers"]
+__all__ = ["ConsumerInfo", "ConsumerLag", "Consumers"]

@@ -27,8 +27,9 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct, Value
 
@@ -205,6 +206,42 @@ def unpack_state(kind: type[T], value: AnyProto, what: str) -> T:
     return cast("T", message)
 
 
+def to_json(
+    data_type: str, body: bytes, content: str | None, pool: DescriptorPool | None = None
+) -> object | None:
+    """A body as a JSON-ready document, for people to read; None when its type is unknown.
+
+    JSON bodies are parsed; a protobuf body is decoded when ``pool`` (or
+    protobuf's default pool, which holds every generated module imported so
+    far) knows ``data_type``, and written as protobuf's JSON mapping.
+    A body that does not parse as its type is None too.
+    """
+    if content == JSON:
+        try:
+            document: object = json.loads(body)
+        except ValueError:
+            return None
+        return document
+    if not data_type:
+        return None
+    try:
+        descriptor = (pool or descriptor_pool.Default()).FindMessageTypeByName(data_type)
+    except KeyError:
+        return None
+    message = message_factory.GetMessageClass(descriptor)()
+    try:
+        message.ParseFromString(body)
+        return json_format.MessageToDict(message, descriptor_pool=pool)
+    except Exception:  # protobuf raises DecodeError, TypeError (an Any of an unknown type)...
+        return None
+
+
+def any_to_json(value: AnyProto, pool: DescriptorPool | None = None) -> object | None:
+    """A state value or dead letter's data (an ``Any``) as :func:`to_json` reads bodies."""
+    held = value.type_url.rpartition("/")[2]
+    return to_json(held, value.value, None, pool)
+
+
 def _first_error(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
@@ -220,6 +257,7 @@ def _first_error(exc: Exception) -> str:
 __all__ = [
     "JSON",
     "Payload",
+    "any_to_json",
     "as_any",
     "content_type",
     "decode",
@@ -227,6 +265,7 @@ __all__ = [
     "is_model",
     "is_model_class",
     "pack_state",
+    "to_json",
     "type_name",
     "unpack_state",
 ]

@@ -14,40 +14,28 @@ Example:
     (3, 1)
     >>> await store.set("cart.42", Cart(items=4), last_revision=entry.revision)
 
-A watch reads the bucket through an ephemeral push consumer that it treats
-as disposable, as JetStream's ordered consumers do: it remembers the
-revision of the last change it handed on and the consumer sequence of the
-last message, and whenever the consumer may have lost something (a gap in
-the consumer sequence, no heartbeat for a while, a reconnection, a consumer
-that is gone) it throws the consumer away and creates a new one that starts
-right after that revision. So a watch outlives restarts of the nats-server
-and skips or repeats no change.
+A watch, the list of keys and a key's history read the bucket in order with
+:class:`~windshift._ordered.OrderedRead`, which outlives restarts of the
+nats-server and skips or repeats no change.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self, TypeVar
-from typing import Any as AnyType
 
-import nats.errors
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError, Message
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 
 from windshift import _payloads as payloads
 from windshift import _wire as wire
 from windshift._connection import Connection
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
-from windshift._names import validate_name, validate_subject
+from windshift._names import quote_value, validate_name, validate_subject
+from windshift._ordered import OrderedRead, StoredRecord
 from windshift._payloads import Payload
 from windshift._publishing import Publisher
 from windshift.errors import (
@@ -56,9 +44,7 @@ from windshift.errors import (
     KeyNotFoundError,
     NotFoundError,
     StoreNotFoundError,
-    UnavailableError,
     ValidationError,
-    WindshiftError,
 )
 
 if TYPE_CHECKING:
@@ -70,24 +56,6 @@ M = TypeVar("M", bound="Message | BaseModel")
 
 _KV_OPERATION = "KV-Operation"
 _DELETED = ("DEL", "PURGE")
-
-# A watch's consumer proves it is alive with a heartbeat this often (seconds)
-# when there is nothing to deliver; a watch that hears nothing for
-# _SILENT_HEARTBEATS of them (plus some slack) takes the consumer as lost.
-_HEARTBEAT = 1.0
-_SILENT_HEARTBEATS = 2
-_SILENCE_SLACK = 0.5
-# How often the watch looks at its consumer's health (seconds).
-_CHECK_EVERY = 0.25
-# A restarting server may not know a store for a moment: only a store missing
-# for this long (seconds) ends a watch.
-_MISSING_GRACE = 3.0
-# The server removes a consumer nobody listens to after this long (nanoseconds):
-# the consumers a watch gives up on, and those of a process that died.
-_INACTIVE_THRESHOLD = 60_000_000_000
-# The status headers of a push consumer's control messages.
-_LAST_CONSUMER = "Nats-Last-Consumer"
-_CONSUMER_STALLED = "Nats-Consumer-Stalled"
 
 
 def _unpack_as(key: str, value: Any, message_type: type[M]) -> M:
@@ -359,7 +327,76 @@ class StateStore:
             ValidationError: a bad key or filter.
         """
         validate_subject(key, wildcards=True, what="key")
-        return StateWatch(self, key, include_current=include_current)
+        return StateWatch(self, self._read(key, follow=True, current=include_current))
+
+    async def keys(self, pattern: str = ">") -> list[str]:
+        """The keys that hold a value now, in the order they were last written.
+
+        Example:
+            >>> await store.keys("cart.*")
+            ['cart.42', 'cart.7']
+
+        Args:
+            pattern: a key, or a filter with ``*`` (one token) and ``>`` (the rest).
+
+        Raises:
+            ValidationError: a bad filter.
+            StoreNotFoundError: the store does not exist.
+        """
+        validate_subject(pattern, wildcards=True, what="key")
+        read = self._read(pattern, follow=False, current=True, headers_only=True)
+        async with read:
+            return [
+                record.subject[len(self._prefix) :]
+                async for record in read
+                if record.headers.get(_KV_OPERATION) not in _DELETED
+            ]
+
+    async def history(self, key: str) -> list[StateChange]:
+        """The changes of ``key`` the store still keeps, oldest first.
+
+        A store keeps the last ``history`` values of each key (see
+        :meth:`windshift.Client.ensure_store`); a delete is a change too
+        (``operation == "delete"``).
+
+        Raises:
+            ValidationError: a bad key, or a stored value that is not a
+                serialized ``google.protobuf.Any``.
+            StoreNotFoundError: the store does not exist.
+        """
+        validate_key(key)
+        read = self._read(key, follow=False, current=False)
+        async with read:
+            return [self._change(record) async for record in read]
+
+    def _read(
+        self, key: str, *, follow: bool, current: bool, headers_only: bool = False
+    ) -> OrderedRead:
+        if current:
+            start = {"deliver_policy": "last_per_subject"}
+        else:
+            start = {"deliver_policy": "new" if follow else "all"}
+        return OrderedRead(
+            self._client._connection,
+            self._stream,
+            subjects=[self._prefix + key],
+            start=start,
+            follow=follow,
+            headers_only=headers_only,
+            missing=self._not_found,
+            what=f"watch of store {self.name!r}" if follow else f"read of store {self.name!r}",
+        )
+
+    def _change(self, record: StoredRecord) -> StateChange:
+        key = record.subject[len(self._prefix) :]
+        deleted = record.headers.get(_KV_OPERATION) in _DELETED
+        return StateChange(
+            key=key,
+            operation="delete" if deleted else "set",
+            value=None if deleted else _unpack(self.name, key, record.sequence, record.data),
+            revision=record.sequence,
+            updated=wire.time_from_nanos(record.timestamp_ns),
+        )
 
 
 class StateWatch:
@@ -371,47 +408,16 @@ class StateWatch:
     watch can be entered once.
     """
 
-    def __init__(self, store: StateStore, key: str, *, include_current: bool) -> None:
+    def __init__(self, store: StateStore, read: OrderedRead) -> None:
         self._store = store
-        self._filter = key
-        self._buffer: deque[StateChange | ValidationError] = deque()
-        self._waiters: set[asyncio.Future[None]] = set()  # tasks waiting in __anext__
-        # The consumer of the moment: its inbox subscription, its name, and a
-        # number that tells its messages from those of the ones before it.
-        self._sub: NatsSubscription | None = None
-        self._consumer: str | None = None
-        self._generation = 0
-        self._consumer_seq = 0  # of the last message of the current consumer
-        # The revision (stream sequence) of the last change handed on; None
-        # until the first (a watch of new changes knows where it started).
-        self._last: int | None = None
-        # Whether the current values were all delivered: from then on, a new
-        # consumer starts right after self._last; before, it delivers the
-        # current values again (and those up to self._last are skipped).
-        self._caught_up = not include_current
-        self._last_activity = 0.0
-        self._reconnects = 0
-        self._lost: str | None = None  # why the current consumer is taken as lost
-        self._kick = asyncio.Event()
-        self._missing_since: float | None = None
-        self._maintainer: asyncio.Task[None] | None = None
-        self._error: WindshiftError | None = None
+        self._read = read
         self._started = False
-        self._closed = False
 
     async def __aenter__(self) -> Self:
         if self._started:
             raise ValidationError("a watch can be entered only once")
         self._started = True
-        self._reconnects = self._store._client._nc.stats["reconnects"]
-        try:
-            await self._open()
-        except BaseException:
-            await self._close()
-            raise
-        self._maintainer = asyncio.create_task(
-            self._maintain(), name=f"windshift-watch-{self._store.name}"
-        )
+        await self._read.__aenter__()
         return self
 
     async def __aexit__(
@@ -420,7 +426,7 @@ class StateWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close()
+        await self._read.__aexit__(exc_type, exc, tb)
 
     def __aiter__(self) -> Self:
         return self
@@ -428,230 +434,7 @@ class StateWatch:
     async def __anext__(self) -> StateChange:
         if not self._started:
             raise ValidationError("use the watch with 'async with' before iterating")
-        while not self._buffer:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.add(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiters.discard(waiter)
-        item = self._buffer.popleft()
-        if isinstance(item, ValidationError):
-            raise item
-        return item
-
-    def _wake(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _deliver_policy(self) -> dict[str, AnyType]:
-        if not self._caught_up:
-            return {"deliver_policy": "last_per_subject"}
-        if self._last is None:
-            return {"deliver_policy": "new"}
-        return {"deliver_policy": "by_start_sequence", "opt_start_seq": self._last + 1}
-
-    async def _open(self) -> None:
-        """Replace the consumer (if any) by a new one that goes on after the last change."""
-        client = self._store._client
-        nc = client._nc
-        stream = self._store._stream
-        old_sub, old_consumer = self._sub, self._consumer
-        self._sub = self._consumer = None
-        self._generation += 1
-        generation = self._generation
-        self._consumer_seq = 0
-        if old_sub is not None:
-            with contextlib.suppress(Exception):
-                await old_sub.unsubscribe()
-        if old_consumer is not None and nc.is_connected:
-            # Best effort: a consumer nobody listens to goes away by itself.
-            with contextlib.suppress(WindshiftError, ApiError):
-                await client._api.request(
-                    f"CONSUMER.DELETE.{stream}.{old_consumer}", timeout=_HEARTBEAT
-                )
-
-        async def on_message(msg: Msg) -> None:
-            if generation == self._generation and not self._closed:
-                await self._on_message(msg)
-
-        inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(inbox, cb=on_message)
-        policy = self._deliver_policy()
-        config: dict[str, AnyType] = {
-            "deliver_subject": inbox,
-            **policy,
-            "ack_policy": "none",
-            "filter_subject": self._store._prefix + self._filter,
-            "flow_control": True,
-            "idle_heartbeat": int(_HEARTBEAT * 1e9),
-            "mem_storage": True,
-            "num_replicas": 1,
-            "inactive_threshold": _INACTIVE_THRESHOLD,
-        }
-        self._last_activity = asyncio.get_running_loop().time()
-        try:
-            answer = await client._api.request(
-                f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
-            )
-        except ApiError as exc:
-            if exc.err_code == STREAM_NOT_FOUND:
-                raise self._store._not_found() from None
-            raise exc.to_windshift(f"watch store {self._store.name!r}") from None
-        self._consumer = str(answer["name"])
-        if policy["deliver_policy"] == "new" and self._last is None:
-            # Where "new" starts: the revision a recovery would go on after.
-            self._last = int(answer.get("delivered", {}).get("stream_seq", 0))
-
-    def _lose(self, reason: str) -> None:
-        """Take the current consumer as lost: the maintenance task replaces it."""
-        if self._lost is None:
-            self._lost = reason
-        self._kick.set()
-
-    async def _on_message(self, msg: Msg) -> None:
-        # Runs in nats-py's delivery task: nothing may escape from here, or
-        # it would be lost there.
-        self._last_activity = asyncio.get_running_loop().time()
-        headers: Mapping[str, str] = msg.headers or {}
-        nc = self._store._client._nc
-        reply = msg.reply
-        if reply and reply.startswith("$JS.FC."):
-            with contextlib.suppress(nats.errors.Error):
-                await nc.publish(reply, b"")  # flow control
-            return
-        if not reply:
-            await self._on_status(headers)
-            return
-        delivery = wire.parse_reply(reply)
-        if delivery is None:
-            logger.error("watch of store %s: unreadable reply subject %r", self._store.name, reply)
-            return
-        stream_seq, consumer_seq = delivery.stream_sequence, delivery.consumer_sequence
-        stamp, pending = delivery.timestamp_ns, delivery.pending
-        if consumer_seq != self._consumer_seq + 1:
-            self._lose(f"consumer sequence {consumer_seq} after {self._consumer_seq}")
-            return
-        self._consumer_seq = consumer_seq
-        if pending == 0:
-            self._caught_up = True
-        if self._last is not None and stream_seq <= self._last:
-            return  # handed on before a recovery started again from the current values
-        self._last = stream_seq
-        key = msg.subject[len(self._store._prefix) :]
-        deleted = headers.get(_KV_OPERATION) in _DELETED
-        item: StateChange | ValidationError
-        try:
-            item = StateChange(
-                key=key,
-                operation="delete" if deleted else "set",
-                value=None if deleted else _unpack(self._store.name, key, stream_seq, msg.data),
-                revision=stream_seq,
-                updated=wire.time_from_nanos(stamp),
-            )
-        except ValidationError as exc:
-            item = exc
-        self._buffer.append(item)
-        self._wake()
-
-    async def _on_status(self, headers: Mapping[str, str]) -> None:
-        stalled = headers.get(_CONSUMER_STALLED)
-        if stalled:
-            with contextlib.suppress(nats.errors.Error):
-                await self._store._client._nc.publish(stalled, b"")
-        last = headers.get(_LAST_CONSUMER)
-        if last is not None and last.isdigit() and int(last) != self._consumer_seq:
-            # The heartbeat says the consumer sent more than reached us.
-            self._lose(f"heartbeat after consumer sequence {last}, got {self._consumer_seq}")
-        elif headers.get("Status") == "409":
-            self._lose("the server ended the consumer")
-
-    async def _maintain(self) -> None:
-        while not self._closed and self._error is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), _CHECK_EVERY)
-            self._kick.clear()
-            try:
-                await self._maintain_once()
-            except Exception:  # keep the loop alive whatever one round met
-                logger.exception("watch of store %s: maintenance failed", self._store.name)
-
-    async def _maintain_once(self) -> None:
-        nc = self._store._client._nc
-        now = asyncio.get_running_loop().time()
-        if nc.is_closed:
-            # Nothing will ever arrive again: say so rather than wait forever.
-            self._error = UnavailableError(
-                f"watch of store {self._store.name!r}: the NATS connection is closed"
-            )
-            self._wake()
-            return
-        if not nc.is_connected:
-            # Silence while disconnected says nothing of the consumer; the
-            # reconnection itself is noticed below.
-            self._last_activity = now
-            return
-        reconnects = nc.stats["reconnects"]
-        if reconnects != self._reconnects:
-            # The server may have restarted and forgotten the consumer, and
-            # what it sent while the connection was down is gone.
-            self._reconnects = reconnects
-            self._lose("reconnected to NATS")
-        silence = _SILENT_HEARTBEATS * _HEARTBEAT + _SILENCE_SLACK
-        if now - self._last_activity > silence:
-            self._lose(f"no heartbeat for {now - self._last_activity:.1f}s")
-        reason = self._lost
-        if reason is None:
-            return
-        self._lost = None  # a loss noticed while replacing calls for another round
-        after = self._last if self._caught_up else None
-        try:
-            await self._open()
-        except Exception as exc:
-            if self._lost is None:
-                self._lost = reason  # try again in the next round
-            if not isinstance(exc, StoreNotFoundError):
-                self._missing_since = None
-                if not isinstance(exc, WindshiftError):
-                    raise
-                logger.warning("watch of store %s: cannot resume yet: %s", self._store.name, exc)
-            elif self._missing_since is None:
-                self._missing_since = now
-            elif now - self._missing_since >= _MISSING_GRACE:
-                self._error = exc
-                self._wake()
-            return
-        self._missing_since = None
-        logger.info(
-            "watch of store %s resumed %s (%s)",
-            self._store.name,
-            "with the current values" if after is None else f"after revision {after}",
-            reason,
-            extra={"store": self._store.name},
-        )
-
-    async def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer.clear()
-        self._wake()  # a task waiting in __anext__ ends its iteration now
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        client = self._store._client
-        if self._consumer is not None and client._nc.is_connected:
-            with contextlib.suppress(WindshiftError, ApiError):
-                await client._api.request(f"CONSUMER.DELETE.{self._store._stream}.{self._consumer}")
+        return self._store._change(await self._read.__anext__())
 
 
 class Stores:
@@ -661,23 +444,30 @@ class Stores:
     """
 
     def __init__(self, connection: Connection, publisher: Publisher) -> None:
+        self._connection = connection
         self._nc = connection.nc
         self._api = connection.api
         self._send = publisher.send
 
-    async def ensure_store(self, name: str) -> StateStore:
+    async def ensure_store(self, name: str, *, history: int = 1) -> StateStore:
         """Create the state store ``name`` if it does not exist, and return it.
 
-        Safe to call from many tasks or processes at once.
+        An existing store keeping another number of values per key is
+        changed to keep ``history``. Safe to call from many tasks or
+        processes at once.
 
         Raises:
-            ValidationError: a bad name.
+            ValidationError: a bad name, or ``history`` outside 1 to 64.
             UnavailableError: NATS did not answer.
         """
         validate_name("store", name)
+        if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 64:
+            raise ValidationError(
+                f"history must be a number of values from 1 to 64, got {quote_value(history)}"
+            )
         stream = f"KV_{name}"
         try:
-            await self._api.request(f"STREAM.INFO.{stream}")
+            current = await self._api.request(f"STREAM.INFO.{stream}")
         except ApiError as exc:
             if exc.err_code != STREAM_NOT_FOUND:
                 raise exc.to_windshift(f"ensure store {name!r}") from None
@@ -689,7 +479,7 @@ class Stores:
                 "max_msgs": -1,
                 "max_bytes": -1,
                 "max_age": 0,
-                "max_msgs_per_subject": 1,
+                "max_msgs_per_subject": history,
                 "max_msg_size": -1,
                 "discard": "new",
                 "storage": "file",
@@ -706,7 +496,31 @@ class Stores:
                     raise create_exc.to_windshift(f"ensure store {name!r}") from None
             else:
                 logger.info("created state store %s", name, extra={"store": name})
+            return StateStore(self, name)
+        config = current["config"]
+        if int(config.get("max_msgs_per_subject", 1)) != history:
+            try:
+                await self._api.request(
+                    f"STREAM.UPDATE.{stream}", {**config, "max_msgs_per_subject": history}
+                )
+            except ApiError as exc:
+                raise exc.to_windshift(f"ensure store {name!r}") from None
+            logger.info(
+                "state store %s keeps %d values per key now", name, history, extra={"store": name}
+            )
         return StateStore(self, name)
+
+    async def list(self) -> list[str]:
+        """The names of every state store, sorted."""
+        names: list[str] = []
+        offset = 0
+        while True:
+            answer = await self._api.request("STREAM.NAMES", {"offset": offset, "subject": "$KV.>"})
+            page = answer.get("streams") or []
+            names.extend(stream[3:] for stream in page if stream.startswith("KV_"))
+            offset += len(page)
+            if not page or offset >= int(answer.get("total", 0)):
+                return sorted(names)
 
     def store(self, name: str) -> StateStore:
         """A handle on the existing state store ``name`` (no request is made)."""

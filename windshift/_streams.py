@@ -30,6 +30,9 @@ class StreamInfo:
         last_id: id of the newest event held (0 when nothing was ever published).
         consumers: number of consumers.
         created: when the stream was created.
+        first_time: when the oldest event held was stored (None when empty).
+        last_time: when the newest event was stored (None when nothing was
+            ever published).
         config: the raw JetStream configuration.
     """
 
@@ -42,6 +45,8 @@ class StreamInfo:
     consumers: int
     created: datetime | None
     config: dict[str, Any] = field(repr=False)
+    first_time: datetime | None = None
+    last_time: datetime | None = None
 
     @property
     def subjects(self) -> list[str]:
@@ -57,6 +62,11 @@ class StreamInfo:
     def replicas(self) -> int:
         """Number of replicas."""
         return self.options.replicas
+
+    @property
+    def retention(self) -> str:
+        """JetStream's retention policy: "limits" (Windshift's), "interest" or "workqueue"."""
+        return str(self.config.get("retention", "limits"))
 
     @property
     def max_age(self) -> timedelta | None:
@@ -83,7 +93,21 @@ class StreamInfo:
             consumers=int(state.get("consumer_count", 0)),
             created=parse_time(created) if created else None,
             config=config,
+            first_time=_state_time(state, "first_ts") if state.get("messages") else None,
+            last_time=_state_time(state, "last_ts") if state.get("last_seq") else None,
         )
+
+
+def _state_time(state: dict[str, Any], key: str) -> datetime | None:
+    # JetStream writes Go's zero time (year 1) when there is no such event.
+    text = state.get(key)
+    if not text:
+        return None
+    try:
+        moment = parse_time(text)
+    except ValueError:
+        return None
+    return None if moment.year == 1 else moment
 
 
 _SOURCE_KEYS = ("subjects", "mirror", "sources")
@@ -144,6 +168,16 @@ class Streams:
             return StreamInfo.from_api(await self._api.request(f"STREAM.INFO.{name}"))
         except ApiError as exc:
             raise exc.to_windshift(f"stream {name!r}", stream=name) from None
+
+    async def list(self) -> list[StreamInfo]:
+        """Every stream, sorted by name; see ``Client.streams``."""
+        streams: list[StreamInfo] = []
+        while True:
+            answer = await self._api.request("STREAM.LIST", {"offset": len(streams)})
+            page = answer.get("streams") or []
+            streams.extend(StreamInfo.from_api(item) for item in page)
+            if not page or len(streams) >= int(answer.get("total", 0)):
+                return sorted(streams, key=lambda stream: stream.name)
 
     async def delete(self, name: str) -> None:
         """Delete a stream; see ``Client.delete_stream``."""
