@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -471,19 +472,17 @@ async def events_client(
                 await client.cancel()
 
 
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """A plain HTTP/1.1 GET on 127.0.0.1; the status and body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
+async def http_get(port: int, path: str, **headers: str) -> tuple[int, str]:
+    """A GET on 127.0.0.1; the status and body."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{port}{path}",
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as response,
+    ):
+        return response.status, await response.text()
 
 
 __all__ = [

@@ -9,10 +9,8 @@ JetStream answers ``$JS.API.INFO`` within a second without an error.
   (``shutting down``, ``not connected to NATS``, ``JetStream did not answer:
   <error type>``, ...); checked afresh on every request.
 * ``HEAD`` of either answers the same status without a body. Another method
-  on these paths is 405, another path 404, and a request that cannot be
-  read, or is not complete within 5 seconds, 400. Bodies are
-  ``text/plain``; every answer says ``Cache-Control: no-store`` and
-  ``Connection: close``. The query string is ignored.
+  on these paths is 405. Bodies are ``text/plain``; every answer says
+  ``Cache-Control: no-store``. The query string is ignored.
 * The standard gRPC health service (``grpc.health.v1.Health``) reports
   SERVING or NOT_SERVING for the server as a whole (``""``) and for each
   service the server names (``windshift.events.v1alpha1.EventsService`` and
@@ -20,8 +18,8 @@ JetStream answers ``$JS.API.INFO`` within a second without an error.
   same check, repeated about once a second. From the start of a graceful
   stop on, all of them are NOT_SERVING.
 
-The HTTP server is a few lines of asyncio, no framework: it listens on every
-interface and answers one request per connection.
+The HTTP routes are served by :class:`~windshift_grpc.http.HttpServer`, with
+whatever else the HTTP port offers.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ import json
 import logging
 from collections.abc import Sequence
 
+from aiohttp import web
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
@@ -41,8 +40,6 @@ logger = logging.getLogger("windshift_grpc.health")
 
 _CHECK_TIMEOUT = 1.0
 _MONITOR_PERIOD = 1.0
-_MAX_HEADER_LINES = 100
-_READ_TIMEOUT = 5.0
 
 
 class Readiness:
@@ -128,74 +125,19 @@ class GrpcHealth:
         await self.servicer.enter_graceful_shutdown()
 
 
-class HttpHealth:
-    """``/healthz`` and ``/readyz`` over plain HTTP/1.1 (GET or HEAD).
+def http_routes(readiness: Readiness) -> list[web.RouteDef]:
+    """``GET /healthz`` and ``GET /readyz`` (HEAD too) for :class:`~windshift_grpc.http.HttpServer`."""
 
-    Args:
-        readiness: what ``/readyz`` reports.
-        port: the TCP port.
-        host: the address to listen on; ``::`` or ``0.0.0.0``: every interface.
-    """
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
 
-    def __init__(self, readiness: Readiness, port: int, *, host: str = "::") -> None:
-        self._readiness = readiness
-        self._port = port
-        self._host = None if host in ("::", "0.0.0.0") else host
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, host=self._host, port=self._port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            status, body, head_only = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
-        except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
-            status, body, head_only = 400, "bad request\n", False
-        payload = body.encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-        head = (
-            f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(payload)}\r\n"
-            "Cache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        try:
-            writer.write(head if head_only else head + payload)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bool]:
-        request_line = (await reader.readline()).decode("latin-1").split()
-        for _ in range(_MAX_HEADER_LINES):
-            if (await reader.readline()) in (b"\r\n", b"\n", b""):
-                break
-        if len(request_line) != 3:
-            return 400, "bad request\n", False
-        method, target, _ = request_line
-        path = target.split("?", 1)[0]
-        if path not in ("/healthz", "/readyz"):
-            return 404, "not found\n", False
-        if method not in ("GET", "HEAD"):
-            return 405, "use GET\n", False
-        head_only = method == "HEAD"
-        if path == "/healthz":
-            return 200, "ok\n", head_only
-        reason = await self._readiness.check()
+    async def readyz(request: web.Request) -> web.Response:
+        reason = await readiness.check()
         if reason is None:
-            return 200, "ready\n", head_only
-        return 503, f"not ready: {reason}\n", head_only
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {reason}\n")
+
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
-__all__ = ["GrpcHealth", "HttpHealth", "Readiness"]
+__all__ = ["GrpcHealth", "Readiness", "http_routes"]

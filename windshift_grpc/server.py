@@ -59,7 +59,8 @@ from windshift_grpc.auth import Tokens
 from windshift_grpc.calls import CallLayer
 from windshift_grpc.events_service import EventsService
 from windshift_grpc.events_stream import CallLimits
-from windshift_grpc.health import GrpcHealth, HttpHealth, Readiness
+from windshift_grpc.health import GrpcHealth, Readiness, http_routes
+from windshift_grpc.http import HttpServer
 from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
@@ -351,7 +352,8 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     )
     transport = _listen(server, settings)
 
-    http = HttpHealth(readiness, settings.health_port, host=settings.health_bind)
+    http = HttpServer(settings.health_port, host=settings.health_bind)
+    http.app.add_routes(http_routes(readiness))
     try:
         await http.start()
     except OSError as exc:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
@@ -208,11 +209,17 @@ async def test_healthz_and_readyz(grpc_server: ServeProcess) -> None:
     assert await http_get(grpc_server.health_port, "/readyz") == (200, "ready\n")
     assert (await http_get(grpc_server.health_port, "/readyz?verbose=1"))[0] == 200
     assert (await http_get(grpc_server.health_port, "/metrics"))[0] == 404
-
-    reader, writer = await asyncio.open_connection("127.0.0.1", grpc_server.health_port)
-    writer.write(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 405")
-    writer.close()
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{grpc_server.health_port}"
+        async with session.post(f"{url}/healthz") as posted:
+            assert posted.status == 405
+        async with session.head(f"{url}/readyz") as head:
+            assert head.status == 200
+            assert head.headers["Cache-Control"] == "no-store"
+            assert await head.read() == b""
+        async with session.get(f"{url}/nothing") as missing:
+            assert missing.status == 404
+            assert missing.headers["Cache-Control"] == "no-store"
 
 
 async def test_grpc_health_service_reports_serving(channel: grpc.aio.Channel) -> None:

@@ -1,0 +1,73 @@
+"""The HTTP port of ``windshift-grpc serve`` (``HEALTH_PORT``): one aiohttp application.
+
+The probes (:func:`windshift_grpc.health.http_routes`) are always there;
+``/metrics`` and the web console add their routes when their settings turn
+them on. Every answer says ``Cache-Control: no-store`` unless its route set
+its own: what this port tells is about now. Requests are not logged (a probe
+every few seconds would drown the log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+logger = logging.getLogger("windshift_grpc.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _no_store(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.setdefault("Cache-Control", "no-store")
+        raise
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+class HttpServer:
+    """The application on ``HEALTH_PORT`` and its listener.
+
+    Add routes or sub-applications to :attr:`app` before :meth:`start`.
+
+    Args:
+        port: the TCP port.
+        host: the address to listen on; ``::`` or ``0.0.0.0``: every interface.
+        reuse_port: share the port with other processes (``serve --workers``).
+    """
+
+    def __init__(self, port: int, *, host: str = "::", reuse_port: bool = False) -> None:
+        self.app = web.Application(middlewares=[_no_store])
+        self._port = port
+        self._host = None if host in ("::", "0.0.0.0") else host
+        self._reuse_port = reuse_port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen (raises OSError when the port cannot be had)."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, host=self._host, port=self._port, reuse_port=self._reuse_port or None
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop listening and end the open connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
+
+__all__ = ["Handler", "HttpServer"]
