@@ -125,6 +125,11 @@ PUSH = "push:"
 # Raw nats-py publishing the Windshift wire format (the same headers), i.e.
 # the same bytes on NATS as windshift writes.
 HEADERS = "headers:"
+# Windshift's pipelined publish through publish_many, and through asyncio.gather.
+BATCH = "batch:"
+GATHER = "gather:"
+#: Events per publish_many call of the batch row.
+BATCH_SIZE = 1000
 _STAMP_DIGITS = 20
 _PADDING = "x" * 78  # 20 digits + 78 = 98 characters: 100 bytes serialized
 
@@ -375,6 +380,24 @@ class Windshift(Library):
         sizes = self._sizes()
         await concurrently(
             lambda: client.publish(subject, message), count, sizes.in_flight, sizes.driver
+        )
+
+    async def publish_batch(self, stream: str, subject: str, count: int) -> None:
+        """client.publish_many over lists of BATCH_SIZE events: no task or coroutine per event."""
+        client = self._client()
+        event = windshift.OutgoingEvent(subject, make_message())
+        for start in range(0, count, BATCH_SIZE):
+            results = await client.publish_many([event] * min(BATCH_SIZE, count - start))
+            for result in results:
+                if isinstance(result, windshift.WindshiftError):
+                    raise result
+
+    async def publish_gathered(self, stream: str, subject: str, count: int) -> None:
+        """The usual pipelining of an awaitable API: asyncio.gather over chunks of publish calls."""
+        client = self._client()
+        message = make_message()
+        await concurrently(
+            lambda: client.publish(subject, message), count, self._sizes().in_flight, "gather"
         )
 
     async def consume(self, stream: str, subject: str, count: int) -> None:
@@ -813,10 +836,14 @@ class Bench:
 
     async def _publishing(self, workload: str, tag: str, count: int, pipelined: bool) -> None:
         for round_, library in self.rounds():
-            # Raw nats-py runs twice: as it is, and writing windshift's headers.
+            # Raw nats-py runs twice: as it is, and writing windshift's headers;
+            # windshift pipelined three times: --driver, publish_many, gather.
             variants = [(workload, library.name, False)]
             if isinstance(library, Raw):
                 variants.append((HEADERS + workload, "raw+hdrs", True))
+            if isinstance(library, Windshift) and pipelined:
+                variants.append((BATCH + workload, "ws-batch", False))
+                variants.append((GATHER + workload, "ws-gather", False))
             for key, shown, with_headers in variants:
                 async with self.fresh_stream(tag, shown.replace("+", "")) as (stream, subject):
                     started = time.perf_counter()
@@ -825,6 +852,10 @@ class Bench:
                             library.publish_pipelined if pipelined else library.publish_sequential
                         )
                         await method(stream, subject, count, with_headers=with_headers)
+                    elif isinstance(library, Windshift) and key.startswith(BATCH):
+                        await library.publish_batch(stream, subject, count)
+                    elif isinstance(library, Windshift) and key.startswith(GATHER):
+                        await library.publish_gathered(stream, subject, count)
                     elif pipelined:
                         await library.publish_pipelined(stream, subject, count)
                     else:
@@ -1094,6 +1125,20 @@ ROWS = [
         True,
         HEADERS + "pipelined publish",
     ),
+    Row(
+        "ref: publish_many vs raw + same headers (ev/s)",
+        BATCH + "pipelined publish",
+        "ev/s",
+        True,
+        HEADERS + "pipelined publish",
+    ),
+    Row(
+        "ref: gather vs raw + same headers (ev/s)",
+        GATHER + "pipelined publish",
+        "ev/s",
+        True,
+        HEADERS + "pipelined publish",
+    ),
     # References: raw nats-py with a push consumer and a callback instead of pull + fetch.
     Row(
         "ref: consume + ack vs raw push (ev/s)",
@@ -1190,6 +1235,21 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
         ws, raw = figure(workload, "windshift"), figure(workload, "raw")
         met = None if ws is None or raw is None else ws / raw >= 0.9
         checks.append((f"{workload}: windshift/raw >= 0.9", met, ratio(ws, raw)))
+    with_headers = figure(HEADERS + "pipelined publish", "raw")
+    for prefix, label, wanted in (
+        (BATCH, "publish_many", 1.0),
+        (GATHER, "asyncio.gather of publish", 0.9),
+    ):
+        ws = figure(prefix + "pipelined publish", "windshift")
+        met = None if ws is None or with_headers is None else ws / with_headers >= wanted
+        checks.append(
+            (
+                f"pipelined, {label}: windshift/raw publish_async with the same headers "
+                f">= {wanted}",
+                met,
+                ratio(ws, with_headers),
+            )
+        )
     for row in ROWS:
         if row.raw_workload or row.workload in (
             "backlog RSS growth (MB)",  # has its own target below
