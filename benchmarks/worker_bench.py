@@ -16,6 +16,10 @@ the median of ``--repeat`` rounds taken in turn:
 * ``worker c=16, 1 ms``: concurrency 16, a handler that awaits 1 ms;
 * ``ref: asyncio ceiling``: 16 tasks that do nothing but ``await asyncio.sleep(0.001)``:
   what asyncio's timers allow at all (each sleep lasts about 1.2 ms, not 1);
+* ``ref: ... out of step``: the same 16 tasks started spread over one sleep,
+  each spending after every sleep the CPU time the loop row spends per event
+  (1 / its rate): the ceiling for a handler that awaits 1 ms once events, and
+  so the handlers' timers, no longer come in step;
 * ``faststream c=16, 1 ms``: ``max_workers=16`` (FastStream's documented
   concurrency setting), the same handler;
 * ``pydantic publish`` / ``pydantic consume``: a pydantic model published and
@@ -197,19 +201,37 @@ async def faststream_row(url: str, stream: str, count: int, workers: int, work: 
         await broker.stop()
 
 
-async def sleep_ceiling(tasks: int, work: float, seconds: float = 2.0) -> float:
-    """What asyncio allows at all: ``tasks`` tasks doing nothing but ``await asyncio.sleep(work)``."""
+async def sleep_ceiling(
+    tasks: int, work: float, seconds: float = 2.0, *, cost: float = 0.0
+) -> float:
+    """What asyncio allows at all: ``tasks`` tasks each awaiting ``asyncio.sleep(work)`` in turn.
+
+    With ``cost`` (seconds of CPU per event, spent busy after each sleep, as
+    receiving and settling an event costs) the tasks also start spread over
+    one sleep, as handlers do once events come in one by one: their timers
+    then fall between the event loop's wake-ups, which the selector rounds up
+    to whole milliseconds.
+    """
     done = 0
     until = time.perf_counter() + seconds
 
-    async def sleeper() -> None:
+    def busy(duration: float) -> None:
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            pass
+
+    async def sleeper(index: int) -> None:
         nonlocal done
+        if cost:
+            busy(index * work / tasks)
         while time.perf_counter() < until:
             await asyncio.sleep(work)
             done += 1
+            if cost:
+                busy(cost)
 
     started = time.perf_counter()
-    await asyncio.gather(*(sleeper() for _ in range(tasks)))
+    await asyncio.gather(*(sleeper(index) for index in range(tasks)))
     return done / (time.perf_counter() - started)
 
 
@@ -355,6 +377,10 @@ async def run(args: argparse.Namespace) -> int:
             figures.rows.setdefault("asyncio ceiling 16 x 1 ms", []).append(
                 await sleep_ceiling(16, 0.001)
             )
+            # The same with the loop's own cost per event, the tasks out of step.
+            figures.rows.setdefault("asyncio ceiling 16 x 1 ms, staggered", []).append(
+                await sleep_ceiling(16, 0.001, cost=1 / figures.rows["loop"][-1])
+            )
             await measure(
                 "faststream c=16, 1 ms", lambda s: faststream_row(url, s, slow, 16, 0.001), True
             )
@@ -401,6 +427,9 @@ def report(figures: Figures, memory: dict[str, float], args: argparse.Namespace)
         f"| ref: asyncio ceiling, 16 tasks only sleeping 1 ms | "
         f"{med('asyncio ceiling 16 x 1 ms'):,.0f} | worker "
         f"{med('worker c=16, 1 ms') / med('asyncio ceiling 16 x 1 ms'):.2f}x of it |",
+        f"| ref: the same, out of step, each event costing what the loop spends on one | "
+        f"{med('asyncio ceiling 16 x 1 ms, staggered'):,.0f} | worker "
+        f"{med('worker c=16, 1 ms') / med('asyncio ceiling 16 x 1 ms, staggered'):.2f}x of it |",
         f"| faststream c=16, 1 ms | {med('faststream c=16, 1 ms'):,.0f} | worker "
         f"{med('worker c=16, 1 ms') / med('faststream c=16, 1 ms'):.2f}x |",
     ]
