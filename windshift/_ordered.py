@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -43,6 +43,8 @@ from windshift.errors import (
 )
 
 logger = logging.getLogger("windshift.reading")
+
+T = TypeVar("T")
 
 # A read's consumer proves it is alive with a heartbeat this often (seconds)
 # when there is nothing to deliver; a read that hears nothing for
@@ -425,4 +427,42 @@ class OrderedRead:
                 await api.request(f"CONSUMER.DELETE.{self._stream}.{self._consumer}")
 
 
-__all__ = ["OrderedRead", "StoredRecord"]
+class RecordIterator(Generic[T]):
+    """What the public read types share: an :class:`OrderedRead` whose records are converted.
+
+    Entered once with ``async with``, then iterated; iterating first, or
+    entering twice, is a ValidationError that names the :attr:`noun`.
+    """
+
+    noun = "read"
+
+    def __init__(self, read: OrderedRead, convert: Callable[[StoredRecord], T]) -> None:
+        self._read = read
+        self._convert = convert
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        if self._started:
+            raise ValidationError(f"a {self.noun} can be entered only once")
+        self._started = True
+        await self._read.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._read.__aexit__(exc_type, exc, tb)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        if not self._started:
+            raise ValidationError(f"use the {self.noun} with 'async with' before iterating")
+        return self._convert(await self._read.__anext__())
+
+
+__all__ = ["OrderedRead", "RecordIterator", "StoredRecord"]

@@ -9,11 +9,11 @@ while its consumers work.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -24,7 +24,7 @@ from windshift import _wire as wire
 from windshift._connection import Connection
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NOT_FOUND, ApiError, StoredMessage
 from windshift._names import quote_value, validate_name, validate_subject
-from windshift._ordered import OrderedRead, StoredRecord
+from windshift._ordered import OrderedRead, RecordIterator, StoredRecord
 from windshift._pointers import StreamPointer
 from windshift._streams import Streams
 from windshift.errors import NotFoundError, StreamNotFoundError, ValidationError
@@ -149,40 +149,16 @@ class StoredEvent:
         )
 
 
-class EventTail:
+class EventTail(RecordIterator[StoredEvent]):
     """An async iterator of :class:`StoredEvent`, in stream order; use it with ``async with``.
 
     Get one from :meth:`windshift.Client.tail`. Without ``follow`` it ends
-    once every event that matched when it began was handed on.
+    once every event that matched when it began was handed on. Iterating it
+    before entering the ``async with``, or entering it twice, raises
+    ValidationError.
     """
 
-    def __init__(self, stream: str, read: OrderedRead) -> None:
-        self._stream = stream
-        self._read = read
-        self._started = False
-
-    async def __aenter__(self) -> Self:
-        if self._started:
-            raise ValidationError("a tail can be entered only once")
-        self._started = True
-        await self._read.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._read.__aexit__(exc_type, exc, tb)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> StoredEvent:
-        if not self._started:
-            raise ValidationError("use the tail with 'async with' before iterating")
-        return StoredEvent.of_record(self._stream, await self._read.__anext__())
+    noun = "tail"
 
 
 class Reader:
@@ -258,7 +234,7 @@ class Reader:
             follow=follow,
             what=f"tail of stream {stream!r}",
         )
-        return EventTail(stream, read)
+        return EventTail(read, functools.partial(StoredEvent.of_record, stream))
 
 
 def _check_id(value: object, what: str) -> None:

@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError, Message
@@ -35,7 +34,7 @@ from windshift import _wire as wire
 from windshift._connection import Connection
 from windshift._jsapi import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, ApiError
 from windshift._names import quote_value, validate_name, validate_subject
-from windshift._ordered import OrderedRead, StoredRecord
+from windshift._ordered import OrderedRead, RecordIterator, StoredRecord
 from windshift._payloads import Payload
 from windshift._publishing import Publisher
 from windshift.errors import (
@@ -327,7 +326,7 @@ class StateStore:
             ValidationError: a bad key or filter.
         """
         validate_subject(key, wildcards=True, what="key")
-        return StateWatch(self, self._read(key, follow=True, current=include_current))
+        return StateWatch(self._read(key, follow=True, current=include_current), self._change)
 
     async def keys(self, pattern: str = ">") -> list[str]:
         """The keys that hold a value now, in the order they were last written.
@@ -399,7 +398,7 @@ class StateStore:
         )
 
 
-class StateWatch:
+class StateWatch(RecordIterator[StateChange]):
     """An async iterator of :class:`StateChange`; use it with ``async with``.
 
     Get one from :meth:`StateStore.watch`. Iterating it before entering the
@@ -408,33 +407,7 @@ class StateWatch:
     watch can be entered once.
     """
 
-    def __init__(self, store: StateStore, read: OrderedRead) -> None:
-        self._store = store
-        self._read = read
-        self._started = False
-
-    async def __aenter__(self) -> Self:
-        if self._started:
-            raise ValidationError("a watch can be entered only once")
-        self._started = True
-        await self._read.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._read.__aexit__(exc_type, exc, tb)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> StateChange:
-        if not self._started:
-            raise ValidationError("use the watch with 'async with' before iterating")
-        return self._store._change(await self._read.__anext__())
+    noun = "watch"
 
 
 class Stores:
