@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 
@@ -206,13 +207,7 @@ class DeadLetter:
     @property
     def timestamp_ns(self) -> int | None:
         """When the event was published, in nanoseconds since the Unix epoch (exact)."""
-        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
-        if not text:
-            return None
-        try:
-            return wire.parse_time_ns(text)
-        except ValueError:
-            return None
+        return wire.published_ns(self.headers)
 
     @property
     def trace_context(self) -> otel_context.Context:
@@ -231,6 +226,19 @@ class DeadLetter:
             body=self.body,
             content=payloads.content_type(self.headers),
             what=f"dead letter {self.id}",
+        )
+
+    def to_json(self, pool: DescriptorPool | None = None) -> object | None:
+        """The data as a JSON-ready document; None when its type is unknown.
+
+        As :meth:`windshift.StoredEvent.to_json`: JSON data parsed, protobuf
+        data decoded when ``pool`` (or protobuf's default pool) knows its type.
+        """
+        return payloads.to_json(
+            self.headers.get(wire.HEADER_DATA_TYPE, ""),
+            self.body,
+            payloads.content_type(self.headers),
+            pool,
         )
 
 

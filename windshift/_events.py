@@ -195,24 +195,13 @@ class Event:
         It keeps the offset the publisher wrote. A ``datetime`` holds
         microseconds; :attr:`timestamp_ns` has every digit.
         """
-        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
-        if text:
-            try:
-                return wire.parse_time(text)
-            except ValueError:
-                pass
-        return wire.time_from_nanos(self._published_ns)
+        return wire.published_time(self.headers) or wire.time_from_nanos(self._published_ns)
 
     @property
     def timestamp_ns(self) -> int:
         """When the event was published, in nanoseconds since the Unix epoch (exact)."""
-        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
-        if text:
-            try:
-                return wire.parse_time_ns(text)
-            except ValueError:
-                pass
-        return self._published_ns
+        written = wire.published_ns(self.headers)
+        return self._published_ns if written is None else written
 
     @property
     def idempotency_key(self) -> str | None:

@@ -88,13 +88,7 @@ class StoredEvent:
     @property
     def timestamp(self) -> datetime:
         """When it was published (``WS-Published-Time``, else when it was stored)."""
-        text = self.headers.get(wire.HEADER_PUBLISHED_TIME)
-        if text:
-            try:
-                return wire.parse_time(text)
-            except ValueError:
-                pass
-        return self.stored
+        return wire.published_time(self.headers) or self.stored
 
     @property
     def data(self) -> AnyProto:

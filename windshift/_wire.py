@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -197,6 +198,28 @@ def _parse(text: str) -> tuple[datetime, int]:
         tzinfo=tz,
     )
     return moment, nanos
+
+
+def published_time(headers: Mapping[str, str]) -> datetime | None:
+    """``WS-Published-Time`` as written (its offset kept); None when absent or unreadable."""
+    text = headers.get(HEADER_PUBLISHED_TIME)
+    if text:
+        try:
+            return parse_time(text)
+        except ValueError:
+            pass
+    return None
+
+
+def published_ns(headers: Mapping[str, str]) -> int | None:
+    """``WS-Published-Time`` in nanoseconds since the epoch (exact); None when absent or unreadable."""
+    text = headers.get(HEADER_PUBLISHED_TIME)
+    if text:
+        try:
+            return parse_time_ns(text)
+        except ValueError:
+            pass
+    return None
 
 
 def time_from_nanos(ns: int) -> datetime:

@@ -278,3 +278,20 @@ async def test_stores_names_every_store(client: windshift.Client, name: str) -> 
     await client.ensure_stream(name, subjects=[f"{name}.>"])
     mine = [store for store in await client.stores() if store.startswith(name)]
     assert mine == [f"{name}a", f"{name}b"]
+
+
+async def test_a_dead_letter_reads_as_json_too(client: windshift.Client, name: str) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    await client.ensure_consumer(
+        name,
+        "c",
+        start=StreamPointer.start(),
+        max_delivery_attempts=1,
+        dead_letter_stream=f"{name}_dead",
+    )
+    await client.publish(f"{name}.x", StringValue(value="gone"))
+    async with client.subscribe(name, "c") as events:
+        (event,) = await take(events, 1)
+        await event.reject(permanently=True)
+    (letter,) = await client.dead_letters(f"{name}_dead").list()
+    assert letter.to_json() == "gone"
