@@ -28,13 +28,17 @@ from windshift import (
     ConsumerOptions,
     DeadLetter,
     Event,
+    OutgoingEvent,
+    PublishedEvent,
     StreamOptions,
     StreamPointer,
     StreamSource,
     ValidationError,
+    WindshiftError,
 )
 from windshift._wire import HEADER_TRACE_PARENT
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc.status import status_for
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,6 +49,9 @@ FIRST_ADDED_FIELD = 100
 DEFAULT_DEAD_LETTER_PAGE = 100
 #: The largest ``limit`` a ListDeadLetters request may ask for.
 MAX_DEAD_LETTER_PAGE = 1000
+#: Events per PublishEvents call when serve is not told otherwise
+#: (``WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS``).
+DEFAULT_PUBLISH_EVENTS_MAX_EVENTS = 1000
 
 _DISCARD = {
     pb.EnsureStreamRequest.DISCARD_POLICY_UNSPECIFIED: "old",
@@ -282,6 +289,55 @@ def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
     return options
 
 
+def outgoing_events(
+    request: pb.PublishEventsRequest, *, max_events: int = DEFAULT_PUBLISH_EVENTS_MAX_EVENTS
+) -> list[OutgoingEvent]:
+    """The events of a PublishEvents request, for ``Client.publish_many``.
+
+    Each event is read as PublishEvent reads its request
+    (:func:`publish_options`); the library then validates them all before
+    it publishes any.
+
+    Args:
+        request: the request.
+        max_events: the most events one call may carry
+            (``WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS``); counted before
+            anything is converted.
+
+    Raises:
+        ValidationError: more events than ``max_events`` (the message names
+            both numbers), or an event whose timestamp is out of range (its
+            index is named, as the library names the events it refuses).
+    """
+    count = len(request.events)
+    if count > max_events:
+        raise ValidationError(
+            f"PublishEvents carries {count} events, more than the {max_events} one call may "
+            "carry (WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS); send them in several calls"
+        )
+    events: list[OutgoingEvent] = []
+    for index, event in enumerate(request.events):
+        try:
+            options = publish_options(event)
+        except ValidationError as exc:
+            raise ValidationError(f"event {index}: {exc}") from None
+        events.append(OutgoingEvent(event.subject, event.data, **options))
+    return events
+
+
+def publish_result(result: PublishedEvent | WindshiftError) -> pb.PublishEventResult:
+    """One event's outcome in a PublishEvents answer.
+
+    A refusal carries the status code and message PublishEvent would have
+    ended with for the same event (the one table of
+    :mod:`windshift_grpc.status`).
+    """
+    if isinstance(result, PublishedEvent):
+        return pb.PublishEventResult(id=result.id, duplicate=result.duplicate)
+    code, message = status_for(result, "PublishEvents")
+    return pb.PublishEventResult(error=pb.PublishEventError(code=code.value[0], message=message))
+
+
 def dead_letter_page(request: pb.ListDeadLettersRequest, *, max_bytes: int) -> dict[str, Any]:
     """The keyword arguments of ``DeadLetterQueue.list`` for a ListDeadLetters request.
 
@@ -370,6 +426,7 @@ def _enum(table: Mapping[Any, str], number: int, field: str) -> str:
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_PAGE",
+    "DEFAULT_PUBLISH_EVENTS_MAX_EVENTS",
     "FIRST_ADDED_FIELD",
     "MAX_DEAD_LETTER_PAGE",
     "additions",
@@ -380,8 +437,10 @@ __all__ = [
     "event",
     "headers",
     "nanos_timestamp",
+    "outgoing_events",
     "pointer",
     "publish_options",
+    "publish_result",
     "stream_options",
     "stream_source",
     "timestamp",

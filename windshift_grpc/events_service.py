@@ -37,6 +37,8 @@ class EventsService(pb_grpc.EventsServiceServicer):
             (:class:`~windshift_grpc.admission.EventsCalls`).
         dead_letter_page_bytes: the most bytes of dead letters one
             ListDeadLetters answer holds (a single larger letter comes alone).
+        publish_events_max_events: the most events one PublishEvents call
+            may carry.
     """
 
     def __init__(
@@ -46,11 +48,13 @@ class EventsService(pb_grpc.EventsServiceServicer):
         stopping: asyncio.Event,
         limits: CallLimits | None = None,
         dead_letter_page_bytes: int = 1024 * 1024,
+        publish_events_max_events: int = convert.DEFAULT_PUBLISH_EVENTS_MAX_EVENTS,
     ) -> None:
         self._client = client
         self._stopping = stopping
         self._limits = limits or CallLimits()
         self._dead_letter_page_bytes = dead_letter_page_bytes
+        self._publish_events_max_events = publish_events_max_events
 
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
@@ -92,6 +96,16 @@ class EventsService(pb_grpc.EventsServiceServicer):
             request.subject, request.data, **convert.publish_options(request)
         )
         return pb.PublishEventResponse(id=published.id)
+
+    async def PublishEvents(
+        self, request: pb.PublishEventsRequest, context: Any
+    ) -> pb.PublishEventsResponse:
+        # The call layer has checked publish on every event's subject; the
+        # library validates every event before it publishes the first, so a
+        # refusal of either kind leaves nothing published.
+        events = convert.outgoing_events(request, max_events=self._publish_events_max_events)
+        results = await self._client.publish_many(events)
+        return pb.PublishEventsResponse(results=map(convert.publish_result, results))
 
     async def Events(
         self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any

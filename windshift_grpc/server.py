@@ -341,6 +341,7 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
             stopping=stopping,
             limits=limits,
             dead_letter_page_bytes=settings.dead_letter_page_bytes,
+            publish_events_max_events=settings.publish_events_max_events,
         ),
         server,
     )
