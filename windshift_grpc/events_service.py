@@ -6,6 +6,7 @@ authorization, the status of an error, the log line) is done once, by
 
 Example:
     >>> service = EventsService(client, stopping=asyncio.Event())
+    >>> server = grpc.aio.server(interceptors=[CallLayer(guards=service.guards)])
     >>> service_pb2_grpc.add_EventsServiceServicer_to_server(service, server)
 """
 
@@ -21,8 +22,12 @@ import windshift
 from windshift_grpc import convert, permissions
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.calls import Requests
+from windshift_grpc.calls import Guard, Requests
 from windshift_grpc.events_stream import CallLimits, events_call
+
+PUBLISH_EVENTS_METHOD = (
+    f"/{pb.DESCRIPTOR.services_by_name['EventsService'].full_name}/PublishEvents"
+)
 
 
 class EventsService(pb_grpc.EventsServiceServicer):
@@ -55,6 +60,13 @@ class EventsService(pb_grpc.EventsServiceServicer):
         self._limits = limits or CallLimits()
         self._dead_letter_page_bytes = dead_letter_page_bytes
         self._publish_events_max_events = publish_events_max_events
+
+    @property
+    def guards(self) -> dict[str, Guard]:
+        """What the call layer checks in the bytes of a request before decoding it."""
+        return {
+            PUBLISH_EVENTS_METHOD: convert.publish_events_guard(self._publish_events_max_events)
+        }
 
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
@@ -164,4 +176,4 @@ def _keep(options: _O, existing: _O, names: set[str]) -> _O:
     return dataclasses.replace(options, **{name: getattr(existing, name) for name in names})
 
 
-__all__ = ["EventsService"]
+__all__ = ["PUBLISH_EVENTS_METHOD", "EventsService"]

@@ -14,6 +14,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import windshift
 from tests.grpc.test_proto import _original_message_class
 from tests.grpc_fixtures import (
     EventsClient,
+    ServeProcess,
     StartServe,
     ensure_consumer,
     ensure_stream,
@@ -33,6 +35,7 @@ from tests.grpc_fixtures import (
     string_any,
     unpack_text,
 )
+from windshift_grpc import convert
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
 from windshift_grpc.events_stream import MAX_BATCH, MAX_BATCH_BYTES, _Call
@@ -194,11 +197,18 @@ def _tokens(path: Path, entries: list[dict[str, Any]]) -> Path:
     return path
 
 
+@dataclass
+class Secured:
+    """A serve requiring tokens, a stub on it, and the metadata of two tokens."""
+
+    server: ServeProcess
+    stub: Stub
+    admin: list[tuple[str, str]]  # may do everything
+    limited: list[tuple[str, str]]  # may publish on <name>ok.> only
+
+
 @pytest.fixture
-async def publisher(
-    start_serve: StartServe, tmp_path: Path, name: str
-) -> AsyncIterator[tuple[Stub, list[tuple[str, str]], list[tuple[str, str]]]]:
-    """A serve requiring tokens; its stub, an admin's metadata, and a token's publishing on <name>ok.>."""
+async def secured(start_serve: StartServe, tmp_path: Path, name: str) -> AsyncIterator[Secured]:
     admin, limited = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     path = _tokens(
         tmp_path / "tokens.json",
@@ -218,15 +228,13 @@ async def publisher(
                 ),
                 metadata=as_admin,
             )
-        yield stub, as_admin, [("authorization", f"Bearer {limited}")]
+        yield Secured(server, stub, as_admin, [("authorization", f"Bearer {limited}")])
 
 
 async def test_one_event_the_token_may_not_publish_refuses_the_whole_call(
-    publisher: tuple[Stub, list[tuple[str, str]], list[tuple[str, str]]],
-    client: windshift.Client,
-    name: str,
+    secured: Secured, client: windshift.Client, name: str
 ) -> None:
-    stub, _, limited = publisher
+    stub, limited = secured.stub, secured.limited
     allowed, denied = f"{name}ok", f"{name}no"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await publish_events(
@@ -255,7 +263,7 @@ async def test_one_event_the_token_may_not_publish_refuses_the_whole_call(
             stub,
             event(f"{allowed}.a", "fine"),
             event("_INBOX.abc.def", "fake reply"),
-            metadata=publisher[1],
+            metadata=secured.admin,
         )
     assert internal.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "(event 1 of 2, nothing was published)" in str(internal.value.details())
@@ -264,6 +272,65 @@ async def test_one_event_the_token_may_not_publish_refuses_the_whole_call(
     with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
         await publish_events(stub, event(f"{allowed}.a", "x"))
     assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _status_mib(server: ServeProcess, field: str) -> float:
+    assert server.process is not None
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{server.process.pid}/status")
+
+
+def _reset_peak(server: ServeProcess) -> None:
+    """Measure the serve process's peak resident memory (VmHWM) anew, from now."""
+    assert server.process is not None
+    Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")
+
+
+async def test_a_huge_batch_is_refused_from_its_bytes_without_being_decoded(
+    secured: Secured, client: windshift.Client, name: str
+) -> None:
+    # 4 MiB of empty events (two million of them): decoded, they once took
+    # serve's memory up by 180 MiB before any token was checked, and 360 MiB
+    # more (and 0.8 s of its event loop) behind a valid one.
+    raw = b"\x0a\x00" * (2 * 1024 * 1024 - 16)
+    server = secured.server
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        method = channel.unary_unary("/windshift.events.v1alpha1.EventsService/PublishEvents")
+        _reset_peak(server)
+        before = _status_mib(server, "VmRSS")
+        with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+            await method(raw)
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(raw, metadata=secured.admin)
+        assert refused.value.code() == INVALID
+        assert refused.value.details() == (
+            "PublishEvents carries more than 2016 fields, more than the 1000 events one call "
+            "may carry (WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS); send them in several calls"
+        )
+        grown = _status_mib(server, "VmHWM") - before
+    assert grown < 40, f"serve grew by {grown:.0f} MiB"
+    assert (await client.stream_info(f"{name}ok")).events == 0
+
+
+def test_the_guard_counts_events_by_their_tags_alone() -> None:
+    guard = convert.publish_events_guard(3)
+    one = pb.PublishEventRequest(subject="a.b", data=string_any("\n" * 50))  # 0x0a bytes inside
+    assert guard(pb.PublishEventsRequest(events=[one] * 3).SerializeToString()) is None
+    assert guard(pb.PublishEventsRequest(events=[one] * 4).SerializeToString()) == (
+        "PublishEvents carries 4 events, more than the 3 one call may carry "
+        "(WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS); send them in several calls"
+    )
+    # Fields of other numbers (a newer client's) are not events, but are walked
+    # at most so far: 3 + 3 + 16 fields.
+    unknown = b"\x10\x01"  # field 2, a varint
+    assert guard(unknown * 22 + b"\x0a\x00" * 4) is not None
+    assert guard(unknown * 22) is None  # no 0x0a byte at all: nothing to count
+    assert "more than 22 fields" in str(guard(unknown * 30 + b"\x0a\x00" * 4))
+    # A broken encoding is left to the parser, which names the fault.
+    assert guard(b"\x0a\x00" * 4 + b"\x0a\x09ab") is None
 
 
 # --- Events with max_batch ----------------------------------------------------------
