@@ -914,6 +914,13 @@ class Bench:
             f"  p99 {run.p99_ms:7.2f} ms  {run.throughput:8,.0f} ev/s"
         )
 
+    async def check_stored(self, stream: str, count: int) -> None:
+        """Fail when the stream does not hold exactly the ``count`` events published."""
+        assert self.admin is not None
+        stored = (await self.admin.stream_info(stream)).events
+        if stored != count:
+            raise grpc_workloads.CountMismatch(f"{stream}: {stored} events stored of {count}")
+
     async def check_acked(self, stream: str) -> None:
         """Warn when the consumer did not end with every event acknowledged."""
         assert self.admin is not None
@@ -925,7 +932,7 @@ class Bench:
         self.say(f"warning: {stream}: consumer left events unsettled or pending: {info}")
 
     async def grpc(self) -> None:
-        """PublishEvent and Events consume + ack through a real serve process."""
+        """PublishEvent(s) and Events consume + ack (also with max_batch) through a real serve."""
         sizes = self.sizes
         body = make_message().SerializeToString()
         async with grpc_workloads.serve(self.url) as target:
@@ -934,18 +941,33 @@ class Bench:
                     rate = await grpc_workloads.publish_events(
                         target, subject, sizes.pipelined, body
                     )
+                    await self.check_stored(stream, sizes.pipelined)
                 self.results.add("pipelined publish", "grpc", rate)
                 self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s")
-                async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
-                    await self.fill(subject, sizes.consume)
-                    assert self.admin is not None
-                    await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
-                    rate = await grpc_workloads.consume_events(
-                        target, stream, "bench", sizes.consume
+                async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
+                    rate = await grpc_workloads.publish_events_batched(
+                        target, subject, sizes.pipelined, body
                     )
-                    await self.check_acked(stream)
-                self.results.add("consume + ack", "grpc", rate)
-                self.say(f"[{round_ + 1}] Events consume+ack  grpc       {rate:10,.0f} ev/s")
+                    await self.check_stored(stream, sizes.pipelined)
+                self.results.add("pipelined publish", GRPC_BATCH, rate)
+                self.say(
+                    f"[{round_ + 1}] PublishEvents x{grpc_workloads.BATCH:<4} grpc       "
+                    f"{rate:10,.0f} ev/s"
+                )
+                for server, max_batch in (("grpc", None), (GRPC_BATCH, grpc_workloads.MAX_BATCH)):
+                    async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
+                        await self.fill(subject, sizes.consume)
+                        assert self.admin is not None
+                        await self.admin.ensure_consumer(
+                            stream, "bench", start=StreamPointer.start()
+                        )
+                        rate = await grpc_workloads.consume_events(
+                            target, stream, "bench", sizes.consume, max_batch
+                        )
+                        await self.check_acked(stream)
+                    self.results.add("consume + ack", server, rate)
+                    shown = "Events consume+ack " if max_batch is None else "Events max_batch   "
+                    self.say(f"[{round_ + 1}] {shown} grpc       {rate:10,.0f} ev/s")
         # The same clients against a server that does nothing: gRPC's own ceiling.
         async with grpc_workloads.serve_noop() as target:
             for round_ in range(sizes.repeat):
@@ -1206,24 +1228,41 @@ def table(results: Results) -> str:
     return "\n".join(out)
 
 
+#: The figures of the batched gRPC calls (PublishEvents, Events with max_batch).
+GRPC_BATCH = "grpc-batch"
+# (label, workload, server) of the gRPC rows, each next to the library's figure.
+GRPC_ROWS = (
+    ("concurrent PublishEvent (ev/s)", "pipelined publish", "grpc"),
+    (
+        f"PublishEvents, {grpc_workloads.BATCH} events per call (ev/s)",
+        "pipelined publish",
+        GRPC_BATCH,
+    ),
+    ("ref: no-op gRPC server, concurrent PublishEvent (ev/s)", "pipelined publish", "grpc-noop"),
+    ("Events consume + ack (ev/s)", "consume + ack", "grpc"),
+    (
+        f"Events with max_batch {grpc_workloads.MAX_BATCH}, consume + ack (ev/s)",
+        "consume + ack",
+        GRPC_BATCH,
+    ),
+    ("ref: no-op gRPC server, Events consume + ack (ev/s)", "consume + ack", "grpc-noop"),
+)
+
+
 def grpc_table(results: Results) -> str:
     """The gRPC figures next to the library's, as a Markdown table (empty when not run)."""
     lines = [
         "| through windshift-grpc | gRPC | library | gRPC/library |",
         "|---|--:|--:|--:|",
     ]
-    for label, workload in (
-        ("concurrent PublishEvent (ev/s)", "pipelined publish"),
-        ("Events consume + ack (ev/s)", "consume + ack"),
-    ):
+    for label, workload, server in GRPC_ROWS:
         library = results.figure(workload, "windshift")
-        for prefix, server in (("", "grpc"), ("ref: no-op gRPC server, ", "grpc-noop")):
-            via_grpc = results.figure(workload, server)
-            if via_grpc is not None:
-                lines.append(
-                    f"| {prefix}{label} | {fmt(via_grpc, 'ev/s')} | {fmt(library, 'ev/s')} | "
-                    f"{ratio(via_grpc, library)} |"
-                )
+        via_grpc = results.figure(workload, server)
+        if via_grpc is not None:
+            lines.append(
+                f"| {label} | {fmt(via_grpc, 'ev/s')} | {fmt(library, 'ev/s')} | "
+                f"{ratio(via_grpc, library)} |"
+            )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -1284,6 +1323,14 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
             if ceiling is not None:
                 detail += f"; a no-op gRPC server: {ratio(ceiling, library)}"
             checks.append((f"{label}: gRPC/library >= 0.5", met, detail))
+    for workload, label in (
+        ("pipelined publish", f"PublishEvents x{grpc_workloads.BATCH}"),
+        ("consume + ack", f"Events with max_batch {grpc_workloads.MAX_BATCH}"),
+    ):
+        via_grpc, library = figure(workload, GRPC_BATCH), figure(workload, "windshift")
+        if via_grpc is not None:
+            met = None if library is None else via_grpc / library >= 0.5
+            checks.append((f"{label}: gRPC/library >= 0.5", met, ratio(via_grpc, library)))
     growth = figure("backlog RSS growth (MB)", "windshift")
     checks.append(
         (

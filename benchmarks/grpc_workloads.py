@@ -1,7 +1,12 @@
-"""The gRPC figures of bench.py: PublishEvent and Events through a real ``windshift-grpc serve``.
+"""The gRPC figures of bench.py: PublishEvent(s) and Events through a real ``windshift-grpc serve``.
 
 Measured in the same run, against the same nats-server, as the library, and
-reported as a ratio to the library's own figure for the same workload.
+reported as a ratio to the library's own figure for the same workload:
+PublishEvent (one event per call) and PublishEvents (:data:`BATCH` per call)
+against the library's pipelined publish; Events one event per message and
+with ``max_batch`` against its consume + ack. Each workload checks what it
+got: every publish answered with an id, no id twice, every event received
+exactly once (bench.py also counts the stream and the consumer afterwards).
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as 
 CHANNELS = 4  # a Python client saturates one channel well before the server
 WORKERS = 128  # PublishEvent calls in flight
 ACK_BATCH = 64  # ids per Ack request
+BATCH = 100  # events per PublishEvents call
+BATCH_CALLS = 8  # PublishEvents calls in flight (800 events: the server's pipeline stays full)
+MAX_BATCH = 100  # Subscribe.max_batch of the batched Events workload
+MAX_PROCESSING_EVENTS = 256
+
+
+class CountMismatch(RuntimeError):
+    """A workload lost or duplicated events: its figure would mean nothing."""
 
 
 @contextlib.asynccontextmanager
@@ -114,8 +127,59 @@ async def publish_events(target: str, subject: str, count: int, body: bytes) -> 
             await channel.close()
 
 
-async def consume_events(target: str, stream: str, consumer: str, count: int) -> float:
-    """One Events call receiving and acking ``count`` events; events per second."""
+async def publish_events_batched(
+    target: str, subject: str, count: int, body: bytes, batch: int = BATCH
+) -> float:
+    """Concurrent PublishEvents calls of ``batch`` events each; events per second.
+
+    Raises:
+        CountMismatch: an event was refused, or two events got the same id.
+    """
+    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    try:
+        stubs = [pb_grpc.EventsServiceStub(channel) for channel in channels]
+        event = pb.PublishEventRequest(subject=subject, data=_data(body))
+        sizes = [batch] * (count // batch) + ([count % batch] if count % batch else [])
+        requests = {size: pb.PublishEventsRequest(events=[event] * size) for size in set(sizes)}
+        ids: list[int] = []
+        refused: list[str] = []
+
+        async def worker(index: int) -> None:
+            stub = stubs[index % CHANNELS]
+            while sizes:
+                answer = await stub.PublishEvents(requests[sizes.pop()])
+                for result in answer.results:
+                    if result.WhichOneof("result") == "id":
+                        ids.append(result.id)
+                    else:
+                        refused.append(result.error.message)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(BATCH_CALLS)))
+        rate = count / (time.perf_counter() - started)
+    finally:
+        for channel in channels:
+            await channel.close()
+    if refused or len(set(ids)) != count:
+        raise CountMismatch(
+            f"PublishEvents: {len(set(ids))} distinct ids for {count} events, "
+            f"{len(refused)} refused ({refused[:1]})"
+        )
+    return rate
+
+
+async def consume_events(
+    target: str, stream: str, consumer: str, count: int, max_batch: int | None = None
+) -> float:
+    """One Events call receiving and acking ``count`` events; events per second.
+
+    With ``max_batch`` the events come in batches (``events``), up to that many
+    per message.
+
+    Raises:
+        CountMismatch: an event came twice, or the call ended before ``count``
+            were acknowledged.
+    """
     requests: asyncio.Queue[pb.EventsRequest | None] = asyncio.Queue()
 
     async def outgoing() -> AsyncIterator[pb.EventsRequest]:
@@ -125,10 +189,13 @@ async def consume_events(target: str, stream: str, consumer: str, count: int) ->
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.EventsServiceStub(channel)
         subscribe = pb.EventsRequest.Subscribe(
-            stream=stream, consumer=consumer, max_processing_events=256
+            stream=stream, consumer=consumer, max_processing_events=MAX_PROCESSING_EVENTS
         )
+        if max_batch is not None:
+            subscribe.max_batch = max_batch
         await requests.put(pb.EventsRequest(subscribe=subscribe))
         call = stub.Events(outgoing())
+        seen: set[int] = set()
         received = acked = 0
         pending: list[int] = []
         started = 0.0
@@ -136,17 +203,32 @@ async def consume_events(target: str, stream: str, consumer: str, count: int) ->
             kind = response.WhichOneof("response")
             if kind == "subscribed":
                 started = time.perf_counter()
-            elif kind == "event":
-                received += 1
-                pending.append(response.event.id)
-                if len(pending) >= ACK_BATCH or received == count:
-                    await requests.put(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=pending)))
-                    pending = []
+                continue
+            if kind == "event":
+                ids = [response.event.id]
+            elif kind == "events":
+                ids = [event.id for event in response.events.events]
             elif kind == "ack_confirmation":
                 acked += len(response.ack_confirmation.ids)
                 if acked >= count:
                     break
+                continue
+            else:
+                continue
+            # (The no-op server streams events without end: only the first count are taken.)
+            ids = ids[: count - received]
+            received += len(ids)
+            seen.update(ids)
+            pending += ids
+            if pending and (len(pending) >= ACK_BATCH or received >= count):
+                await requests.put(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=pending)))
+                pending = []
         elapsed = time.perf_counter() - started
         await requests.put(None)
         call.cancel()
+    if received != count or len(seen) != count or acked != count:
+        raise CountMismatch(
+            f"Events: {received} received ({len(seen)} distinct), {acked} acknowledged, "
+            f"for {count} events"
+        )
     return count / elapsed

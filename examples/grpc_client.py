@@ -9,12 +9,15 @@ then, from the repository root::
     python examples/grpc_client.py --target 127.0.0.1:8080
 
 It ensures the stream ``greetings`` (subjects ``greetings.>``) and the durable
-consumer ``python-greeter``, publishes three events, receives them through
-the bidirectional ``Events`` call, acknowledges them and exits 0. Run it
-again: the consumer remembers its position, so it sees only the new events.
+consumer ``python-greeter``, publishes three events (the first with
+``PublishEvent``, the others together with ``PublishEvents``), receives them
+through the bidirectional ``Events`` call (with ``max_batch``, so that events
+that are ready together come in one message), acknowledges them and exits 0.
+Run it again: the consumer remembers its position, so it sees only the new
+events.
 
 Any language works the same way: generate a client from ``proto/`` (see
-docs/grpc.md) and make these five calls. The event data is a
+docs/grpc.md) and make these calls. The event data is a
 ``google.protobuf.Any``; here it holds a ``google.protobuf.StringValue``.
 """
 
@@ -36,6 +39,7 @@ from windshift_grpc.proto import events_pb2_grpc as pb_grpc
 STREAM = "greetings"
 CONSUMER = "python-greeter"
 TIMEOUT = 20.0  # seconds to wait for the events before giving up
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 async def run(target: str, count: int) -> None:
@@ -62,26 +66,46 @@ async def run(target: str, count: int) -> None:
         print(f"stream {STREAM} and consumer {consumer.id} are ready")
 
         # 3. Publish: the data is any protobuf message, packed in an Any.
-        published: list[int] = []
-        for number in range(1, count + 1):
-            data = Any()
-            data.Pack(StringValue(value=f"hello #{number}"))
-            answer = await stub.PublishEvent(
-                pb.PublishEventRequest(subject=f"{STREAM}.hello", data=data)
-            )
-            published.append(answer.id)
-            print(f"published event {answer.id}")
+        #    One event: PublishEvent answers with its id (or fails the call).
+        requests = [
+            pb.PublishEventRequest(subject=f"{STREAM}.hello", data=greeting(number))
+            for number in range(1, count + 1)
+        ]
+        answer = await stub.PublishEvent(requests[0])
+        published = [answer.id]
+        print(f"published event {answer.id}")
+        #    Several: PublishEvents publishes them in one call and answers one
+        #    result per event, in order: its id, or its own status. One event
+        #    refused (say, a wrong expected_last_id) does not stop the others.
+        if len(requests) > 1:
+            batch = await stub.PublishEvents(pb.PublishEventsRequest(events=requests[1:]))
+            print(f"published {len(batch.results)} events in one PublishEvents call")
+            for result in batch.results:
+                if result.WhichOneof("result") == "id":
+                    published.append(result.id)
+                    print(f"published event {result.id}")
+                else:
+                    code = STATUS_NAMES.get(result.error.code, str(result.error.code))
+                    print(f"an event was refused: {code}: {result.error.message}")
 
         # 4. Consume: subscribe, then acknowledge each event as it arrives.
         await asyncio.wait_for(consume(stub, consumer.id, set(published)), TIMEOUT)
 
 
+def greeting(number: int) -> Any:
+    data = Any()
+    data.Pack(StringValue(value=f"hello #{number}"))
+    return data
+
+
 async def consume(stub: pb_grpc.EventsServiceStub, consumer: str, waiting: set[int]) -> None:
     outgoing: asyncio.Queue[pb.EventsRequest | None] = asyncio.Queue()
+    # max_batch: events that are ready together may come in one message
+    # (`events`), at most 10 here; the server never waits to fill a batch.
     outgoing.put_nowait(
         pb.EventsRequest(
             subscribe=pb.EventsRequest.Subscribe(
-                stream=STREAM, consumer=consumer, max_processing_events=10
+                stream=STREAM, consumer=consumer, max_processing_events=10, max_batch=10
             )
         )
     )
@@ -96,15 +120,22 @@ async def consume(stub: pb_grpc.EventsServiceStub, consumer: str, waiting: set[i
         if kind == "subscribed":
             timeout = response.subscribed.processing_timeout.ToTimedelta()
             print(f"subscribed; each event must be settled within {timeout.total_seconds():g}s")
-        elif kind == "event":
-            event = response.event
-            text = StringValue()
-            event.data.Unpack(text)
-            print(
-                f"received event {event.id} on {event.subject} "
-                f"(delivery attempt {event.delivery_attempt}): {text.value}"
-            )
-            outgoing.put_nowait(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=[event.id])))
+        elif kind in ("event", "events"):
+            # With max_batch set every event comes in `events`; `event` is what
+            # a client that leaves max_batch out receives. Handling both is cheap.
+            events = [response.event] if kind == "event" else list(response.events.events)
+            if kind == "events":
+                print(f"received a batch of {len(events)} event(s)")
+            for event in events:
+                text = StringValue()
+                event.data.Unpack(text)
+                print(
+                    f"received event {event.id} on {event.subject} "
+                    f"(delivery attempt {event.delivery_attempt}): {text.value}"
+                )
+            # One ack for the whole batch: each id is settled on its own.
+            ids = [event.id for event in events]
+            outgoing.put_nowait(pb.EventsRequest(ack=pb.EventsRequest.Ack(ids=ids)))
         elif kind == "ack_confirmation":
             confirmation = response.ack_confirmation
             for event_id in confirmation.ids:

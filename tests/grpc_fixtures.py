@@ -326,6 +326,8 @@ class EventsClient:
 
     Events go to :meth:`next_event`, confirmations to the ``ack``/``reject``/
     ``ping`` methods that sent their request (the server answers in order).
+    The events of a batch (``max_batch``) go to :meth:`next_event` one by
+    one; :attr:`batches` keeps how many each batch held.
     """
 
     def __init__(
@@ -338,6 +340,7 @@ class EventsClient:
         self._events: asyncio.Queue[pb.Event] = asyncio.Queue()
         self._answers: asyncio.Queue[pb.EventsResponse] = asyncio.Queue()
         self.responses: list[pb.EventsResponse] = []
+        self.batches: list[int] = []
         self.ended = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
 
@@ -351,6 +354,10 @@ class EventsClient:
                 self.responses.append(response)
                 if response.HasField("event"):
                     self._events.put_nowait(response.event)
+                elif response.HasField("events"):
+                    self.batches.append(len(response.events.events))
+                    for event in response.events.events:
+                        self._events.put_nowait(event)
                 else:
                     self._answers.put_nowait(response)
         except grpc.aio.AioRpcError:
@@ -381,11 +388,17 @@ class EventsClient:
         raise AssertionError(f"no answer within {timeout}s")
 
     async def subscribe(
-        self, stream: str, consumer: str, max_processing_events: int | None = None
+        self,
+        stream: str,
+        consumer: str,
+        max_processing_events: int | None = None,
+        max_batch: int | None = None,
     ) -> pb.EventsResponse.Subscribed:
         subscribe = pb.EventsRequest.Subscribe(stream=stream, consumer=consumer)
         if max_processing_events is not None:
             subscribe.max_processing_events = max_processing_events
+        if max_batch is not None:
+            subscribe.max_batch = max_batch
         self.send(pb.EventsRequest(subscribe=subscribe))
         response = await self.answer()
         assert response.HasField("subscribed"), response

@@ -9,7 +9,10 @@ once, in this order:
    server drains for a graceful stop (:mod:`windshift_grpc.admission`);
 3. **decode**: bytes that do not parse as the request message are answered
    INVALID_ARGUMENT naming the field at fault (gRPC itself would say UNKNOWN;
-   see :mod:`windshift_grpc.undecodable`);
+   see :mod:`windshift_grpc.undecodable`); a method's guard may refuse the
+   bytes before they are decoded (PublishEvents counts its events first:
+   decoding a huge batch would cost far more memory than its bytes), and
+   the refusal is answered INVALID_ARGUMENT here, after authentication;
 4. **authorize**: the token must grant what the request needs
    (:mod:`windshift_grpc.permissions`; PERMISSION_DENIED), within its quota
    (RESOURCE_EXHAUSTED); an Events call is checked on every message, and once
@@ -77,6 +80,10 @@ FIRST_MESSAGE_WAIT = 1.0
 """Seconds a refusal waits at most for a streaming call's first message before answering."""
 
 
+Guard = Callable[[bytes], str | None]
+"""A look at a request's bytes before they are decoded: why it is refused, or None."""
+
+
 class _Malformed:
     """Stands in for a request whose bytes did not parse."""
 
@@ -86,7 +93,15 @@ class _Malformed:
         self.error = error
 
 
-def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class _Refused(_Malformed):
+    """Stands in for a request its method's guard refused before decoding."""
+
+    __slots__ = ()
+
+
+def _safe(
+    deserializer: Callable[[bytes], Any] | None, guard: Guard | None = None
+) -> Callable[[bytes], Any] | None:
     """A deserializer that hands back a :class:`_Malformed` instead of raising."""
     if deserializer is None:
         return None
@@ -94,6 +109,9 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
 
     def deserialize(data: bytes) -> Any:
+        refusal = None if guard is None else guard(data)
+        if refusal is not None:
+            return _Refused(refusal)
         try:
             return deserializer(data)
         except Exception as exc:
@@ -104,6 +122,8 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
 
 
 def _decoded(method: str, request: Any) -> Any:
+    if isinstance(request, _Refused):
+        raise ValidationError(request.error)
     if isinstance(request, _Malformed):
         raise ValidationError(
             f"{method}: the request message could not be decoded: {request.error}"
@@ -311,6 +331,8 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         access: the tokens and their checks; None: the API needs no token.
         events: the register of open Events calls, with its limits; None:
             one with the default limits.
+        guards: method -> its :data:`Guard`, run on each request's bytes
+            before they are decoded.
     """
 
     def __init__(
@@ -318,10 +340,12 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         admission: Admission | None = None,
         access: Access | None = None,
         events: EventsCalls | None = None,
+        guards: Mapping[str, Guard] | None = None,
     ) -> None:
         self.admission = admission
         self.access = access
         self.events = EventsCalls() if events is None else events
+        self.guards = dict(guards or {})
 
     def recheck(self) -> int:
         """After a reload of the tokens: end the open Events calls it withdrew; how many."""
@@ -334,7 +358,7 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         metadata = details.invocation_metadata
         options = {
-            "request_deserializer": _safe(handler.request_deserializer),
+            "request_deserializer": _safe(handler.request_deserializer, self.guards.get(method)),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
@@ -442,4 +466,4 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handle
 
 
-__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Requests"]
+__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Guard", "Requests"]

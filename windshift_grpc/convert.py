@@ -13,7 +13,7 @@ The proto field ``from`` is a Python keyword: it is read with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,13 +28,18 @@ from windshift import (
     ConsumerOptions,
     DeadLetter,
     Event,
+    OutgoingEvent,
+    PublishedEvent,
     StreamOptions,
     StreamPointer,
     StreamSource,
     ValidationError,
+    WindshiftError,
 )
 from windshift._wire import HEADER_TRACE_PARENT
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
+from windshift_grpc.status import status_for
+from windshift_grpc.undecodable import count_fields
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,6 +50,9 @@ FIRST_ADDED_FIELD = 100
 DEFAULT_DEAD_LETTER_PAGE = 100
 #: The largest ``limit`` a ListDeadLetters request may ask for.
 MAX_DEAD_LETTER_PAGE = 1000
+#: Events per PublishEvents call when serve is not told otherwise
+#: (``WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS``).
+DEFAULT_PUBLISH_EVENTS_MAX_EVENTS = 1000
 
 _DISCARD = {
     pb.EnsureStreamRequest.DISCARD_POLICY_UNSPECIFIED: "old",
@@ -282,6 +290,91 @@ def publish_options(request: pb.PublishEventRequest) -> dict[str, Any]:
     return options
 
 
+def outgoing_events(
+    request: pb.PublishEventsRequest, *, max_events: int = DEFAULT_PUBLISH_EVENTS_MAX_EVENTS
+) -> list[OutgoingEvent]:
+    """The events of a PublishEvents request, for ``Client.publish_many``.
+
+    Each event is read as PublishEvent reads its request
+    (:func:`publish_options`); the library then validates them all before
+    it publishes any.
+
+    Args:
+        request: the request.
+        max_events: the most events one call may carry
+            (``WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS``); counted before
+            anything is converted.
+
+    Raises:
+        ValidationError: more events than ``max_events`` (the message names
+            both numbers), or an event whose timestamp is out of range (its
+            index is named, as the library names the events it refuses).
+    """
+    count = len(request.events)
+    if count > max_events:  # (serve refuses it before decoding: publish_events_guard)
+        raise ValidationError(_too_many_events(count, max_events))
+    events: list[OutgoingEvent] = []
+    for index, event in enumerate(request.events):
+        try:
+            options = publish_options(event)
+        except ValidationError as exc:
+            raise ValidationError(f"event {index}: {exc}") from None
+        events.append(OutgoingEvent(event.subject, event.data, **options))
+    return events
+
+
+def publish_events_guard(max_events: int) -> Callable[[bytes], str | None]:
+    """A check of a PublishEvents request's bytes before they are decoded (for the call layer).
+
+    Decoding builds an object per event: 4 MiB of empty events would take
+    the server's memory up by hundreds of MiB before the count could be
+    checked. The guard counts the events in the bytes instead, looking at
+    their tags and lengths only, and answers why a request is refused (the
+    same words as :func:`outgoing_events`), or None.
+    """
+    # Beyond this many fields the walk stops: enough to name the count of a
+    # batch that is merely too large, little work for one made to be walked.
+    walk = max_events + min(max_events, 10_000) + 16
+
+    def guard(data: bytes) -> str | None:
+        # Every event starts with the byte 0x0a (field 1, length-delimited):
+        # fewer of those than the limit, and there is nothing to count.
+        if data.count(0x0A) <= max_events:
+            return None
+        count = count_fields(data, 1, walk)
+        if count is None or count <= max_events:
+            return None  # (a broken encoding: the parser says why)
+        if count > walk:
+            return (
+                f"PublishEvents carries more than {walk} fields, more than the {max_events} "
+                "events one call may carry (WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS); send them in "
+                "several calls"
+            )
+        return _too_many_events(count, max_events)
+
+    return guard
+
+
+def _too_many_events(count: int, max_events: int) -> str:
+    return (
+        f"PublishEvents carries {count} events, more than the {max_events} one call may "
+        "carry (WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS); send them in several calls"
+    )
+
+
+def publish_result(result: PublishedEvent | WindshiftError) -> pb.PublishEventResult:
+    """One event's outcome in a PublishEvents answer.
+
+    A refusal carries the status code and message PublishEvent would have
+    ended with for the same event (the one table of
+    :mod:`windshift_grpc.status`).
+    """
+    if isinstance(result, PublishedEvent):
+        return pb.PublishEventResult(id=result.id, duplicate=result.duplicate)
+    code, message = status_for(result, "PublishEvents")
+    return pb.PublishEventResult(error=pb.PublishEventError(code=code.value[0], message=message))
+
+
 def dead_letter_page(request: pb.ListDeadLettersRequest, *, max_bytes: int) -> dict[str, Any]:
     """The keyword arguments of ``DeadLetterQueue.list`` for a ListDeadLetters request.
 
@@ -370,6 +463,7 @@ def _enum(table: Mapping[Any, str], number: int, field: str) -> str:
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_PAGE",
+    "DEFAULT_PUBLISH_EVENTS_MAX_EVENTS",
     "FIRST_ADDED_FIELD",
     "MAX_DEAD_LETTER_PAGE",
     "additions",
@@ -380,8 +474,11 @@ __all__ = [
     "event",
     "headers",
     "nanos_timestamp",
+    "outgoing_events",
     "pointer",
+    "publish_events_guard",
     "publish_options",
+    "publish_result",
     "stream_options",
     "stream_source",
     "timestamp",

@@ -6,6 +6,7 @@ authorization, the status of an error, the log line) is done once, by
 
 Example:
     >>> service = EventsService(client, stopping=asyncio.Event())
+    >>> server = grpc.aio.server(interceptors=[CallLayer(guards=service.guards)])
     >>> service_pb2_grpc.add_EventsServiceServicer_to_server(service, server)
 """
 
@@ -21,8 +22,12 @@ import windshift
 from windshift_grpc import convert, permissions
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as pb
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as pb_grpc
-from windshift_grpc.calls import Requests
+from windshift_grpc.calls import Guard, Requests
 from windshift_grpc.events_stream import CallLimits, events_call
+
+PUBLISH_EVENTS_METHOD = (
+    f"/{pb.DESCRIPTOR.services_by_name['EventsService'].full_name}/PublishEvents"
+)
 
 
 class EventsService(pb_grpc.EventsServiceServicer):
@@ -37,6 +42,8 @@ class EventsService(pb_grpc.EventsServiceServicer):
             (:class:`~windshift_grpc.admission.EventsCalls`).
         dead_letter_page_bytes: the most bytes of dead letters one
             ListDeadLetters answer holds (a single larger letter comes alone).
+        publish_events_max_events: the most events one PublishEvents call
+            may carry.
     """
 
     def __init__(
@@ -46,11 +53,20 @@ class EventsService(pb_grpc.EventsServiceServicer):
         stopping: asyncio.Event,
         limits: CallLimits | None = None,
         dead_letter_page_bytes: int = 1024 * 1024,
+        publish_events_max_events: int = convert.DEFAULT_PUBLISH_EVENTS_MAX_EVENTS,
     ) -> None:
         self._client = client
         self._stopping = stopping
         self._limits = limits or CallLimits()
         self._dead_letter_page_bytes = dead_letter_page_bytes
+        self._publish_events_max_events = publish_events_max_events
+
+    @property
+    def guards(self) -> dict[str, Guard]:
+        """What the call layer checks in the bytes of a request before decoding it."""
+        return {
+            PUBLISH_EVENTS_METHOD: convert.publish_events_guard(self._publish_events_max_events)
+        }
 
     async def EnsureStream(
         self, request: pb.EnsureStreamRequest, context: Any
@@ -92,6 +108,16 @@ class EventsService(pb_grpc.EventsServiceServicer):
             request.subject, request.data, **convert.publish_options(request)
         )
         return pb.PublishEventResponse(id=published.id)
+
+    async def PublishEvents(
+        self, request: pb.PublishEventsRequest, context: Any
+    ) -> pb.PublishEventsResponse:
+        # The call layer has checked publish on every event's subject; the
+        # library validates every event before it publishes the first, so a
+        # refusal of either kind leaves nothing published.
+        events = convert.outgoing_events(request, max_events=self._publish_events_max_events)
+        results = await self._client.publish_many(events)
+        return pb.PublishEventsResponse(results=map(convert.publish_result, results))
 
     async def Events(
         self, request_iterator: AsyncIterator[pb.EventsRequest], context: Any
@@ -150,4 +176,4 @@ def _keep(options: _O, existing: _O, names: set[str]) -> _O:
     return dataclasses.replace(options, **{name: getattr(existing, name) for name in names})
 
 
-__all__ = ["EventsService"]
+__all__ = ["PUBLISH_EVENTS_METHOD", "EventsService"]

@@ -22,6 +22,17 @@ when the subscription fails or the client breaks the protocol. Events handed
 to the client and not settled are redelivered by NATS once their processing
 timeout passes; events fetched but never sent are handed back at once.
 
+A client that sets ``max_batch`` above 1 gets its events in ``events``
+messages (an ``EventBatch``) instead: each holds the events ready at the
+moment it is written, up to ``max_batch`` of them and about
+:data:`MAX_BATCH_BYTES` (a single larger event comes alone). A batch never
+waits to fill: when one event is ready, it goes alone. What is ready is what
+the subscription delivered and the client was not yet sent, so a batch
+holds no more than flow control (``max_processing_events``,
+``max_pending_bytes``) lets the call hold. Confirmations keep their place:
+a batch never reaches over one. Without ``max_batch`` (or 0, 1) the bytes on
+the wire are the original's, one ``event`` per message.
+
 What one call may cost the server is bounded (:class:`CallLimits`):
 
 * the Subscribe must come within ``first_message_timeout`` seconds
@@ -61,6 +72,11 @@ logger = logging.getLogger("windshift_grpc.events")
 DEFAULT_MAX_PROCESSING_EVENTS = 50
 #: Larger ``max_processing_events`` values are lowered to this.
 MAX_PROCESSING_EVENTS = 10_000
+#: The largest ``max_batch`` a Subscribe may ask for.
+MAX_BATCH = 1000
+#: A batch ends before its events would pass this many bytes (as encoded),
+#: well under the 4 MiB gRPC clients receive by default; a larger event comes alone.
+MAX_BATCH_BYTES = 1024 * 1024
 #: Ack/reject/ping requests of one call being settled or waiting for their
 #: confirmation to be sent, at most; reading more waits (and so does the
 #: client, through gRPC flow control).
@@ -123,7 +139,8 @@ async def events_call(
     Raises:
         ValidationError: the first message is not a Subscribe or does not
             come within ``limits.first_message_timeout``, or a later one is
-            a Subscribe, empty or names more than ``limits.max_ids`` ids.
+            a Subscribe, empty or names more than ``limits.max_ids`` ids; the
+            Subscribe's ``max_batch`` is negative or above :data:`MAX_BATCH`.
         NotFoundError: the stream or the consumer does not exist (or the
             consumer is deleted during the call).
         TooManyCallsError: the server, or the call's token, has as many open
@@ -140,6 +157,12 @@ async def events_call(
             f"the first message of an Events call must be a subscribe, got {kind or 'an empty one'}"
         )
     subscribe = first.subscribe
+    max_batch = subscribe.max_batch
+    if not 0 <= max_batch <= MAX_BATCH:
+        raise ValidationError(
+            f"subscribe.max_batch must be 0 to {MAX_BATCH} (0 or 1: one event per message), "
+            f"got {max_batch}"
+        )
     limit = min(
         subscribe.max_processing_events or DEFAULT_MAX_PROCESSING_EVENTS, MAX_PROCESSING_EVENTS
     )
@@ -174,7 +197,7 @@ async def events_call(
                 processing_timeout=convert.to_duration(subscription.processing_timeout)
             )
         )
-        running = _Call(subscription, requests, stopping, limits.max_ids, call)
+        running = _Call(subscription, requests, stopping, limits.max_ids, call, max_batch)
         async with contextlib.aclosing(running.run()) as responses:
             async for response in responses:
                 yield response
@@ -249,8 +272,10 @@ class _Call:
         stopping: asyncio.Event,
         max_ids: int,
         call: EventsCall | None,
+        max_batch: int = 0,
     ) -> None:
         self._subscription = subscription
+        self._max_batch = max_batch
         self._requests = requests
         self._stopping = stopping
         self._max_ids = max_ids
@@ -281,7 +306,11 @@ class _Call:
                     continue
                 item = self._outbox.popleft()
                 if isinstance(item, Event):
-                    if item.settled is None:  # not given up while queued
+                    if self._max_batch > 1:
+                        batch = self._batch(item)
+                        if batch:
+                            yield pb.EventsResponse(events=pb.EventBatch(events=batch))
+                    elif item.settled is None:  # not given up while queued
                         yield pb.EventsResponse(event=convert.event(item))
                 else:
                     yield await item.task
@@ -307,6 +336,34 @@ class _Call:
             await self._give_back(unsent)
         if self._error is not None:
             raise self._error
+
+    def _batch(self, first: Event) -> list[pb.Event]:
+        """``first`` and the events queued right behind it, as one batch (see the module docstring).
+
+        Takes events from the head of the outbox only, so a confirmation
+        queued between two events still goes out between them. An event
+        that would take the batch past :data:`MAX_BATCH_BYTES` stays queued
+        for the next one.
+        """
+        outbox = self._outbox
+        batch: list[pb.Event] = []
+        size = 0
+        event = first
+        while True:
+            if event.settled is None:  # not given up while queued
+                converted = convert.event(event)
+                size += converted.ByteSize()
+                if batch and size > MAX_BATCH_BYTES:
+                    outbox.appendleft(event)
+                    return batch
+                batch.append(converted)
+            if len(batch) >= self._max_batch or not outbox:
+                return batch
+            following = outbox[0]
+            if not isinstance(following, Event):
+                return batch
+            outbox.popleft()
+            event = following
 
     def _confirmed(self, settling: _Settling) -> None:
         """Count a request out: its confirmation is sent (the yield returned), not just made."""
@@ -491,6 +548,8 @@ class _Call:
 
 __all__ = [
     "DEFAULT_MAX_PROCESSING_EVENTS",
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "MAX_PROCESSING_EVENTS",
     "MAX_REQUESTS_IN_FLIGHT",
     "CallLimits",

@@ -28,6 +28,12 @@ EnsureConsumer                         manage the stream; with a
                                        created, collecting those subjects)
 DeleteConsumer                         manage the stream
 PublishEvent                           publish on the subject
+PublishEvents                          publish on the subject of every
+                                       event (each distinct subject checked
+                                       once); one the token may not publish
+                                       on refuses the whole call before
+                                       anything is published, naming the
+                                       first event on it
 Events                                 consume the stream, checked on the
                                        subscribe and again on every later
                                        message (ack, reject, ping)
@@ -61,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -123,12 +130,25 @@ def _ensure_consumer(request: events_pb.EnsureConsumerRequest) -> list[Need]:
     return needs
 
 
+def _publish_events(request: events_pb.PublishEventsRequest) -> list[Need]:
+    # Each subject once, in the order of its first event: a batch on one
+    # subject costs one check, and the denial names the first event at fault.
+    subjects = dict.fromkeys(event.subject for event in request.events)
+    return [(Permission.PUBLISH, subject) for subject in subjects]
+
+
+def _publish_events_denied(request: events_pb.PublishEventsRequest, need: Need) -> str:
+    index = next(i for i, event in enumerate(request.events) if event.subject == need[1])
+    return f"event {index} of {len(request.events)}, nothing was published"
+
+
 #: The unary RPCs: method -> what a request needs. (Events is checked per message.)
 RULES: dict[str, Rule] = {
     _EVENTS + "EnsureStream": _ensure_stream,
     _EVENTS + "EnsureConsumer": _ensure_consumer,
     _EVENTS + "DeleteConsumer": lambda r: [(Permission.MANAGE, r.stream)],
     _EVENTS + "PublishEvent": lambda r: [(Permission.PUBLISH, r.subject)],
+    _EVENTS + "PublishEvents": _publish_events,
     _EVENTS + "ListDeadLetters": lambda r: [(Permission.CONSUME, r.dead_letter_stream)],
     _EVENTS + "GetDeadLetter": lambda r: [(Permission.CONSUME, r.dead_letter_stream)],
     # ... and publish on the letter's subject: check_replay, once it is read.
@@ -139,6 +159,11 @@ RULES: dict[str, Rule] = {
     _STATE + "Get": lambda r: [(Permission.READ_STATE, r.store)],
     _STATE + "Set": lambda r: [(Permission.WRITE_STATE, r.store)],
     _STATE + "Delete": lambda r: [(Permission.WRITE_STATE, r.store)],
+}
+#: For rules whose needs come from several parts of a request: which part
+#: (and what became of the call), added to a denial's message.
+DENIED_WHERE: dict[str, Callable[[Any, Need], str]] = {
+    _EVENTS + "PublishEvents": _publish_events_denied,
 }
 #: The bidirectional Events call, checked message by message.
 EVENTS_METHOD = _EVENTS + "Events"
@@ -322,20 +347,35 @@ class Access:
             raise AuthenticationError("the bearer token is not valid")
         return grant
 
-    def check(self, credential: str, needs: Iterable[Need], method: str) -> Grant:
+    def check(
+        self,
+        credential: str,
+        needs: Iterable[Need],
+        method: str,
+        where: Callable[[Need], str] | None = None,
+    ) -> Grant:
         """The token's entry, if it grants every need.
+
+        Args:
+            credential: the token's credential.
+            needs: what the call needs.
+            method: the RPC, for the log line.
+            where: which part of the request a refused need comes from, for
+                the message (None: the need says it all).
 
         Raises:
             AuthenticationError: the token is no longer valid.
             PermissionDeniedError: it does not grant one of the needs.
         """
         grant = self.grant(credential)
-        for permission, name in needs:
+        for need in needs:
             try:
-                grant.require(permission, name)
+                grant.require(*need)
             except PermissionDeniedError as denied:
+                if where is not None:
+                    denied = PermissionDeniedError(f"{denied} ({where(need)})")
                 logger.info("%s denied: %s", method, denied)
-                raise
+                raise denied from None
         return grant
 
     @contextlib.asynccontextmanager
@@ -351,7 +391,9 @@ class Access:
             AuthenticationError, PermissionDeniedError: see :meth:`check`.
             QuotaExceededError: the call would go past the token's quota.
         """
-        grant = self.check(credential, needs(method, request), method)
+        located = DENIED_WHERE.get(method)
+        where = None if located is None else functools.partial(located, request)
+        grant = self.check(credential, needs(method, request), method, where)
         quota = QUOTAS.get(method)
         limited = grant.max_streams is not None or grant.max_consumers is not None
         lock = None
@@ -413,6 +455,7 @@ def check_replay(letter: windshift.DeadLetter) -> None:
 
 
 __all__ = [
+    "DENIED_WHERE",
     "EVENTS_METHOD",
     "KNOWN_TOKENS",
     "PROTECTED",

@@ -321,30 +321,30 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
     admission = Admission()
+    limits = CallLimits(
+        first_message_timeout=settings.events_first_message_timeout,
+        max_ids=settings.events_max_ids_per_request,
+        max_pending_bytes=settings.events_max_pending_bytes,
+    )
+    events = EventsService(
+        client,
+        stopping=stopping,
+        limits=limits,
+        dead_letter_page_bytes=settings.dead_letter_page_bytes,
+        publish_events_max_events=settings.publish_events_max_events,
+    )
     layer = CallLayer(
         admission,
         access,
         EventsCalls(settings.max_events_calls, settings.max_events_calls_per_token),
+        guards=events.guards,
     )
     server = grpc.aio.server(
         interceptors=[layer],
         # Refuse to start when the port is taken, rather than share it.
         options=[("grpc.so_reuseport", 0)],
     )
-    limits = CallLimits(
-        first_message_timeout=settings.events_first_message_timeout,
-        max_ids=settings.events_max_ids_per_request,
-        max_pending_bytes=settings.events_max_pending_bytes,
-    )
-    events_grpc.add_EventsServiceServicer_to_server(
-        EventsService(
-            client,
-            stopping=stopping,
-            limits=limits,
-            dead_letter_page_bytes=settings.dead_letter_page_bytes,
-        ),
-        server,
-    )
+    events_grpc.add_EventsServiceServicer_to_server(events, server)
     state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)
     reflection.enable_server_reflection(

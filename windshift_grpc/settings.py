@@ -506,6 +506,15 @@ class Settings:
         "mirror's or source's filter; more is refused `INVALID_ARGUMENT`.",
         group=_LIMITS,
     )
+    publish_events_max_events: int = _setting(
+        "WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS",
+        1000,
+        _integer(1, 100_000),
+        "How many events one PublishEvents call may carry; more are refused "
+        "`INVALID_ARGUMENT` before anything is published. Their bytes are bounded "
+        "by gRPC's 4 MiB per message as well.",
+        group=_LIMITS,
+    )
     dead_letter_page_bytes: int = _setting(
         "WINDSHIFT_DEAD_LETTER_PAGE_BYTES",
         1024 * 1024,

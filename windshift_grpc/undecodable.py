@@ -45,6 +45,44 @@ def explain(descriptor: Descriptor, data: bytes) -> str | None:
     return None
 
 
+def count_fields(data: bytes, number: int, most: int) -> int | None:
+    """How many times field ``number`` occurs at the top level of the encoded message ``data``.
+
+    Cheap enough to run before decoding: only the top level is walked (each
+    field is a tag and a length or a value, whatever it holds), and at most
+    ``most`` fields of any number.
+
+    Returns:
+        The count; ``most + 1`` when the top level holds more than ``most``
+        fields in all; None when the encoding is broken (the parser will say
+        why).
+    """
+    at = seen = count = 0
+    try:
+        while at < len(data):
+            if seen == most:
+                return most + 1
+            seen += 1
+            tag, at = _varint(data, at, "")
+            wire = tag & 7
+            if wire == _VARINT:
+                _, at = _varint(data, at, "")
+            elif wire in (_I64, _I32):
+                at += 8 if wire == _I64 else 4
+            elif wire == _LEN:
+                size, at = _varint(data, at, "")
+                at += size
+            else:
+                return None
+            if at > len(data):
+                return None
+            if tag >> 3 == number:
+                count += 1
+    except _Bad:
+        return None
+    return count
+
+
 def _varint(data: bytes, at: int, path: str) -> tuple[int, int]:
     value = shift = 0
     while at < len(data):

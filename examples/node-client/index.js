@@ -10,9 +10,11 @@
 //     node index.js --target 127.0.0.1:8080
 //
 // It ensures the stream "greetings" (subjects "greetings.>") and the durable
-// consumer "node-greeter", publishes three events, receives them through the
-// bidirectional Events call, acknowledges them and exits 0. The .proto files
-// are loaded straight from ../../proto: no code generation step.
+// consumer "node-greeter", publishes three events (the first with
+// PublishEvent, the other two together with PublishEvents), receives them
+// through the bidirectional Events call (with max_batch: events that are ready
+// together come in one message), acknowledges them and exits 0. The .proto
+// files are loaded straight from ../../proto: no code generation step.
 "use strict";
 
 const path = require("node:path");
@@ -87,13 +89,19 @@ function consume(client, waiting) {
             `subscribed; each event must be settled within ${response.subscribed.processing_timeout.seconds}s`,
           );
           break;
-        case "event": {
-          const event = response.event;
-          console.log(
-            `received event ${event.id} on ${event.subject} ` +
-              `(delivery attempt ${event.delivery_attempt}): ${unpackString(event.data)}`,
-          );
-          events.write({ ack: { ids: [event.id] } });
+        case "event": // what a client that leaves max_batch out receives
+        case "events": {
+          // With max_batch set, every event comes in `events`: one or more.
+          const batch = response.response === "event" ? [response.event] : response.events.events;
+          if (response.response === "events") console.log(`received a batch of ${batch.length} event(s)`);
+          for (const event of batch) {
+            console.log(
+              `received event ${event.id} on ${event.subject} ` +
+                `(delivery attempt ${event.delivery_attempt}): ${unpackString(event.data)}`,
+            );
+          }
+          // One ack for the whole batch: each id is settled on its own.
+          events.write({ ack: { ids: batch.map((event) => event.id) } });
           break;
         }
         case "ack_confirmation": {
@@ -116,7 +124,10 @@ function consume(client, waiting) {
     events.on("status", (status) => {
       if (status.code === grpc.status.OK) resolve();
     });
-    events.write({ subscribe: { stream: STREAM, consumer: CONSUMER, max_processing_events: 10 } });
+    // max_batch: up to 10 ready events per message; the server never waits to fill one.
+    events.write({
+      subscribe: { stream: STREAM, consumer: CONSUMER, max_processing_events: 10, max_batch: 10 },
+    });
   });
 }
 
@@ -140,15 +151,26 @@ async function main() {
   });
   console.log(`stream ${STREAM} and consumer ${consumer.id} are ready`);
 
-  // 3. Publish three events.
+  // 3. Publish three events: one with PublishEvent, which answers its id ...
+  const greetings = [1, 2, 3].map((number) => ({
+    subject: `${STREAM}.hello`,
+    data: packString(`hello #${number} from Node.js`),
+  }));
   const waiting = new Set();
-  for (let number = 1; number <= 3; number++) {
-    const published = await call(client, "PublishEvent", {
-      subject: `${STREAM}.hello`,
-      data: packString(`hello #${number} from Node.js`),
-    });
-    waiting.add(published.id);
-    console.log(`published event ${published.id}`);
+  const first = await call(client, "PublishEvent", greetings[0]);
+  waiting.add(first.id);
+  console.log(`published event ${first.id}`);
+  // ... and two in one PublishEvents call, which answers one result per event,
+  // in order: its id, or its own status (one refused event does not stop the others).
+  const batch = await call(client, "PublishEvents", { events: greetings.slice(1) });
+  console.log(`published ${batch.results.length} events in one PublishEvents call`);
+  for (const result of batch.results) {
+    if (result.result === "id") {
+      waiting.add(result.id);
+      console.log(`published event ${result.id}`);
+    } else {
+      console.log(`an event was refused: ${grpc.status[result.error.code]}: ${result.error.message}`);
+    }
   }
 
   // 4. Consume and acknowledge them.

@@ -715,6 +715,12 @@ UNARY: dict[str, Call] = {
     "PublishEvent": lambda ch, target, md: _events(ch).PublishEvent(
         pb.PublishEventRequest(subject=f"{target}.created", data=string_any("x")), metadata=md
     ),
+    "PublishEvents": lambda ch, target, md: _events(ch).PublishEvents(
+        pb.PublishEventsRequest(
+            events=[pb.PublishEventRequest(subject=f"{target}.created", data=string_any("x"))]
+        ),
+        metadata=md,
+    ),
     "ListDeadLetters": lambda ch, target, md: _events(ch).ListDeadLetters(
         pb.ListDeadLettersRequest(dead_letter_stream=_dead(target)), metadata=md
     ),

@@ -2,7 +2,8 @@
 
 ``examples/grpc_client.py`` (Python stubs) and ``examples/node-client``
 (@grpc/grpc-js with @grpc/proto-loader reading ``proto/``) each ensure a
-stream and a consumer, publish, consume and acknowledge, and must exit 0.
+stream and a consumer, publish (one event with PublishEvent, two with
+PublishEvents), consume with ``max_batch`` and acknowledge, and must exit 0.
 The Node.js one is skipped only where ``node`` is not installed; its
 dependencies are installed here (``npm ci``) when ``node_modules`` is missing.
 """
@@ -55,6 +56,13 @@ def _check_output(out: str, consumer: str) -> None:
     acknowledged = {int(i) for i in re.findall(r"^acknowledged event (\d+)$", out, re.MULTILINE)}
     assert len(published) == 3
     assert published <= received <= acknowledged
+    assert "published 2 events in one PublishEvents call" in out
+    assert "refused" not in out
+    # With max_batch every event comes in a batch (of one or more), never alone:
+    # the batches account for every event received.
+    batches = [int(n) for n in re.findall(r"^received a batch of (\d+) event", out, re.MULTILINE)]
+    received_lines = re.findall(r"^received event ", out, re.MULTILINE)
+    assert batches and sum(batches) == len(received_lines)
     assert out.rstrip().endswith("all events acknowledged")
 
 

@@ -66,6 +66,10 @@ U64 = st.one_of(
     st.sampled_from([2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1]),
     st.integers(0, 2**64 - 1),
 )
+#: Subscribe.max_batch: 0 to 1000 is good; negative and above the cap are refused.
+MAX_BATCH = st.one_of(
+    st.integers(-2, 3), st.sampled_from([1000, 1001]), st.integers(-(2**31), 2**31 - 1)
+)
 U32 = st.one_of(st.integers(0, 5), st.sampled_from([2**31, 2**32 - 1]), st.integers(0, 2**32 - 1))
 I64 = st.integers(-(2**63), 2**63 - 1)
 I32 = st.integers(-(2**31), 2**31 - 1)
@@ -252,6 +256,8 @@ def events_requests(draw: st.DrawFn) -> pb.EventsRequest:
         subscribe.consumer = draw(st.one_of(st.just(CONSUMER), NAME))
         if draw(st.booleans()):
             subscribe.max_processing_events = draw(U64)
+        if draw(st.booleans()):
+            subscribe.max_batch = draw(MAX_BATCH)
     elif kind in ("ack", "ping"):
         getattr(request, kind).ids.extend(draw(st.lists(U64, max_size=5)))
     elif kind == "reject":
@@ -262,12 +268,25 @@ def events_requests(draw: st.DrawFn) -> pb.EventsRequest:
     return request
 
 
-def _opening(requests: list[pb.EventsRequest]) -> list[pb.EventsRequest]:
+def _opening(requests: list[pb.EventsRequest], max_batch: int) -> list[pb.EventsRequest]:
     """Most calls open properly, so that the later messages are read too."""
     subscribe = pb.EventsRequest(
-        subscribe=pb.EventsRequest.Subscribe(stream=STREAM, consumer=CONSUMER)
+        subscribe=pb.EventsRequest.Subscribe(stream=STREAM, consumer=CONSUMER, max_batch=max_batch)
     )
     return [subscribe, *requests]
+
+
+@st.composite
+def publish_events_requests(draw: st.DrawFn) -> pb.PublishEventsRequest:
+    # Mostly a few events, some past the limit (1000 by default), some many
+    # small ones on the module's stream.
+    size = draw(st.sampled_from(["few", "few", "few", "limit", "over"]))
+    if size == "few":
+        events = draw(st.lists(publish_requests(), max_size=6))
+    else:
+        count = 1000 if size == "limit" else draw(st.integers(1001, 5000))
+        events = [pb.PublishEventRequest(subject=f"{STREAM}.a") for _ in range(count)]
+    return pb.PublishEventsRequest(events=events)
 
 
 # --- the server of this module --------------------------------------------------
@@ -398,6 +417,27 @@ async def test_publish_event_answers_with_mapped_codes(
 
 
 @FUZZ
+@given(request=publish_events_requests())
+async def test_publish_events_answers_with_mapped_codes(
+    fuzz_stub: Stub, request: pb.PublishEventsRequest
+) -> None:
+    try:
+        response = await fuzz_stub.PublishEvents(request, timeout=30)
+    except grpc.aio.AioRpcError as failure:
+        _check(failure.code(), request)
+        return
+    # One result per event, each an id or an error with a mapped code.
+    assert len(response.results) == len(request.events)
+    codes = {code.value[0]: code for code in ALLOWED}
+    for result in response.results:
+        if result.WhichOneof("result") == "error":
+            assert result.error.code in codes, result
+            assert codes[result.error.code] != grpc.StatusCode.OK, result
+        else:
+            assert result.WhichOneof("result") == "id", result
+
+
+@FUZZ
 @given(request=dead_letter_requests())
 async def test_dead_letter_rpcs_answer_with_mapped_codes(
     fuzz_stub: Stub, request: DeadLetterRequest
@@ -413,16 +453,28 @@ async def test_dead_letter_rpcs_answer_with_mapped_codes(
 
 
 @FUZZ
-@given(requests=st.lists(events_requests(), max_size=6), opened=st.booleans())
+@given(
+    requests=st.lists(events_requests(), max_size=6),
+    opened=st.booleans(),
+    max_batch=st.sampled_from([0, 0, 2, 50]),
+)
 async def test_events_answers_with_mapped_codes(
-    fuzz_server: ServeProcess, fuzz_stub: Stub, requests: list[pb.EventsRequest], opened: bool
+    fuzz_server: ServeProcess,
+    fuzz_stub: Stub,
+    requests: list[pb.EventsRequest],
+    opened: bool,
+    max_batch: int,
 ) -> None:
-    sent = _opening(requests) if opened else requests
+    sent = _opening(requests, max_batch) if opened else requests
     start = len(fuzz_server.lines)
     call = fuzz_stub.Events(iter(sent), timeout=30)  # the iterator ends: the client half-closes
     with_responses = [response async for response in _responses(call)]
     code = await _check_stream(fuzz_server, start, call, sent)
-    confirmations = [r for r in with_responses if r.WhichOneof("response") != "event"]
+    confirmations = [
+        r for r in with_responses if r.WhichOneof("response") not in ("event", "events")
+    ]
+    if opened and max_batch < 2:  # one event per message, as in the original
+        assert not [r for r in with_responses if r.HasField("events")]
     if code == grpc.StatusCode.OK and opened:
         # One Subscribed, then one confirmation per settling request.
         assert len(confirmations) == 1 + len(requests)
@@ -659,4 +711,4 @@ async def test_the_server_is_still_ready_and_met_no_unexpected_error(
     ]
     assert unexpected == []
     answered = [line for line in fuzz_server.lines if "windshift_grpc.rpc" in line]
-    assert len(answered) >= 7 * EXAMPLES
+    assert len(answered) >= 8 * EXAMPLES

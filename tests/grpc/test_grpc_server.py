@@ -116,6 +116,8 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_MAX_STREAM_SUBJECTS", "0"),
         ("WINDSHIFT_MAX_SUBJECT_LENGTH", "4000"),  # longer than NATS can carry
         ("WINDSHIFT_DEAD_LETTER_PAGE_BYTES", "1000"),
+        ("WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS", "0"),
+        ("WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS", "100001"),
         ("WINDSHIFT_MAX_EVENTS_CALLS_PER_TOKEN", "0"),
         ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "soon"),
         ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "0"),
@@ -278,6 +280,7 @@ async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Cha
         "ReplayDeadLetter",
         "DeleteDeadLetter",
         "PurgeDeadLetters",
+        "PublishEvents",
     ]
 
 

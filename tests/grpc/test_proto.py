@@ -5,7 +5,8 @@ definitions (LevelFourAB/windshift-service, proto/windshift/*/v1alpha1). They
 pin every field number, type, label, `optional` and oneof, so that an edit of
 our .proto that would break clients generated from the original fails here.
 The ``ADDED_*`` tables pin what this implementation adds (the dead-letter
-RPCs and fields): additions only, fields on the original's messages numbered
+RPCs and fields, PublishEvents, Subscribe.max_batch and the batch member of
+EventsResponse): additions only, fields on the original's messages numbered
 from 100 up, and bytes that a peer built from the original reads and passes
 on unharmed.
 """
@@ -275,6 +276,22 @@ ADDED_EVENTS_FIELDS: dict[str, FieldRow] = {
     "EnsureConsumerRequest.max_delivery_attempts": (100, "uint32", "", "optional", "optional"),
     "EnsureConsumerRequest.dead_letter_stream": (101, "string", "", "optional", "optional"),
     "EventsRequest.Reject.reason": (100, "string", "", "optional", "optional"),
+    "EventsRequest.Subscribe.max_batch": (100, "int32", "", "optional", "optional"),
+    "EventsResponse.events": (100, "message", _EV + "EventBatch", "optional", "oneof response"),
+    "EventBatch.events": (1, "message", _EV + "Event", "repeated", ""),
+    "PublishEventsRequest.events": (1, "message", _EV + "PublishEventRequest", "repeated", ""),
+    "PublishEventsResponse.results": (1, "message", _EV + "PublishEventResult", "repeated", ""),
+    "PublishEventResult.id": (1, "uint64", "", "optional", "oneof result"),
+    "PublishEventResult.error": (
+        2,
+        "message",
+        _EV + "PublishEventError",
+        "optional",
+        "oneof result",
+    ),
+    "PublishEventResult.duplicate": (3, "bool", "", "optional", ""),
+    "PublishEventError.code": (1, "int32", "", "optional", ""),
+    "PublishEventError.message": (2, "string", "", "optional", ""),
     "ListDeadLettersRequest.dead_letter_stream": (1, "string", "", "optional", ""),
     "ListDeadLettersRequest.after_id": (2, "uint64", "", "optional", ""),
     "ListDeadLettersRequest.limit": (3, "uint32", "", "optional", "optional"),
@@ -313,6 +330,11 @@ ADDED_EVENTS_MESSAGES = {
     "PurgeDeadLettersRequest",
     "PurgeDeadLettersResponse",
     "DeadLetter",
+    "EventBatch",
+    "PublishEventsRequest",
+    "PublishEventsResponse",
+    "PublishEventResult",
+    "PublishEventError",
 }
 #: Field numbers from here up, on the original's messages, are ours.
 FIRST_ADDED_NUMBER = 100
@@ -342,6 +364,7 @@ ADDED_EVENTS_METHODS = {
     "ReplayDeadLetter": ("ReplayDeadLetterRequest", "ReplayDeadLetterResponse", False, False),
     "DeleteDeadLetter": ("DeleteDeadLetterRequest", "DeleteDeadLetterResponse", False, False),
     "PurgeDeadLetters": ("PurgeDeadLettersRequest", "PurgeDeadLettersResponse", False, False),
+    "PublishEvents": ("PublishEventsRequest", "PublishEventsResponse", False, False),
 }
 EXPECTED_STATE_METHODS = {
     "EnsureStore": ("EnsureStoreRequest", "EnsureStoreResponse", False, False),
@@ -599,6 +622,52 @@ def test_an_old_client_request_leaves_the_added_fields_unset() -> None:
     }
 
 
+def test_an_old_peer_passes_max_batch_on_and_an_old_subscribe_leaves_it_unset() -> None:
+    request = events_pb2.EventsRequest(
+        subscribe=events_pb2.EventsRequest.Subscribe(
+            stream="orders", consumer="billing", max_processing_events=10, max_batch=25
+        )
+    )
+    sent = request.SerializeToString(deterministic=True)
+    old_class = _original_message_class("EventsRequest")
+    read: Any = old_class.FromString(sent)
+    assert (read.subscribe.stream, read.subscribe.max_processing_events) == ("orders", 10)
+    assert "max_batch" not in read.subscribe.DESCRIPTOR.fields_by_name
+    assert read.SerializeToString(deterministic=True) == sent  # kept as an unknown field
+
+    old = old_class(subscribe={"stream": "orders", "consumer": "billing"})
+    subscribe = events_pb2.EventsRequest.FromString(old.SerializeToString()).subscribe
+    assert not subscribe.HasField("max_batch")
+    assert subscribe.max_batch == 0  # one event per message, as the original
+
+
+def test_a_single_event_is_sent_as_the_original_sends_it_and_a_batch_only_adds() -> None:
+    event = events_pb2.Event(id=7, subject="orders.created", delivery_attempt=1)
+    single = events_pb2.EventsResponse(event=event).SerializeToString(deterministic=True)
+    old_class = _original_message_class("EventsResponse")
+    # The bytes of one event are the original's (the server sends them to
+    # every client that leaves max_batch out) ...
+    assert single == old_class(
+        event={"id": 7, "subject": "orders.created", "delivery_attempt": 1}
+    ).SerializeToString(deterministic=True)
+    # ... and a batch is a member the original does not have: an old peer
+    # reads no member at all, never a wrong one.
+    batch = events_pb2.EventsResponse(events=events_pb2.EventBatch(events=[event, event]))
+    read: Any = old_class.FromString(batch.SerializeToString())
+    assert read.WhichOneof("response") is None
+
+
+def test_an_event_of_publish_events_is_a_publish_event_request_byte_for_byte() -> None:
+    # A client that already builds PublishEventRequests batches them unchanged.
+    one = events_pb2.PublishEventRequest(subject="a.b", idempotency_key="k", expected_last_id=3)
+    encoded = one.SerializeToString(deterministic=True)
+    batch = events_pb2.PublishEventsRequest(events=[one, one])
+    assert (
+        batch.SerializeToString(deterministic=True)
+        == (b"\x0a" + bytes([len(encoded)]) + encoded) * 2
+    )
+
+
 def test_state_messages_and_fields_match_the_original() -> None:
     assert {path for path, _ in _walk(list(_file_proto(state_pb2).message_type))} == (
         EXPECTED_STATE_MESSAGES
@@ -675,6 +744,32 @@ def test_full_names_in_the_descriptor_pool() -> None:
                 stream="s", max_delivery_attempts=3, dead_letter_stream="d"
             ),
             b"\x0a\x01s" + b"\xa0\x06\x03" + b"\xaa\x06\x01d",
+        ),
+        # Added Subscribe.max_batch=100 (tag 800 = a0 06, varint; a negative int32 takes
+        # ten bytes, as protobuf encodes every negative int32)
+        (
+            events_pb2.EventsRequest.Subscribe(stream="s", max_batch=20),
+            b"\x0a\x01s" + b"\xa0\x06\x14",
+        ),
+        (
+            events_pb2.EventsRequest.Subscribe(max_batch=-1),
+            b"\xa0\x06" + b"\xff" * 9 + b"\x01",
+        ),
+        # Added EventsResponse.events=100 (tag 802 = a2 06) { events=1 { id=1 } }
+        (
+            events_pb2.EventsResponse(
+                events=events_pb2.EventBatch(events=[events_pb2.Event(id=5)])
+            ),
+            b"\xa2\x06\x04" + b"\x0a\x02\x08\x05",
+        ),
+        # PublishEventResult: id=1 | error=2 { code=1, message=2 }, duplicate=3
+        (
+            events_pb2.PublishEventResult(id=4, duplicate=True),
+            b"\x08\x04" + b"\x18\x01",
+        ),
+        (
+            events_pb2.PublishEventResult(error=events_pb2.PublishEventError(code=10, message="m")),
+            b"\x12\x05" + b"\x08\x0a" + b"\x12\x01m",
         ),
         # SetRequest: store=1, key=2, create_only=4, last_revision=5
         (

@@ -622,6 +622,7 @@ class EventsRequest(_message.Message):
         STREAM_FIELD_NUMBER: _builtins.int
         CONSUMER_FIELD_NUMBER: _builtins.int
         MAX_PROCESSING_EVENTS_FIELD_NUMBER: _builtins.int
+        MAX_BATCH_FIELD_NUMBER: _builtins.int
         stream: _builtins.str
         """Stream to read from."""
         consumer: _builtins.str
@@ -630,19 +631,34 @@ class EventsRequest(_message.Message):
         """Most events handed out and not yet settled at any one time; 50
         when unset. The server only sends more as earlier ones are settled.
         """
+        max_batch: _builtins.int
+        """Addition of this implementation. Above 1: the server may send up
+        to this many events in one EventsResponse (its `events` member,
+        never `event`), as many as are ready at that moment: it never
+        waits for a batch to fill, and max_processing_events bounds a
+        batch as it bounds single events. Unset, 0 or 1: one `event` per
+        message, as in the original. At most 1000. Signed, so that a
+        negative value is refused as such rather than read as a huge one.
+        """
         def __init__(
             self,
             *,
             stream: _builtins.str = ...,
             consumer: _builtins.str = ...,
             max_processing_events: _builtins.int | None = ...,
+            max_batch: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["_max_processing_events", b"_max_processing_events", "max_processing_events", b"max_processing_events"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "_max_processing_events", b"_max_processing_events", "max_batch", b"max_batch", "max_processing_events", b"max_processing_events"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_processing_events", b"_max_processing_events", "consumer", b"consumer", "max_processing_events", b"max_processing_events", "stream", b"stream"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "_max_processing_events", b"_max_processing_events", "consumer", b"consumer", "max_batch", b"max_batch", "max_processing_events", b"max_processing_events", "stream", b"stream"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        _WhichOneofReturnType__max_batch: _TypeAlias = _typing.Literal["max_batch"]  # noqa: Y015
+        _WhichOneofArgType__max_batch: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch"]  # noqa: Y015
         _WhichOneofReturnType__max_processing_events: _TypeAlias = _typing.Literal["max_processing_events"]  # noqa: Y015
         _WhichOneofArgType__max_processing_events: _TypeAlias = _typing.Literal["_max_processing_events", b"_max_processing_events"]  # noqa: Y015
+        @_typing.overload
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch) -> _WhichOneofReturnType__max_batch | None: ...
+        @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__max_processing_events) -> _WhichOneofReturnType__max_processing_events | None: ...
 
     @_typing.final
@@ -903,6 +919,7 @@ class EventsResponse(_message.Message):
     ACK_CONFIRMATION_FIELD_NUMBER: _builtins.int
     REJECT_CONFIRMATION_FIELD_NUMBER: _builtins.int
     PING_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___Event:
         """An event to process."""
@@ -915,6 +932,13 @@ class EventsResponse(_message.Message):
     def reject_confirmation(self) -> Global___EventsResponse.RejectConfirmation: ...
     @_builtins.property
     def ping_confirmation(self) -> Global___EventsResponse.PingConfirmation: ...
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """Addition of this implementation. Several events to process, in
+        delivery order; only sent to a subscriber that set max_batch above
+        1 (which then receives every event this way).
+        """
+
     def __init__(
         self,
         *,
@@ -923,12 +947,13 @@ class EventsResponse(_message.Message):
         ack_confirmation: Global___EventsResponse.AckConfirmation | None = ...,
         reject_confirmation: Global___EventsResponse.RejectConfirmation | None = ...,
         ping_confirmation: Global___EventsResponse.PingConfirmation | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_confirmation", b"ack_confirmation", "event", b"event", "ping_confirmation", b"ping_confirmation", "reject_confirmation", b"reject_confirmation", "response", b"response", "subscribed", b"subscribed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_confirmation", b"ack_confirmation", "event", b"event", "events", b"events", "ping_confirmation", b"ping_confirmation", "reject_confirmation", b"reject_confirmation", "response", b"response", "subscribed", b"subscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_confirmation", b"ack_confirmation", "event", b"event", "ping_confirmation", b"ping_confirmation", "reject_confirmation", b"reject_confirmation", "response", b"response", "subscribed", b"subscribed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_confirmation", b"ack_confirmation", "event", b"event", "events", b"events", "ping_confirmation", b"ping_confirmation", "reject_confirmation", b"reject_confirmation", "response", b"response", "subscribed", b"subscribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["event", "subscribed", "ack_confirmation", "reject_confirmation", "ping_confirmation"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["event", "subscribed", "ack_confirmation", "reject_confirmation", "ping_confirmation", "events"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
@@ -1379,3 +1404,151 @@ class DeadLetter(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    """Addition of this implementation. Events delivered together (see
+    EventsRequest.Subscribe.max_batch).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """One or more events, each settled on its own as a single `event` is."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
+class PublishEventsRequest(_message.Message):
+    """Addition of this implementation. The events of one PublishEvents call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishEventRequest]:
+        """Published in this order, each as PublishEvent would publish it
+        (idempotency_key and expected_last_id included). At most
+        WINDSHIFT_PUBLISH_EVENTS_MAX_EVENTS (1000 by default) per call.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___PublishEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsRequest: _TypeAlias = PublishEventsRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventsResponse(_message.Message):
+    """Addition of this implementation. Reply to PublishEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishEventResult]:
+        """One per event of the request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PublishEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsResponse: _TypeAlias = PublishEventsResponse  # noqa: Y015
+
+@_typing.final
+class PublishEventResult(_message.Message):
+    """Addition of this implementation. The outcome of one event of a
+    PublishEvents call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Id assigned to the stored event (for a duplicate: the id of the
+    event first stored with its idempotency key).
+    """
+    duplicate: _builtins.bool
+    """With id: true when the idempotency key was seen within the stream's
+    deduplication window, so nothing new was stored.
+    """
+    @_builtins.property
+    def error(self) -> Global___PublishEventError:
+        """Why this event was not stored."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        error: Global___PublishEventError | None = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "id", b"id", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "error", b"error", "id", b"id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["id", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PublishEventResult: _TypeAlias = PublishEventResult  # noqa: Y015
+
+@_typing.final
+class PublishEventError(_message.Message):
+    """Addition of this implementation. The status PublishEvent would have
+    ended with for this event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A gRPC status code (google.rpc.Code): 10 ABORTED for an
+    expected_last_id that does not match, 5 NOT_FOUND when no stream
+    collects the subject, 14 UNAVAILABLE, ...
+    """
+    message: _builtins.str
+    """What was wrong, as PublishEvent's status message says it."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventError: _TypeAlias = PublishEventError  # noqa: Y015

@@ -86,6 +86,11 @@ class EventsServiceStub:
                 request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.SerializeToString,
                 response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.PublishEvents = channel.unary_unary(
+                '/windshift.events.v1alpha1.EventsService/PublishEvents',
+                request_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsRequest.SerializeToString,
+                response_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EventsServiceServicer:
@@ -171,6 +176,18 @@ class EventsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishEvents(self, request, context):
+        """Addition of this implementation. Publishes several events in one call,
+        pipelined, and answers one result per event, in order: its id, or the
+        status PublishEvent would have ended with. One event's failure does
+        not stop the others; an event that fails validation (or a token that
+        may not publish one of them) refuses the whole call before anything
+        is published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +240,11 @@ def add_EventsServiceServicer_to_server(servicer, server):
                     servicer.PurgeDeadLetters,
                     request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.FromString,
                     response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.SerializeToString,
+            ),
+            'PublishEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvents,
+                    request_deserializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsRequest.FromString,
+                    response_serializer=windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -497,6 +519,33 @@ class EventsService:
             '/windshift.events.v1alpha1.EventsService/PurgeDeadLetters',
             windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersRequest.SerializeToString,
             windshift_dot_events_dot_v1alpha1_dot_service__pb2.PurgeDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/windshift.events.v1alpha1.EventsService/PublishEvents',
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsRequest.SerializeToString,
+            windshift_dot_events_dot_v1alpha1_dot_service__pb2.PublishEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

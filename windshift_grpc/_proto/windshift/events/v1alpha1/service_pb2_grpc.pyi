@@ -86,6 +86,14 @@ class EventsServiceStub:
     """Addition of this implementation. Removes every dead letter of a
     dead-letter stream.
     """
+    PublishEvents: _grpc.UnaryUnaryMultiCallable[_service_pb2.PublishEventsRequest, _service_pb2.PublishEventsResponse]
+    """Addition of this implementation. Publishes several events in one call,
+    pipelined, and answers one result per event, in order: its id, or the
+    status PublishEvent would have ended with. One event's failure does
+    not stop the others; an event that fails validation (or a token that
+    may not publish one of them) refuses the whole call before anything
+    is published.
+    """
 
 @_typing.type_check_only
 class EventsServiceAsyncStub(EventsServiceStub):
@@ -127,6 +135,14 @@ class EventsServiceAsyncStub(EventsServiceStub):
     PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_service_pb2.PurgeDeadLettersRequest, _service_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
     """Addition of this implementation. Removes every dead letter of a
     dead-letter stream.
+    """
+    PublishEvents: _aio.UnaryUnaryMultiCallable[_service_pb2.PublishEventsRequest, _service_pb2.PublishEventsResponse]  # type: ignore[assignment]
+    """Addition of this implementation. Publishes several events in one call,
+    pipelined, and answers one result per event, in order: its id, or the
+    status PublishEvent would have ended with. One event's failure does
+    not stop the others; an event that fails validation (or a token that
+    may not publish one of them) refuses the whole call before anything
+    is published.
     """
 
 class EventsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -226,6 +242,20 @@ class EventsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_service_pb2.PurgeDeadLettersResponse]]:
         """Addition of this implementation. Removes every dead letter of a
         dead-letter stream.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishEvents(
+        self,
+        request: _service_pb2.PublishEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.PublishEventsResponse, _abc.Awaitable[_service_pb2.PublishEventsResponse]]:
+        """Addition of this implementation. Publishes several events in one call,
+        pipelined, and answers one result per event, in order: its id, or the
+        status PublishEvent would have ended with. One event's failure does
+        not stop the others; an event that fails validation (or a token that
+        may not publish one of them) refuses the whole call before anything
+        is published.
         """
 
 def add_EventsServiceServicer_to_server(servicer: EventsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
