@@ -80,7 +80,7 @@ async def test_tls_with_tokens(
         GRPC_TLS_KEY=str(pki.server_key),
         WINDSHIFT_AUTH_FILE=str(tokens),
     )
-    assert f"gRPC on port {server.grpc_port} (TLS)" in await server.wait_for_line("ready")
+    assert f"gRPC on port {server.grpc_port} (TLS, " in await server.wait_for_line("ready")
     async with tls_channel(server.target, pki.ca) as channel:
         assert await code_of(channel, name, token) == grpc.StatusCode.OK
         assert await code_of(channel, name) == grpc.StatusCode.UNAUTHENTICATED
@@ -99,7 +99,7 @@ async def test_tokens_without_tls_in_production_are_warned_about(
     tokens.write_text(json.dumps({"tokens": [{"name": "a", "token": secrets.token_hex(16)}]}))
     tokens.chmod(0o600)  # it holds a plain token
     server = await start_serve(WINDSHIFT_AUTH_FILE=str(tokens))
-    assert "(plaintext)" in await server.wait_for_line("ready")
+    assert "(plaintext, " in await server.wait_for_line("ready")
     line = await server.wait_for_line("tokens travel unencrypted")
     assert json.loads(line)["level"] == "warning"
 
@@ -115,7 +115,7 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
         GRPC_TLS_KEY=str(pki.server_key),
         GRPC_TLS_CLIENT_CA=str(pki.ca),
     )
-    assert "(mutual TLS)" in await server.wait_for_line("ready")
+    assert "(mutual TLS, " in await server.wait_for_line("ready")
     await server.wait_for_line("authenticated by their client certificates")
     assert "AUTHENTICATION IS OFF" not in server.log
 
