@@ -18,6 +18,7 @@ at the end), and optional quotas::
         "manage": ["orders"],
         "read_state": ["carts"],
         "write_state": ["carts"],
+        "metrics": ["orders"],
         "max_streams": 5,
         "max_consumers": 20
     }]}
@@ -113,6 +114,9 @@ class Permission(enum.Enum):
     READ_STATE = "read_state"
     #: create state stores, write and delete their keys (EnsureStore, Set, Delete).
     WRITE_STATE = "write_state"
+    #: read ``/metrics``: the series of matching streams (and dead-letter streams);
+    #: with ``*`` or ``>`` also those of no stream (:mod:`windshift_grpc.metrics`).
+    METRICS = "metrics"
 
     @property
     def scope(self) -> str:
@@ -126,6 +130,7 @@ _SCOPES = {
     Permission.MANAGE: "stream",
     Permission.READ_STATE: "store",
     Permission.WRITE_STATE: "store",
+    Permission.METRICS: "stream",
 }
 _VERBS = {
     Permission.PUBLISH: "publish on subject",
@@ -133,6 +138,7 @@ _VERBS = {
     Permission.MANAGE: "manage stream",
     Permission.READ_STATE: "read state store",
     Permission.WRITE_STATE: "write state store",
+    Permission.METRICS: "read the metrics of stream",
 }
 _QUOTAS = ("max_streams", "max_consumers")
 
@@ -140,7 +146,7 @@ _QUOTAS = ("max_streams", "max_consumers")
 def internal_stream(name: str) -> bool:
     """Whether ``name`` is a stream JetStream keeps for a store (``KV_*``, ``OBJ_*``).
 
-    Stream permissions (consume, manage) never match one, whatever the
+    Stream permissions (consume, manage, metrics) never match one, whatever the
     pattern: a state store is reached only through ``read_state`` and
     ``write_state``.
     """

@@ -25,7 +25,8 @@ once, in this order:
    publish span becomes its child;
 6. **map** whatever it raises through :mod:`windshift_grpc.status`;
 7. **log** one line when the call ends: method, status code, duration
-   (never the payload).
+   (never the payload), and record the duration in the histogram
+   ``rpc.server.call.duration`` (:data:`windshift_grpc.metrics.RPC_DURATION`).
 
 The servicers hold none of this: they convert, call the library and convert
 back. The one exception is the moment an Events call takes its place among
@@ -63,6 +64,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from windshift import ValidationError
 from windshift_grpc.admission import REFUSAL, Admission, EventsCall, EventsCalls
 from windshift_grpc.auth import Permission
+from windshift_grpc.metrics import RPC_DURATION, rpc_attributes
 from windshift_grpc.permissions import EVENTS_METHOD, PROTECTED, Access, needs
 from windshift_grpc.status import status_for
 from windshift_grpc.undecodable import explain
@@ -216,6 +218,7 @@ class _Call:
             str(key).lower(): value for key, value in (metadata or ()) if isinstance(value, str)
         }
         service, _, name = method.lstrip("/").partition("/")
+        self._service, self._name = service, name
         self.span: Span = _TRACER.start_span(
             method.lstrip("/"),
             context=_PROPAGATOR.extract(carrier, getter=_GETTER),
@@ -304,7 +307,9 @@ class _Call:
         elif error is None:
             self.code = context.code() or grpc.StatusCode.OK
         # else: fail() has set the code
-        elapsed = (time.perf_counter() - self.started) * 1000
+        seconds = time.perf_counter() - self.started
+        elapsed = seconds * 1000
+        RPC_DURATION.record(seconds, rpc_attributes(self._service, self._name, self.code.value[0]))
         self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
         if self.code is not grpc.StatusCode.OK:
             self.span.set_status(Status(StatusCode.ERROR, self.code.name))

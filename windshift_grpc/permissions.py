@@ -48,6 +48,10 @@ EnsureStore, Set, Delete               write state of the store
 Get                                    read state of the store
 =====================================  ========================================
 
+``GET /metrics`` on ``HEALTH_PORT`` is no RPC: it needs the ``metrics``
+permission, whose stream patterns choose the series shown
+(:func:`windshift_grpc.metrics.http_routes`, through :meth:`Access.authenticate`).
+
 Stream permissions never match the streams behind stores (``KV_*``,
 ``OBJ_*``), and publish never reaches NATS' internal subjects, whatever the
 pattern (:mod:`windshift_grpc.auth`). A token with ``max_streams`` or

@@ -6,7 +6,9 @@ Example:
 What runs: the EventsService and StateService, the gRPC health service and server reflection
 on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
 file, also checks every call's token); ``/healthz`` and ``/readyz`` on
-``HEALTH_PORT``; and, without ``NATS_URL``, an embedded nats-server keeping its data in
+``HEALTH_PORT``, with ``WINDSHIFT_METRICS`` also ``/metrics``
+(:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`);
+and, without ``NATS_URL``, an embedded nats-server keeping its data in
 ``WINDSHIFT_DATA_DIR``, on ``WINDSHIFT_EMBEDDED_NATS_PORT`` (kept across restarts; another
 port, with a WARNING saying why, only when another program listens there), accepting only
 this process (a random user and password, made at each start, in files only the owner may
@@ -49,7 +51,7 @@ from grpc_reflection.v1alpha import reflection
 import windshift
 from windshift import UnavailableError
 from windshift._embedded import EmbeddedNats, free_port
-from windshift_grpc import telemetry
+from windshift_grpc import metrics, telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
@@ -62,6 +64,7 @@ from windshift_grpc.events_stream import CallLimits
 from windshift_grpc.health import GrpcHealth, Readiness, http_routes
 from windshift_grpc.http import HttpServer
 from windshift_grpc.permissions import Access, Inventory
+from windshift_grpc.sampling import Sampler
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
@@ -96,9 +99,10 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
         # starts and before its data directory is made.
         _check_port("GRPC_PORT", settings.grpc_bind, settings.grpc_port)
         _check_port("HEALTH_PORT", settings.health_bind, settings.health_port)
-    except OSError as exc:
+        exporter = metrics.Exporter() if settings.metrics else None
+    except (OSError, RuntimeError) as exc:
         return _could_not_start(exc)
-    tracing = telemetry.configure()
+    tracing = telemetry.configure(metric_readers=[exporter.reader] if exporter else [])
     try:
         async with contextlib.AsyncExitStack() as stack:
             servers = settings.nats_servers
@@ -117,7 +121,7 @@ async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
             )
             stack.push_async_callback(client.close)
             access = None if tokens is None else Access(tokens, inventory=Inventory(client))
-            await _run(settings, client, access)
+            await _run(settings, client, access, exporter)
     except (UnavailableError, OSError, RuntimeError) as exc:
         return _could_not_start(exc)
     finally:
@@ -315,8 +319,18 @@ def _reload(settings: Settings, access: Access | None, layer: CallLayer) -> None
     )
 
 
-async def _run(settings: Settings, client: windshift.Client, access: Access | None) -> None:
+async def _run(
+    settings: Settings,
+    client: windshift.Client,
+    access: Access | None,
+    exporter: metrics.Exporter | None,
+) -> None:
     stopping = asyncio.Event()
+    # The process' one Sampler: /metrics' consumer gauges read it (and the console may).
+    sampler = Sampler(client, interval=settings.sample_interval) if settings.metrics else None
+    if sampler is not None:
+        metrics.observe(sampler)
+        await sampler.start()  # the first round now: a first scrape finds the consumers
     readiness = Readiness(client)
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
 
@@ -354,6 +368,8 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
 
     http = HttpServer(settings.health_port, host=settings.health_bind)
     http.app.add_routes(http_routes(readiness))
+    if exporter is not None:
+        http.app.add_routes(metrics.http_routes(exporter, access))
     try:
         await http.start()
     except OSError as exc:
@@ -389,6 +405,8 @@ async def _run(settings: Settings, client: windshift.Client, access: Access | No
         await admission.drain(grace=SHUTDOWN_GRACE, settle=_SETTLE)
         await server.stop(_SETTLE)
         await http.stop()
+        if sampler is not None:
+            await sampler.stop()
 
 
 def _on_signal(signum: int, signalled: asyncio.Event) -> None:

@@ -235,6 +235,7 @@ _AUTH = "API authentication (docs/security.md)"
 _TLS = "TLS of the gRPC port"
 _NATS = "Credentials and TLS for the NATS of `NATS_URL`"
 _LIMITS = "Limits"
+_METRICS = "Metrics (docs/metrics.md)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,28 @@ class Settings:
         "Address the HTTP probes listen on, as `GRPC_HOST` (`auto`: loopback while the "
         "API is open, every interface otherwise).",
         group=_SERVING,
+    )
+    metrics: bool = _setting(
+        "WINDSHIFT_METRICS",
+        False,
+        _flag,
+        "`on`: serve `/metrics` on `HEALTH_PORT`, in Prometheus' text format: the "
+        "OpenTelemetry metrics of the library and the server, and every consumer's "
+        "counts and lag, sampled every `WINDSHIFT_SAMPLE_INTERVAL`. With "
+        "`WINDSHIFT_AUTH_FILE`, a scrape needs a bearer token with the `metrics` "
+        "permission (docs/security.md). `off`: `/metrics` is 404.",
+        group=_METRICS,
+        shown="off",
+    )
+    sample_interval: float = _setting(
+        "WINDSHIFT_SAMPLE_INTERVAL",
+        15.0,
+        _seconds(1, 3600),
+        "Seconds between two samples of every consumer's counts and lag (each costs "
+        "JetStream one request per stream, one per consumer and one more per consumer "
+        "that is behind): the consumer gauges of `/metrics` are at most this old.",
+        group=_METRICS,
+        shown="15",
     )
     development: bool = _setting(
         "DEVELOPMENT",
@@ -601,6 +624,7 @@ class Settings:
                 "WINDSHIFT_AUTH", "'none' contradicts WINDSHIFT_AUTH_FILE; unset one of them"
             )
         self._check_server_tls()
+        self._check_metrics()
         if (
             self.auth == "auto"
             and self.auth_file is None
@@ -614,6 +638,20 @@ class Settings:
                 "(docs/security.md), or WINDSHIFT_AUTH=none to serve without authentication",
             )
         self._check_nats()
+
+    def _check_metrics(self) -> None:
+        """``/metrics`` names every stream and consumer: never to callers the API would refuse."""
+        if not self.metrics or self.auth_file is not None or self.grpc_tls_client_ca is None:
+            return
+        # Client certificates protect the gRPC port only; the HTTP port has no TLS.
+        if not ipaddress.ip_address(self.health_bind).is_loopback:
+            raise SettingsError(
+                "WINDSHIFT_METRICS",
+                "on, but /metrics would be open to anyone who reaches HEALTH_PORT, while the "
+                "API requires client certificates (GRPC_TLS_CLIENT_CA), which the HTTP port "
+                "does not check: set WINDSHIFT_AUTH_FILE (a token with the metrics permission "
+                "reads /metrics) or HEALTH_HOST=127.0.0.1",
+            )
 
     def _check_server_tls(self) -> None:
         """``GRPC_TLS_*``: checked by loading them as the server will."""

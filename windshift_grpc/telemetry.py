@@ -29,6 +29,8 @@ Windshift's own choices: ``service.name`` is ``windshift-grpc`` unless those
 variables give one, and ``console`` writes one JSON object per line on stdout
 (the SDK's console exporters indent theirs over many lines). A missing SDK or
 exporter is logged as a warning and the server runs on without exporting.
+``/metrics`` (``WINDSHIFT_METRICS``, :mod:`windshift_grpc.metrics`) adds its
+Prometheus reader to the same meter provider, beside any exporter named here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -103,19 +106,33 @@ class _Providers:
                 logger.exception("could not flush telemetry on shutdown")
 
 
-def configure() -> Shutdown | None:
+def configure(*, metric_readers: Sequence[Any] = ()) -> Shutdown | None:
     """Install exporting SDK providers for the exporters the ``OTEL_*`` variables name.
+
+    Args:
+        metric_readers: SDK metric readers the meter provider gets besides
+            those of ``OTEL_METRICS_EXPORTER`` (``/metrics``' Prometheus
+            reader); with any, a meter provider is installed whatever the
+            variables say.
 
     Returns:
         Something to shut down at exit (to flush the last spans and metrics),
         or None when both stay no-op.
     """
     wanted = [(signal, *_asked(signal)) for signal in (_TRACES, _METRICS)]
-    wanted = [(signal, names, reason) for signal, names, reason in wanted if names]
+    wanted = [
+        (signal, names, reason)
+        for signal, names, reason in wanted
+        if names or (signal is _METRICS and metric_readers)
+    ]
     if not wanted:
         return None
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":  # as the SDK reads it
         logger.info("OTEL_SDK_DISABLED is true: no spans or metrics are exported")
+        if metric_readers:  # registered, so that a scrape reads nothing rather than warns
+            from opentelemetry.sdk.metrics import MeterProvider
+
+            return MeterProvider(metric_readers=list(metric_readers))
         return None
     try:
         resource = _resource()
@@ -131,7 +148,12 @@ def configure() -> Shutdown | None:
     providers = [
         provider
         for signal, names, reason in wanted
-        if (provider := _install(signal, names, reason, resource)) is not None
+        if (
+            provider := _install(
+                signal, names, reason, resource, metric_readers if signal is _METRICS else ()
+            )
+        )
+        is not None
     ]
     return _Providers(providers) if providers else None
 
@@ -210,8 +232,10 @@ def _console() -> dict[str, Any]:
     return {"out": sys.stdout, "formatter": lambda item: item.to_json(indent=None) + "\n"}
 
 
-def _install(signal: _Signal, names: list[str], reason: str, resource: Any) -> Shutdown | None:
-    """The provider of ``signal`` with the exporters that load, set globally; or None."""
+def _install(
+    signal: _Signal, names: list[str], reason: str, resource: Any, readers: Sequence[Any] = ()
+) -> Shutdown | None:
+    """The provider of ``signal`` with the exporters that load (and ``readers``), set globally."""
     if signal is _TRACES:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import (
@@ -230,8 +254,8 @@ def _install(signal: _Signal, names: list[str], reason: str, resource: Any) -> S
         )
 
         kinds = (MetricExporter, MetricReader)
-    parts: list[Any] = []  # span processors, or metric readers
-    used: list[str] = []
+    parts: list[Any] = list(readers)  # span processors, or metric readers
+    used: list[str] = ["/metrics"] if readers else []
     for name in names:
         found = _entry_point(signal, name, reason)
         if found is None:
