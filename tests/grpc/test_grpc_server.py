@@ -122,6 +122,7 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_EVENTS_FIRST_MESSAGE_TIMEOUT", "nan"),
         ("WINDSHIFT_EVENTS_MAX_IDS_PER_REQUEST", "0"),
         ("WINDSHIFT_EVENTS_MAX_PENDING_BYTES", "4MiB"),
+        ("WINDSHIFT_WORKERS", "many"),
     ],
 )
 async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
