@@ -424,7 +424,7 @@ async def _run(
             nats_at,
         )
         # From now on a SIGHUP reloads: the supervisor passes them on once it is told.
-        link = asyncio.create_task(worker.serve(readiness, lost=_lost(signalled)))
+        link = asyncio.create_task(worker.serve({"check": readiness.check}, lost=_lost(signalled)))
     try:
         await signalled.wait()
     finally:

@@ -48,14 +48,19 @@ The link of each worker is a Unix socket pair, one JSON object per line:
   embedded nats-server's) or ``{"nats": null}`` (``NATS_URL``);
 * worker to supervisor: ``{"started": pid}`` once it serves, its signal
   handlers in place;
-* supervisor to worker: ``{"check": n}``, answered ``{"check": n, "reason":
-  null}`` when ready, else with why not.
+* supervisor to worker: a question, ``{"ask": "check", "id": n}``, answered
+  ``{"id": n, "answer": ...}`` (or ``{"id": n, "failed": why}``): for
+  ``check`` (``/readyz``), null when the worker is ready, else why not
+  (:meth:`_Worker.ask`).
 
-Whatever the HTTP port serves later that needs every worker's figures (the
-Prometheus text of ``/metrics``) can be one more request on the link: the
-supervisor asks every worker and merges the answers, with a ``worker``
-label. The worker process is ``python -m windshift_grpc.supervisor INDEX
-COUNT FD``, a command for the supervisor alone.
+The questions a worker answers are the ``answers`` the server gives
+:meth:`WorkerLink.serve`. Whatever the HTTP port serves later that needs
+every worker's figures is one more question: for ``/metrics``, each worker
+would answer ``"metrics"`` with the exposition text of its registry, and the
+supervisor would parse the answers and serve them, each series with a
+``worker`` label, through a collector of its own registry. The worker process
+is ``python -m windshift_grpc.supervisor INDEX COUNT FD``, a command for the
+supervisor alone.
 """
 
 from __future__ import annotations
@@ -71,13 +76,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from windshift import UnavailableError
 from windshift_grpc import logs
 from windshift_grpc.auth import Tokens
-from windshift_grpc.health import Readiness, http_routes
+from windshift_grpc.health import http_routes
 from windshift_grpc.http import HttpServer
 from windshift_grpc.server import (
     SHUTDOWN_GRACE,
@@ -108,6 +113,8 @@ STOP_WAIT = SHUTDOWN_GRACE + 5.0
 
 #: The settings of a worker's NATS connection: the servers and the keywords of ``connect``.
 Nats = tuple[list[str], dict[str, str]]
+#: How a worker answers a question of its supervisor (the answer goes as JSON).
+Answer = Callable[[], Awaitable[Any]]
 
 
 def _line(message: dict[str, Any]) -> bytes:
@@ -160,26 +167,39 @@ class WorkerLink:
         nats = json.loads(first)["nats"]
         return cls(index, count, reader, writer, None if nats is None else (nats[0], nats[1]))
 
-    async def serve(self, readiness: Readiness, *, lost: Callable[[], None]) -> None:
-        """Say that this worker serves, then answer checks until the link closes (then ``lost``)."""
+    async def serve(self, answers: Mapping[str, Answer], *, lost: Callable[[], None]) -> None:
+        """Say that this worker serves, then answer questions until the link closes (then ``lost``).
+
+        Args:
+            answers: what answers each question (``"check"``: the readiness check).
+            lost: called when the supervisor is gone.
+        """
         self._send({"started": os.getpid()})
-        checks: set[asyncio.Task[None]] = set()
+        answering: set[asyncio.Task[None]] = set()
         try:
             while line := await self._reader.readline():
                 request = json.loads(line)
-                if "check" in request:
-                    task = asyncio.create_task(self._check(request["check"], readiness))
-                    checks.add(task)
-                    task.add_done_callback(checks.discard)
-        except (OSError, ValueError):  # (a broken link is a closed one)
+                task = asyncio.create_task(self._answer(request["id"], answers.get(request["ask"])))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        except (OSError, ValueError, KeyError):  # (a broken link is a closed one)
             pass
         finally:
-            for task in checks:
+            for task in answering:
                 task.cancel()
         lost()
 
-    async def _check(self, ident: int, readiness: Readiness) -> None:
-        self._send({"check": ident, "reason": await readiness.check()})
+    async def _answer(self, ident: int, answer: Answer | None) -> None:
+        if answer is None:
+            self._send({"id": ident, "failed": "it does not know the question"})
+            return
+        try:
+            value = await answer()
+        except Exception as exc:
+            logger.exception("answering the supervisor failed")
+            self._send({"id": ident, "failed": f"its answer failed: {type(exc).__name__}"})
+            return
+        self._send({"id": ident, "answer": value})
 
     def _send(self, message: dict[str, Any]) -> None:
         if not self._writer.is_closing():
@@ -255,6 +275,10 @@ def _how(code: int) -> str:
     return f"exited with code {code}"
 
 
+class _Unanswered(Exception):
+    """A worker gave no answer; the message says why, for ``/readyz``."""
+
+
 class _Worker:
     """The supervisor's view of one worker: its process, its link, why it does not serve."""
 
@@ -273,7 +297,7 @@ class _Worker:
         self.crashes: collections.deque[float] = collections.deque()
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[str | None]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
 
     @property
@@ -323,10 +347,14 @@ class _Worker:
                     self.down = None
                     if not started.done():
                         started.set_result(int(message["started"]))
-                elif "check" in message:
-                    answer = self._pending.pop(message["check"], None)
-                    if answer is not None and not answer.done():
-                        answer.set_result(message["reason"])
+                elif "id" in message:
+                    answer = self._pending.pop(message["id"], None)
+                    if answer is None or answer.done():
+                        continue
+                    if "answer" in message:
+                        answer.set_result(message["answer"])
+                    else:
+                        answer.set_exception(_Unanswered(str(message.get("failed"))))
         except (OSError, ValueError):
             pass
         finally:
@@ -334,22 +362,34 @@ class _Worker:
                 self.down = "not running"
             for answer in self._pending.values():
                 if not answer.done():
-                    answer.set_result("not running")
+                    answer.set_exception(_Unanswered("not running"))
+
+    async def ask(self, question: str, timeout: float) -> Any:
+        """The worker's answer to ``question`` (see the module docstring).
+
+        Raises:
+            _Unanswered: it does not serve now, or gave no answer in time.
+        """
+        if self.down is not None or self._writer is None or self._writer.is_closing():
+            raise _Unanswered(self.down or "not running")
+        ident = next(self._ids)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = answer
+        self._writer.write(_line({"ask": question, "id": ident}))
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            raise _Unanswered(f"did not answer within {timeout:g} s") from None
+        finally:
+            self._pending.pop(ident, None)
 
     async def check(self) -> str | None:
         """None when it is ready, else why not (asked afresh)."""
-        if self.down is not None or self._writer is None or self._writer.is_closing():
-            return self.down or "not running"
-        ident = next(self._ids)
-        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = answer
-        self._writer.write(_line({"check": ident}))
         try:
-            return await asyncio.wait_for(answer, CHECK_WAIT)
-        except TimeoutError:
-            return f"did not answer within {CHECK_WAIT:g} s"
-        finally:
-            self._pending.pop(ident, None)
+            reason = await self.ask("check", CHECK_WAIT)
+        except _Unanswered as exc:
+            return str(exc)
+        return None if reason is None else str(reason)
 
     async def close(self) -> None:
         """Close the link (after the process has ended)."""
