@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -48,7 +50,12 @@ async def run_command(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:  # (a serve that should have stopped at once, and serves)
+        process.terminate()
+        await process.wait()
+        raise
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -236,13 +243,18 @@ async def start_serve(nats_server: EmbeddedNats) -> AsyncIterator[StartServe]:
     """Start extra serve processes for one test (stopped at its end).
 
     ``await start_serve(NATS_URL=None, WINDSHIFT_DATA_DIR=...)`` starts one on
-    an embedded NATS; other keywords become environment variables (None:
-    unset, e.g. ``WINDSHIFT_AUTH=None`` for the default authentication).
+    an embedded NATS; ``workers=2`` starts a supervisor and two workers
+    (``WINDSHIFT_WORKERS``); other keywords become environment variables
+    (None: unset, e.g. ``WINDSHIFT_AUTH=None`` for the default authentication).
     """
     started: list[ServeProcess] = []
 
-    async def start(cwd: Path = ROOT, **env: str | None) -> ServeProcess:
+    async def start(
+        cwd: Path = ROOT, *, workers: int | None = None, **env: str | None
+    ) -> ServeProcess:
         nats_url = env.pop("NATS_URL", nats_server.url)
+        if workers is not None:
+            env["WINDSHIFT_WORKERS"] = str(workers)
         server = ServeProcess(serve_env(nats_url, **env), cwd=cwd)
         started.append(server)
         await server.start()
@@ -284,12 +296,17 @@ def duration(seconds: float) -> Duration:
     return result
 
 
-async def ensure_stream(stub: pb_grpc.EventsServiceAsyncStub, name: str) -> None:
+async def ensure_stream(
+    stub: pb_grpc.EventsServiceAsyncStub,
+    name: str,
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> None:
     """A stream ``name`` collecting ``name.>``."""
     await stub.EnsureStream(
         pb.EnsureStreamRequest(
             name=name, subjects=pb.EnsureStreamRequest.Subjects(subjects=[f"{name}.>"])
-        )
+        ),
+        metadata=metadata,
     )
 
 
@@ -485,6 +502,119 @@ async def events_client(
                 await client.cancel()
 
 
+# --- serve --workers: which process is which ------------------------------------
+
+#: The line each worker logs once it serves: its number, the count, its pid.
+WORKER_READY = r"windshift-grpc worker (\d+) of (\d+) ready \(pid (\d+)\)"
+
+
+def worker_pids(server: ServeProcess) -> dict[int, int]:
+    """Each worker's pid, by number, from the lines the workers logged as they became ready."""
+    pids: dict[int, int] = {}
+    for line in server.lines:
+        found = re.search(WORKER_READY, line)
+        if found:
+            pids[int(found[1])] = int(found[3])  # a later line: the worker started again
+    return pids
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes ``pid`` started and that still run (a supervisor's workers, its NATS)."""
+    children: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children.update(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def command_line(pid: int) -> list[str]:
+    return (Path(f"/proc/{pid}/cmdline").read_bytes().decode()).split("\0")[:-1]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie counts: it has not been waited for)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_gone(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """Wait until process ``pid`` (not ours: a grandchild) has exited."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    exited = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(descriptor, exited.set)  # readable once the process has exited
+    try:
+        await asyncio.wait_for(exited.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"process {pid} still runs after {timeout}s") from None
+    finally:
+        loop.remove_reader(descriptor)
+        os.close(descriptor)
+
+
+def log_records(server: ServeProcess, after: int = 0) -> list[dict[str, Any]]:
+    """The JSON lines of ``server``'s log (from index ``after``), as objects."""
+    return [json.loads(line) for line in server.lines[after:] if line.startswith("{")]
+
+
+def own_channel(target: str) -> grpc.aio.Channel:
+    """A channel with a connection of its own (grpc shares one between equal channels)."""
+    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+async def worker_of(
+    server: ServeProcess,
+    channel: grpc.aio.Channel,
+    stream: str,
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> int:
+    """The worker serving ``channel``'s connection: the ``worker`` field of a call's log line.
+
+    The call (EnsureStream of ``stream``) is the only one in flight: its line
+    is the next ``rpc`` line of the log.
+    """
+    before = len(server.lines)
+    stub: pb_grpc.EventsServiceAsyncStub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+    await ensure_stream(stub, stream, metadata)
+    line = await server.wait_for_line(r'"message": "rpc \S+/EnsureStream OK ', after=before)
+    return int(json.loads(line)["worker"])
+
+
+async def channels_on_every_worker(
+    server: ServeProcess,
+    workers: int,
+    stream: str,
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> dict[int, grpc.aio.Channel]:
+    """One open channel to each worker, by number (the caller closes them).
+
+    The kernel gives each new connection to one of the workers of the port
+    (SO_REUSEPORT hashes its addresses); channels are opened, and those to a
+    worker already had closed, until every worker has one. 64 tries fail
+    for two workers only once in 2**63 runs.
+    """
+    found: dict[int, grpc.aio.Channel] = {}
+    for _ in range(64 * workers):
+        channel = own_channel(server.target)
+        worker = await worker_of(server, channel, stream, metadata)
+        if worker in found:
+            await channel.close()
+        else:
+            found[worker] = channel
+        if len(found) == workers:
+            return found
+    for channel in found.values():
+        await channel.close()
+    raise AssertionError(f"only workers {sorted(found)} of {workers} took connections")
+
+
 async def http_get(port: int, path: str, **headers: str) -> tuple[int, str]:
     """A GET on 127.0.0.1; the status and body."""
     async with (
@@ -501,16 +631,23 @@ async def http_get(port: int, path: str, **headers: str) -> tuple[int, str]:
 __all__ = [
     "READY",
     "ROOT",
+    "WORKER_READY",
     "EventsClient",
     "ServeProcess",
     "StartServe",
+    "alive",
     "channel",
+    "channels_on_every_worker",
+    "child_pids",
+    "command_line",
     "duration",
     "ensure_consumer",
     "ensure_stream",
     "events_client",
     "grpc_server",
     "http_get",
+    "log_records",
+    "own_channel",
     "publish",
     "serve_command",
     "serve_env",
@@ -518,4 +655,7 @@ __all__ = [
     "string_any",
     "stub",
     "unpack_text",
+    "wait_gone",
+    "worker_of",
+    "worker_pids",
 ]

@@ -15,6 +15,7 @@ Each module has one job:
 - ``admission``: counts calls and refuses new ones while the server drains.
 - ``health``: ``/healthz``, ``/readyz`` and the gRPC health service.
 - ``server``: the grpc.aio server, embedded NATS, graceful stop.
+- ``supervisor``: ``serve --workers``: several server processes on one port.
 - ``settings``, ``cli``, ``logs``, ``telemetry``: configuration and process set-up.
 - ``_proto``: the generated code (``python -m windshift_grpc._proto.generate``).
 - ``proto``: the generated modules under stable public names, for clients.

@@ -5,6 +5,10 @@ Example:
 
         windshift-grpc serve
 
+    in one process per core::
+
+        windshift-grpc serve --workers auto
+
     or against a NATS server, with API tokens::
 
         NATS_URL=nats://127.0.0.1:4222 WINDSHIFT_AUTH_FILE=tokens.json windshift-grpc serve
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 import textwrap
@@ -37,7 +42,8 @@ from windshift_grpc.settings import Settings, SettingsError, describe
 _DESCRIPTION = "The Windshift gRPC API (windshift.events.v1alpha1.EventsService) on NATS JetStream."
 _SERVE_DESCRIPTION = (
     "Serve the gRPC API, the gRPC health and reflection services and the HTTP probes "
-    "/healthz and /readyz until SIGTERM or SIGINT (SIGHUP reloads the tokens file). "
+    "/healthz and /readyz until SIGTERM or SIGINT (SIGHUP reloads the tokens file), "
+    "in one process or, with --workers, in several that share the port. "
     "Configured by the environment variables below. Authentication: with "
     "WINDSHIFT_AUTH_FILE every API call needs a bearer token; without it the API is "
     "open (with a loud warning) only in DEVELOPMENT or on the embedded NATS, and a "
@@ -79,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--version", action="version", version=version)
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="how many processes serve: a number, or 0 or auto for one per core "
+        "(overrides WINDSHIFT_WORKERS; see below)",
+    )
     token = commands.add_parser(
         "token",
         help="make an API token and its hashed form for WINDSHIFT_AUTH_FILE",
@@ -105,12 +117,17 @@ def _token(hash_stdin: bool) -> int:
     return 0
 
 
-def _serve_function() -> Serve | None:
-    """:func:`windshift_grpc.server.serve`, or None (said why) without the grpc extra."""
+def _serve_functions() -> tuple[Serve, Serve] | None:
+    """What runs the server, or None (said why) without the grpc extra.
+
+    :func:`windshift_grpc.server.serve` for one process, and
+    :func:`windshift_grpc.supervisor.supervise` for several.
+    """
     from google.protobuf import runtime_version
 
     try:
         from windshift_grpc.server import serve
+        from windshift_grpc.supervisor import supervise
     except ImportError as exc:
         missing = (exc.name or "").partition(".")[0]
         if missing not in _GRPC_EXTRA:
@@ -128,7 +145,7 @@ def _serve_function() -> Serve | None:
             file=sys.stderr,
         )
         return None
-    return serve
+    return serve, supervise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,14 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token(args.hash)
-    serve = _serve_function()
-    if serve is None:
+    functions = _serve_functions()
+    if functions is None:
         return 2
+    env = None if args.workers is None else {**os.environ, "WINDSHIFT_WORKERS": args.workers}
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env)
     except SettingsError as exc:
+        if exc.name == "WINDSHIFT_WORKERS" and args.workers is not None:
+            exc = SettingsError("--workers (WINDSHIFT_WORKERS)", exc.detail)
         print(f"windshift-grpc: {exc}", file=sys.stderr)
         return 2
+    # One process is today's server as it was; several need the supervisor.
+    serve = functions[0] if settings.workers == 1 else functions[1]
     logs.configure(development=settings.development)  # loading the tokens may warn
     try:
         tokens = None if settings.auth_file is None else Tokens.load(settings.auth_file)

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from aiohttp import web
 from grpc_health.v1 import health_pb2
@@ -40,6 +41,14 @@ logger = logging.getLogger("windshift_grpc.health")
 
 _CHECK_TIMEOUT = 1.0
 _MONITOR_PERIOD = 1.0
+
+
+class Check(Protocol):
+    """What ``/readyz`` asks: :class:`Readiness`, or a supervisor's check of its workers."""
+
+    async def check(self) -> str | None:
+        """None when ready, else why not."""
+        ...
 
 
 class Readiness:
@@ -125,7 +134,7 @@ class GrpcHealth:
         await self.servicer.enter_graceful_shutdown()
 
 
-def http_routes(readiness: Readiness) -> list[web.RouteDef]:
+def http_routes(readiness: Check) -> list[web.RouteDef]:
     """``GET /healthz`` and ``GET /readyz`` (HEAD too) for :class:`~windshift_grpc.http.HttpServer`."""
 
     async def healthz(request: web.Request) -> web.Response:
@@ -140,4 +149,4 @@ def http_routes(readiness: Readiness) -> list[web.RouteDef]:
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
-__all__ = ["GrpcHealth", "Readiness", "http_routes"]
+__all__ = ["Check", "GrpcHealth", "Readiness", "http_routes"]

@@ -27,6 +27,11 @@ consume on their stream it withdrew, end at once.
 The server keeps no state of its own: every serve process on the same NATS
 serves the same streams and shares the same durable consumers.
 
+With ``WINDSHIFT_WORKERS`` above 1 this runs in each worker process of
+:mod:`windshift_grpc.supervisor` (``worker``): the supervisor has checked the
+ports and keeps ``HEALTH_PORT`` and the embedded nats-server; the worker shares
+``GRPC_PORT`` with the others and answers the supervisor's readiness checks.
+
 On SIGTERM or SIGINT it reports not ready, answers new calls with
 UNAVAILABLE, ends open Events calls cleanly (status OK; NATS redelivers their
 unsettled events after the processing timeout), gives unary calls in flight up
@@ -40,8 +45,11 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -68,6 +76,9 @@ from windshift_grpc.sampling import Sampler
 from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
+if TYPE_CHECKING:
+    from windshift_grpc.supervisor import WorkerLink
+
 logger = logging.getLogger("windshift_grpc.server")
 
 #: Seconds calls in flight get to finish after SIGTERM before they are cancelled.
@@ -82,46 +93,56 @@ EVENTS_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventsService"].full_na
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 
 
-async def serve(settings: Settings, *, tokens: Tokens | None = None) -> int:
+async def serve(
+    settings: Settings, *, tokens: Tokens | None = None, worker: WorkerLink | None = None
+) -> int:
     """Run the server until SIGTERM or SIGINT.
 
     Args:
         settings: what to serve, where.
         tokens: the loaded ``WINDSHIFT_AUTH_FILE``; read here when not given.
+        worker: this process is a worker of ``serve --workers`` (see the
+            module docstring); None: it is the whole server.
 
     Returns:
         The process exit code: 0 after a graceful stop, 1 when it could not start.
     """
     if tokens is None and settings.auth_file is not None:
         tokens = Tokens.load(settings.auth_file)
+    if worker is None:  # (a worker's supervisor checked them, and its siblings hold them)
+        try:
+            # A port that is taken fails the start now: before the embedded NATS
+            # starts and before its data directory is made.
+            _check_port("GRPC_PORT", settings.grpc_bind, settings.grpc_port)
+            _check_port("HEALTH_PORT", settings.health_bind, settings.health_port)
+        except OSError as exc:
+            return _could_not_start(exc)
     try:
-        # A port that is taken fails the start now: before the embedded NATS
-        # starts and before its data directory is made.
-        _check_port("GRPC_PORT", settings.grpc_bind, settings.grpc_port)
-        _check_port("HEALTH_PORT", settings.health_bind, settings.health_port)
         exporter = metrics.Exporter() if settings.metrics else None
-    except (OSError, RuntimeError) as exc:
+    except RuntimeError as exc:
         return _could_not_start(exc)
     tracing = telemetry.configure(metric_readers=[exporter.reader] if exporter else [])
     try:
         async with contextlib.AsyncExitStack() as stack:
             servers = settings.nats_servers
             options = settings.nats_options()
-            if not servers:
+            if worker is not None and worker.nats is not None:  # the supervisor's embedded NATS
+                servers, options = worker.nats
+            elif not servers:
                 nats_server = await _start_embedded(settings)
                 stack.push_async_callback(nats_server.stop, remove_data=False)
                 servers = [nats_server.url]
                 options = nats_server.connect_options()
             client = await windshift.connect(
                 servers,
-                name="windshift-grpc",
+                name="windshift-grpc" if worker is None else f"windshift-grpc {worker.name}",
                 publish_max_pending=settings.nats_publish_async_max_pending,
                 limits=settings.limits(),
                 **options,
             )
             stack.push_async_callback(client.close)
             access = None if tokens is None else Access(tokens, inventory=Inventory(client))
-            await _run(settings, client, access, exporter)
+            await _run(settings, client, access, exporter, worker)
     except (UnavailableError, OSError, RuntimeError) as exc:
         return _could_not_start(exc)
     finally:
@@ -175,7 +196,7 @@ def _check_port(variable: str, host: str, port: int) -> None:
             return
 
 
-async def _start_embedded(settings: Settings) -> EmbeddedNats:
+async def _start_embedded(settings: Settings, *, clients: str = "this process") -> EmbeddedNats:
     preferred = settings.embedded_nats_port
     port = preferred
     taken = await _taken(EMBEDDED_NATS_HOST, preferred)
@@ -188,7 +209,7 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
             taken,
             port,
         )
-    # Only this process may connect: the API's tokens mean nothing if anyone on
+    # Only this server may connect: the API's tokens mean nothing if anyone on
     # the machine could reach the data in NATS directly.
     nats_server = EmbeddedNats(
         store_dir=settings.data_dir, port=port, host=EMBEDDED_NATS_HOST, authenticate=True
@@ -201,9 +222,10 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
         ) from None
     logger.info(
         "NATS_URL is not set: started an embedded NATS with JetStream at %s; "
-        "its data is kept in %s; only this process may connect (user and password in %s)",
+        "its data is kept in %s; only %s may connect (user and password in %s)",
         nats_server.url,
         nats_server.store_dir.absolute(),
+        clients,
         nats_server.AUTH_FILE,
     )
     return nats_server
@@ -250,6 +272,13 @@ def _where(host: str) -> str:
     return f"on {host} only"
 
 
+def _transport(settings: Settings) -> str:
+    """How the gRPC port is secured, for the log."""
+    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+        return "plaintext"
+    return "TLS" if settings.grpc_tls_client_ca is None else "mutual TLS"
+
+
 def _listen(server: grpc.aio.Server, settings: Settings) -> str:
     """Add the gRPC port, with TLS when configured; how it is secured, for the log."""
     host = settings.grpc_bind
@@ -257,7 +286,7 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> str:
     try:
         if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
             server.add_insecure_port(address)
-            return "plaintext"
+            return _transport(settings)
         client_ca = settings.grpc_tls_client_ca
         credentials = grpc.ssl_server_credentials(
             [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
@@ -267,16 +296,16 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> str:
         server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot listen on GRPC_PORT {settings.grpc_port}: {exc}") from None
-    return "TLS" if client_ca is None else "mutual TLS"
+    return _transport(settings)
 
 
-def _announce_access(settings: Settings, access: Access | None, transport: str) -> None:
+def _announce_access(settings: Settings, tokens: Tokens | None, transport: str) -> None:
     """Say how the API is protected; loudly when it is not."""
     reason = settings.open_api_reason
-    if access is not None:
+    if tokens is not None:
         logger.info(
             "API calls need a bearer token: %d token(s) from %s",
-            len(access.tokens),
+            len(tokens),
             settings.auth_file,
         )
     elif reason is None:
@@ -289,7 +318,7 @@ def _announce_access(settings: Settings, access: Access | None, transport: str) 
             reason,
             settings.grpc_port,
         )
-    if access is not None and transport == "plaintext" and not settings.development:
+    if tokens is not None and transport == "plaintext" and not settings.development:
         logger.warning(
             "bearer tokens travel unencrypted: gRPC port %d has no TLS (set GRPC_TLS_CERT "
             "and GRPC_TLS_KEY unless a TLS proxy is in front)",
@@ -324,10 +353,16 @@ async def _run(
     client: windshift.Client,
     access: Access | None,
     exporter: metrics.Exporter | None,
+    worker: WorkerLink | None,
 ) -> None:
     stopping = asyncio.Event()
     # The process' one Sampler: /metrics' consumer gauges read it (and the console may).
-    sampler = Sampler(client, interval=settings.sample_interval) if settings.metrics else None
+    # (With several workers the supervisor serves HEALTH_PORT, and they sample nothing.)
+    sampler = (
+        Sampler(client, interval=settings.sample_interval)
+        if settings.metrics and worker is None
+        else None
+    )
     if sampler is not None:
         metrics.observe(sampler)
         await sampler.start()  # the first round now: a first scrape finds the consumers
@@ -355,8 +390,10 @@ async def _run(
     )
     server = grpc.aio.server(
         interceptors=[layer],
-        # Refuse to start when the port is taken, rather than share it.
-        options=[("grpc.so_reuseport", 0)],
+        # Refuse to start when the port is taken, rather than share it; the
+        # workers of one supervisor share it (which checked that no other
+        # program has it).
+        options=[("grpc.so_reuseport", 0 if worker is None else 1)],
     )
     events_grpc.add_EventsServiceServicer_to_server(events, server)
     state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
@@ -366,14 +403,16 @@ async def _run(
     )
     transport = _listen(server, settings)
 
-    http = HttpServer(settings.health_port, host=settings.health_bind)
-    http.app.add_routes(http_routes(readiness))
-    if exporter is not None:
-        http.app.add_routes(metrics.http_routes(exporter, access))
-    try:
-        await http.start()
-    except OSError as exc:
-        raise OSError(f"cannot listen on HEALTH_PORT {settings.health_port}: {exc}") from None
+    http: HttpServer | None = None
+    if worker is None:  # (a worker's supervisor serves HEALTH_PORT)
+        http = HttpServer(settings.health_port, host=settings.health_bind)
+        http.app.add_routes(http_routes(readiness))
+        if exporter is not None:
+            http.app.add_routes(metrics.http_routes(exporter, access))
+        try:
+            await http.start()
+        except OSError as exc:
+            raise OSError(f"cannot listen on HEALTH_PORT {settings.health_port}: {exc}") from None
     await server.start()
     await grpc_health.start()
 
@@ -382,18 +421,33 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, signalled)
     loop.add_signal_handler(signal.SIGHUP, _reload, settings, access, layer)
-    _announce_access(settings, access, transport)
     connected = client.nats.connected_url
-    logger.info(
-        "windshift-grpc ready: gRPC on port %d (%s, %s), health on port %d (%s), NATS at %s",
-        settings.grpc_port,
-        transport,
-        _where(settings.grpc_bind),
-        settings.health_port,
-        _where(settings.health_bind),
-        # host and port only: a URL may carry a user and password
-        f"{connected.hostname}:{connected.port}" if connected else "?",
-    )
+    # host and port only: a URL may carry a user and password
+    nats_at = f"{connected.hostname}:{connected.port}" if connected else "?"
+    link: asyncio.Task[None] | None = None
+    if worker is None:
+        _announce_access(settings, None if access is None else access.tokens, transport)
+        logger.info(
+            "windshift-grpc ready: gRPC on port %d (%s, %s), health on port %d (%s), NATS at %s",
+            settings.grpc_port,
+            transport,
+            _where(settings.grpc_bind),
+            settings.health_port,
+            _where(settings.health_bind),
+            nats_at,
+        )
+    else:  # the supervisor announces the server as a whole
+        logger.info(
+            "windshift-grpc %s ready (pid %d): gRPC on port %d (%s, %s, shared), NATS at %s",
+            worker.name,
+            os.getpid(),
+            settings.grpc_port,
+            transport,
+            _where(settings.grpc_bind),
+            nats_at,
+        )
+        # From now on a SIGHUP reloads: the supervisor passes them on once it is told.
+        link = asyncio.create_task(worker.serve({"check": readiness.check}, lost=_lost(signalled)))
     try:
         await signalled.wait()
     finally:
@@ -404,9 +458,14 @@ async def _run(
         stopping.set()  # open Events calls end
         await admission.drain(grace=SHUTDOWN_GRACE, settle=_SETTLE)
         await server.stop(_SETTLE)
-        await http.stop()
+        if http is not None:
+            await http.stop()
         if sampler is not None:
             await sampler.stop()
+        if link is not None:
+            link.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link
 
 
 def _on_signal(signum: int, signalled: asyncio.Event) -> None:
@@ -415,6 +474,17 @@ def _on_signal(signum: int, signalled: asyncio.Event) -> None:
         return
     logger.info("%s received: shutting down", signal.Signals(signum).name)
     signalled.set()
+
+
+def _lost(signalled: asyncio.Event) -> Callable[[], None]:
+    """What a worker does when its supervisor is gone (killed: it cannot pass a SIGTERM on)."""
+
+    def lost() -> None:
+        if not signalled.is_set():
+            logger.warning("the supervisor is gone: shutting down")
+            signalled.set()
+
+    return lost
 
 
 __all__ = ["EMBEDDED_NATS_HOST", "EVENTS_SERVICE", "SHUTDOWN_GRACE", "STATE_SERVICE", "serve"]

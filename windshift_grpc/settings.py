@@ -60,6 +60,8 @@ class SettingsError(ValueError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"invalid {name}: {message}")
         self.name = name
+        #: The complaint without the variable's name (``serve --workers`` names its flag).
+        self.detail = message
 
 
 class _Invalid(ValueError):
@@ -162,6 +164,45 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
 
 
 _port = _integer(1, 65535)
+
+#: ``WINDSHIFT_WORKERS`` takes at most this many processes per core.
+WORKERS_PER_CORE = 4
+
+
+def cpu_count() -> int:
+    """The cores this process may run on: its CPU affinity, not the machine's count.
+
+    In a container limited to a few cores (``--cpuset-cpus``, a CPU manager
+    policy) the affinity is what the processes can really use.
+    """
+    counted = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if counted is not None:
+        count: int | None = counted()
+    elif hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:  # macOS: no affinity to ask
+        count = os.cpu_count()
+    return count or 1
+
+
+def _workers(raw: str) -> int:
+    """A number of processes: ``0`` or ``auto`` for one per core."""
+    if raw.lower() in ("0", "auto"):
+        return cpu_count()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Invalid(f"{raw!r} is not a whole number, 0 or auto") from None
+    if value < 0:
+        raise _Invalid(f"{value} is not a number of processes (0 or auto: one per core)")
+    cores = cpu_count()
+    most = WORKERS_PER_CORE * cores
+    if value > most:
+        raise _Invalid(
+            f"{value} is more than {WORKERS_PER_CORE} per core of the {cores} this process "
+            f"may use (at most {most})"
+        )
+    return value
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
@@ -277,6 +318,18 @@ class Settings:
         _host,
         "Address the HTTP probes listen on, as `GRPC_HOST` (`auto`: loopback while the "
         "API is open, every interface otherwise).",
+        group=_SERVING,
+    )
+    workers: int = _setting(
+        "WINDSHIFT_WORKERS",
+        1,
+        _workers,
+        "How many processes serve the API (`serve --workers N` overrides it). `1`: one "
+        "process. More: a supervisor process starts that many workers sharing `GRPC_PORT` "
+        "(`SO_REUSEPORT`); it keeps `HEALTH_PORT` and the embedded NATS to itself, restarts "
+        "a worker that crashes and passes `SIGTERM`, `SIGINT` and `SIGHUP` on to every "
+        "worker (docs/grpc.md, Several processes). `0` or `auto`: one per core this process "
+        f"may use. At most {WORKERS_PER_CORE} per core.",
         group=_SERVING,
     )
     metrics: bool = _setting(
@@ -908,7 +961,16 @@ def _main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["SETTINGS", "Setting", "Settings", "SettingsError", "describe", "markdown"]
+__all__ = [
+    "SETTINGS",
+    "WORKERS_PER_CORE",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "cpu_count",
+    "describe",
+    "markdown",
+]
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))

@@ -127,6 +127,7 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_METRICS", "maybe"),
         ("WINDSHIFT_SAMPLE_INTERVAL", "0.5"),
         ("WINDSHIFT_SAMPLE_INTERVAL", "often"),
+        ("WINDSHIFT_WORKERS", "many"),
     ],
 )
 async def test_bad_settings_stop_serve_with_one_line_naming_the_setting(
