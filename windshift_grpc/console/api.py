@@ -38,6 +38,17 @@ from datetime import datetime
 
 from aiohttp import web
 
+# The well-known types, in protobuf's default pool: data of these types is
+# shown decoded (with the types of every generated module the server imports).
+from google.protobuf import (  # noqa: F401
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
+
 import windshift
 from windshift import (
     DeadLetter,

@@ -324,7 +324,7 @@ async function consumersPage() {
       cell(number(c.pending), "num pending"),
       cell(number(c.unacknowledged), "num unacknowledged"),
       cell(number(c.redelivered), "num optional"),
-      cell(number(c.ack_floor), "num optional"),
+      cell(number(c.ack_floor), "num optional ack-floor"),
       cell(number(c.lag_events), "num lag-events" + (c.lag_events ? " behind" : "")),
       cell(duration(c.lag_seconds), "num lag-seconds" + (c.lag_seconds ? " behind" : "")),
       cell(c.dead_letter_stream ? link(c.dead_letter_stream, "dead-letters", c.dead_letter_stream) : "–", "optional"),
