@@ -25,9 +25,11 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._pki import Pki
 from tests.grpc_fixtures import ServeProcess, serve_env
 from windshift import EmbeddedNats, StreamPointer
 from windshift_grpc.console.auth import CSRF_HEADER
+from windshift_grpc.settings import Settings, SettingsError
 
 STATIC = Path(__file__).resolve().parents[2] / "windshift_grpc" / "console" / "static"
 #: How long the browser waits for what a page should come to show (it polls every 2 s,
@@ -360,6 +362,21 @@ def test_the_pages_load_nothing_from_the_network() -> None:
         text = path.read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path.name
         assert "https://" not in text and "//cdn" not in text, path.name
+
+
+def test_under_client_certificates_alone_the_console_stays_on_loopback(pki: Pki) -> None:
+    # The HTTP port checks no certificate: an open console would be more than the API allows.
+    mutual = {
+        "GRPC_TLS_CERT": str(pki.server_cert),
+        "GRPC_TLS_KEY": str(pki.server_key),
+        "GRPC_TLS_CLIENT_CA": str(pki.ca),
+        "WINDSHIFT_CONSOLE": "on",
+    }
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(mutual)
+    assert error.value.name == "WINDSHIFT_CONSOLE"
+    assert "HEALTH_HOST=127.0.0.1" in str(error.value)
+    assert Settings.from_env({**mutual, "HEALTH_HOST": "127.0.0.1"}).console
 
 
 async def test_the_console_is_404_when_off(grpc_server: ServeProcess) -> None:
