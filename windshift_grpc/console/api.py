@@ -258,7 +258,13 @@ class ConsoleApi:
             for info in await self._client.streams()
             if not internal_stream(info.name) and viewer.sees_stream(info.name)
         ]
-        dead = await self._dead_letter_names(infos)
+        # (From the last round of samples: this page is polled, and listing every
+        # stream's consumers each time would cost a request per stream.)
+        dead = {
+            sample.dead_letter_stream
+            for sample in self._sampler.latest.values()
+            if sample.dead_letter_stream is not None
+        }
         return _answer({"streams": [_stream(info, viewer, dead) for info in infos]})
 
     async def stream(self, request: web.Request) -> web.Response:
