@@ -60,8 +60,8 @@ function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   const s = Number(seconds);
   if (s < 1) return s === 0 ? "0 s" : s.toFixed(2) + " s";
-  if (s < 120) return s.toFixed(1) + " s";
-  if (s < 7200) return (s / 60).toFixed(1) + " min";
+  if (s < 120) return s.toFixed(Number.isInteger(s) ? 0 : 1) + " s";
+  if (s < 7200) return (s / 60).toFixed(s % 60 < 1 ? 0 : 1) + " min";
   if (s < 172800) return (s / 3600).toFixed(1) + " h";
   return (s / 86400).toFixed(1) + " d";
 }
@@ -89,9 +89,13 @@ function cell(value, cls, attrs) {
   return h("td", Object.assign({ class: cls || null }, attrs || {}), value);
 }
 
-function pretty(data) {
+function pretty(data, compact) {
   if (!data) return h("p", { class: "muted" }, "no data");
-  if (data.decoded) return h("pre", { class: "data" }, JSON.stringify(data.json, null, 2));
+  if (data.decoded) {
+    const short = JSON.stringify(data.json);
+    const text = compact && short.length <= 160 ? short : JSON.stringify(data.json, null, 2);
+    return h("pre", { class: "data" }, text);
+  }
   return h(
     "div",
     {},
@@ -251,7 +255,7 @@ async function streamPage(name, before) {
           h("span", { class: "muted" }, bytes(event.size)),
           event.idempotency_key ? h("span", { class: "muted" }, "key " + event.idempotency_key) : null,
         ),
-        pretty(event.data),
+        pretty(event.data, true),
       ),
     ),
   );
@@ -276,17 +280,20 @@ function chart(title, history, interval) {
   const top = 12;
   const bottom = 24;
   const now = history.length ? Math.max(history[history.length - 1][0], Date.now() / 1000) : Date.now() / 1000;
-  const start = now - HOUR;
+  // The last hour, or since the first sample when the server has sampled for less.
+  const first = history.length ? history[0][0] : now - HOUR;
+  const span = Math.min(HOUR, Math.max(60, now - first));
+  const start = now - span;
   const shown = history.filter((point) => point[0] >= start);
   const maxEvents = Math.max(1, ...shown.map((point) => point[1]));
   const maxSeconds = Math.max(1, ...shown.map((point) => point[2]));
-  const x = (at) => left + ((at - start) / HOUR) * (width - left - right);
+  const x = (at) => left + ((at - start) / span) * (width - left - right);
   const yEvents = (value) => top + (1 - value / maxEvents) * (height - top - bottom);
   const ySeconds = (value) => top + (1 - value / maxSeconds) * (height - top - bottom);
   const line = (y, index) => shown.map((point) => x(point[0]).toFixed(1) + "," + y(point[index]).toFixed(1)).join(" ");
   const picture = svg(
     "svg",
-    { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title + ": lag over the last hour" },
+    { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title + ": lag over the last " + duration(span) },
     svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width - right, y2: height - bottom }),
     svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: height - bottom }),
     svg("line", { class: "axis", x1: width - right, y1: top, x2: width - right, y2: height - bottom }),
@@ -294,8 +301,8 @@ function chart(title, history, interval) {
     svg("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, "0"),
     svg("text", { x: width - right + 4, y: top + 8 }, duration(maxSeconds)),
     svg("text", { x: width - right + 4, y: height - bottom }, "0 s"),
-    svg("text", { x: left, y: height - 6 }, "−60 min"),
-    svg("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" }, "−30 min"),
+    svg("text", { x: left, y: height - 6 }, "−" + duration(span)),
+    svg("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" }, "−" + duration(span / 2)),
     svg("text", { x: width - right, y: height - 6, "text-anchor": "end" }, "now"),
   );
   if (shown.length > 1) {
@@ -321,8 +328,8 @@ async function consumersPage() {
       { "data-consumer": c.stream + "/" + c.consumer },
       cell(link(c.stream, "streams", c.stream)),
       cell(c.consumer, "mono"),
-      cell(number(c.pending), "num pending"),
-      cell(number(c.unacknowledged), "num unacknowledged"),
+      cell(number(c.pending), "num optional pending"),
+      cell(number(c.unacknowledged), "num optional unacknowledged"),
       cell(number(c.redelivered), "num optional"),
       cell(number(c.ack_floor), "num optional ack-floor"),
       cell(number(c.lag_events), "num lag-events" + (c.lag_events ? " behind" : "")),
@@ -335,7 +342,7 @@ async function consumersPage() {
     h("p", { class: "muted" }, answer.sampled_at ? "Sampled by the server every " + duration(answer.interval) + "; last at " + new Date(answer.sampled_at * 1000).toLocaleTimeString() + "." : "Not sampled yet."),
     rows.length
       ? table(
-          [["Stream"], ["Consumer"], ["Pending", "num"], ["Unacknowledged", "num"], ["Redelivered", "num optional"], ["Ack floor", "num optional"], ["Lag (events)", "num"], ["Lag (time)", "num"], ["Dead letters to", "optional"]],
+          [["Stream"], ["Consumer"], ["Pending", "num optional"], ["Unacknowledged", "num optional"], ["Redelivered", "num optional"], ["Ack floor", "num optional"], ["Lag (events)", "num"], ["Lag (time)", "num"], ["Dead letters to", "optional"]],
           rows,
           { class: "wide", id: "consumers" },
         )
