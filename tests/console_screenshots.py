@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from playwright.async_api import ViewportSize
 from pydantic import BaseModel
 
 import windshift
@@ -26,8 +27,8 @@ from windshift import EmbeddedNats, StreamPointer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "console"
-LAPTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 class OrderCreated(BaseModel):

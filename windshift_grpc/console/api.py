@@ -28,7 +28,6 @@ route                                          needs
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import json
@@ -227,23 +226,16 @@ class ConsoleApi:
 
     # --- streams and consumers ------------------------------------------------------
 
-    async def _dead_letter_names(self, infos: list[StreamInfo]) -> set[str]:
-        """The streams some consumer moves its dead letters to."""
+    def _dead_letter_names(self) -> set[str]:
+        """The streams some consumer moves its dead letters to, at the sampler's last round.
 
-        async def of(stream: str) -> list[windshift.ConsumerInfo]:
-            try:
-                return await self._client.consumers(stream)
-            except windshift.StreamNotFoundError:
-                return []  # deleted since the list
-
-        found = await asyncio.gather(
-            *(of(info.name) for info in infos if info.consumers and not internal_stream(info.name))
-        )
+        (Not asked of JetStream on each call: the pages poll, and listing every
+        stream's consumers would cost a request per stream each time.)
+        """
         return {
-            consumer.dead_letter_stream
-            for consumers in found
-            for consumer in consumers
-            if consumer.dead_letter_stream is not None
+            sample.dead_letter_stream
+            for sample in self._sampler.latest.values()
+            if sample.dead_letter_stream is not None
         }
 
     async def session(self, request: web.Request) -> web.Response:
@@ -258,13 +250,7 @@ class ConsoleApi:
             for info in await self._client.streams()
             if not internal_stream(info.name) and viewer.sees_stream(info.name)
         ]
-        # (From the last round of samples: this page is polled, and listing every
-        # stream's consumers each time would cost a request per stream.)
-        dead = {
-            sample.dead_letter_stream
-            for sample in self._sampler.latest.values()
-            if sample.dead_letter_stream is not None
-        }
+        dead = self._dead_letter_names()
         return _answer({"streams": [_stream(info, viewer, dead) for info in infos]})
 
     async def stream(self, request: web.Request) -> web.Response:
@@ -332,7 +318,7 @@ class ConsoleApi:
     async def dead_letter_streams(self, request: web.Request) -> web.Response:
         viewer = _viewer(request)
         infos = await self._client.streams()
-        dead = await self._dead_letter_names(infos)
+        dead = self._dead_letter_names()
         shown = [
             {
                 "name": info.name,
@@ -414,9 +400,11 @@ class ConsoleApi:
         viewer = _viewer(request)
         name = request.match_info["stream"]
         viewer.require(Permission.MANAGE, name, f"purge the dead letters of {name!r}")
-        dead = await self._dead_letter_names(await self._client.streams())
-        if name not in dead:
-            raise Refused(400, f"{name!r} is no consumer's dead-letter stream: not purged")
+        if name not in self._dead_letter_names():
+            raise Refused(
+                400,
+                f"{name!r} is no consumer's dead-letter stream (at the last sample): not purged",
+            )
         purged = await self._client.dead_letters(name).purge()
         logger.info("console: token %r purged %d dead letters of %s", viewer.name, purged, name)
         return _answer({"purged": purged})

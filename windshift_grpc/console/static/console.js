@@ -395,6 +395,7 @@ async function deadLettersPage(name) {
       cell(number(letter.attempts), "num"),
       cell(letter.reason),
       cell(when(letter.dead_since), "optional"),
+      answer.may_manage &&
       cell(
         answer.may_manage
           ? h(
@@ -414,7 +415,7 @@ async function deadLettersPage(name) {
       ? h("div", { class: "actions" }, h("button", { type: "button", class: "danger", id: "purge", onclick: (e) => confirm("Remove every dead letter of " + name + "?") && act(e.target, base + "/purge", "POST", (a) => "Purged " + a.purged + " letters.") }, "Purge all"))
       : null,
     rows.length
-      ? table([["Id"], ["Subject"], ["From", "optional"], ["Attempts", "num"], ["Reason"], ["Dead since", "optional"], ["Actions"]], rows, { class: "wide", id: "letters" })
+      ? table([["Id"], ["Subject"], ["From", "optional"], ["Attempts", "num"], ["Reason"], ["Dead since", "optional"], answer.may_manage ? ["Actions"] : null].filter(Boolean), rows, { class: "wide", id: "letters" })
       : h("p", { class: "muted", id: "no-letters" }, "No dead letters."),
   ];
 }
