@@ -74,7 +74,7 @@ from windshift_grpc.health import GrpcHealth, Readiness, http_routes
 from windshift_grpc.http import HttpServer
 from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.sampling import Sampler
-from windshift_grpc.settings import Settings, SettingsError
+from windshift_grpc.settings import Settings, SettingsError, descriptor_pool_of
 from windshift_grpc.state_service import StateService
 
 if TYPE_CHECKING:
@@ -412,7 +412,14 @@ async def _run(
         if exporter is not None:
             http.app.add_routes(metrics.http_routes(exporter, access))
         if settings.console and sampler is not None:
-            console.mount(http.app, client, access, sampler, hosts=settings.console_hosts)
+            pool = (
+                None
+                if settings.console_descriptors is None
+                else descriptor_pool_of(settings.console_descriptors)
+            )
+            console.mount(
+                http.app, client, access, sampler, hosts=settings.console_hosts, pool=pool
+            )
         try:
             await http.start()
         except OSError as exc:

@@ -265,6 +265,46 @@ def _hostnames(raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _descriptor_set(raw: str) -> Path:
+    """A file of a ``FileDescriptorSet`` that loads into a descriptor pool."""
+    path = _file(raw)
+    try:
+        descriptor_pool_of(path)
+    except ValueError as exc:
+        raise _Invalid(f"{raw!r}: {exc}") from None
+    return path
+
+
+def descriptor_pool_of(path: Path) -> Any:
+    """A ``DescriptorPool`` holding the files of the ``FileDescriptorSet`` in ``path``.
+
+    Make one with ``protoc --include_imports --descriptor_set_out=FILE``.
+
+    Raises:
+        ValueError: the file is no descriptor set, or a file in it does not load.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message import DecodeError
+
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        files.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise ValueError("not a protobuf FileDescriptorSet (protoc --descriptor_set_out)") from None
+    if not files.file:
+        raise ValueError("the descriptor set holds no file")
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        try:
+            pool.Add(file)
+            pool.FindFileByName(file.name)  # (what it lacks shows only once it is built)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"{file.name!r} does not load ({exc}); make the set with --include_imports"
+            ) from None
+    return pool
+
+
 def _file(raw: str) -> Path:
     """A file that must exist and be readable."""
     path = Path(raw)
@@ -394,6 +434,15 @@ class Settings:
         "controls (DNS rebinding).",
         group=_CONSOLE,
         shown="unset",
+    )
+    console_descriptors: Path | None = _setting(
+        "WINDSHIFT_CONSOLE_DESCRIPTORS",
+        None,
+        _descriptor_set,
+        "A protobuf descriptor set (`protoc --include_imports --descriptor_set_out=FILE`): "
+        "the console shows event data, dead letters and state values of its message types "
+        "decoded, as JSON. Without it: JSON data and protobuf's well-known types only.",
+        group=_CONSOLE,
     )
     development: bool = _setting(
         "DEVELOPMENT",
@@ -1020,6 +1069,7 @@ __all__ = [
     "SettingsError",
     "cpu_count",
     "describe",
+    "descriptor_pool_of",
     "markdown",
 ]
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from google.protobuf import descriptor_pb2
+from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
@@ -52,6 +54,28 @@ class Console:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.health_port}/console/"
+
+
+def order_type() -> descriptor_pb2.FileDescriptorSet:
+    """A descriptor set of one message type the server does not know: ``acme.Order {id}``."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="acme/order.proto", package="acme", syntax="proto3"
+    )
+    file.message_type.add(name="Order").field.add(
+        name="id",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
+    return descriptor_pb2.FileDescriptorSet(file=[file])
+
+
+def _order(order_id: str) -> AnyProto:
+    """An ``acme.Order`` as an Any, made without generated code (its field 1, a string)."""
+    text = order_id.encode()
+    return AnyProto(
+        type_url="type.googleapis.com/acme.Order", value=b"\x0a" + bytes([len(text)]) + text
+    )
 
 
 def _entries(names: dict[str, str], tokens: dict[str, str]) -> list[dict[str, Any]]:
@@ -125,6 +149,8 @@ async def console(
     path = tmp / "tokens.json"
     path.write_text(json.dumps({"tokens": _entries(names, tokens)}))
     path.chmod(0o600)
+    descriptors = tmp / "acme.binpb"
+    descriptors.write_bytes(order_type().SerializeToString())
     async with windshift.connect(nats_server.url) as client:
         start = StreamPointer.start()
         for stream in (names["lagging"], names["handled"], names["other"]):
@@ -135,6 +161,7 @@ async def console(
         )
         await client.ensure_consumer(names["other"], "theirs", start=start)
         await client.publish(f"{names['other']}.secret", StringValue(value="their secret"))
+        await client.publish(f"{names['other']}.order", _order("o-17"))
         for store in (names["store"], names["other_store"]):
             carts = await client.ensure_store(store, history=5)
             for count in (1, 2, 3):
@@ -145,6 +172,7 @@ async def console(
                 WINDSHIFT_AUTH_FILE=str(path),
                 WINDSHIFT_CONSOLE="on",
                 WINDSHIFT_CONSOLE_HOSTS="console.test",
+                WINDSHIFT_CONSOLE_DESCRIPTORS=str(descriptors),
                 WINDSHIFT_SAMPLE_INTERVAL="1",
                 HEALTH_HOST="127.0.0.1",
             )
@@ -318,7 +346,7 @@ async def test_purge_refuses_a_stream_that_holds_no_dead_letters(console: Consol
     )
     assert status == 400
     assert console.other in answer["error"]
-    assert (await console.client.stream_info(console.other)).events == 1
+    assert (await console.client.stream_info(console.other)).events == 2
 
 
 @pytest.mark.parametrize(
@@ -338,6 +366,42 @@ async def test_bad_input_is_a_400_naming_it(console: Console, path: str, named: 
     status, answer = await call(console, path.format(**names), console.tokens["admin"])
     assert status == 400, answer
     assert named in answer["error"]
+
+
+async def test_event_data_of_a_type_from_the_descriptor_set_is_decoded(console: Console) -> None:
+    status, answer = await call(
+        console, f"api/streams/{console.other}/events", console.tokens["other"]
+    )
+    assert status == 200
+    newest, older = answer["events"]
+    assert newest["type"] == "acme.Order"
+    assert newest["data"] == {"decoded": True, "json": {"id": "o-17"}}
+    assert older["data"] == {"decoded": True, "json": "their secret"}  # a well-known type
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(b"\xff\xff not protobuf", "FileDescriptorSet"), (b"", "no file")],
+)
+def test_a_bad_descriptor_set_stops_serve_with_one_line(
+    tmp_path: Path, content: bytes, named: str
+) -> None:
+    path = tmp_path / "bad.binpb"
+    path.write_bytes(content)
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"WINDSHIFT_AUTH": "none", "WINDSHIFT_CONSOLE_DESCRIPTORS": str(path)})
+    assert error.value.name == "WINDSHIFT_CONSOLE_DESCRIPTORS"
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_descriptor_set_missing_an_import_is_refused(tmp_path: Path) -> None:
+    files = order_type()
+    files.file[0].dependency.append("acme/missing.proto")
+    path = tmp_path / "partial.binpb"
+    path.write_bytes(files.SerializeToString())
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"WINDSHIFT_AUTH": "none", "WINDSHIFT_CONSOLE_DESCRIPTORS": str(path)})
+    assert "--include_imports" in str(error.value)
 
 
 async def test_a_state_key_shows_its_history_newest_first(console: Console) -> None:

@@ -27,6 +27,7 @@ from importlib import resources
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from google.protobuf.descriptor_pool import DescriptorPool
 
 import windshift
 from windshift import WindshiftError
@@ -126,6 +127,7 @@ def console_app(
     sampler: Sampler,
     *,
     hosts: Iterable[str] = (),
+    pool: DescriptorPool | None = None,
 ) -> web.Application:
     """The console as an aiohttp application, to mount at :data:`PREFIX`.
 
@@ -135,13 +137,15 @@ def console_app(
         sampler: the process' one sampler: the lag charts read its history.
         hosts: host names besides IP addresses and ``localhost`` that it answers to
             (``WINDSHIFT_CONSOLE_HOSTS``).
+        pool: message types to show data of decoded, besides those of protobuf's
+            default pool (``WINDSHIFT_CONSOLE_DESCRIPTORS``).
     """
     app = web.Application(middlewares=[_host_guard(tuple(h.lower() for h in hosts))])
     page = _static("index.html")
     app.add_routes([web.get("/", page)])
     app.add_routes([web.get(f"/{name}", _static(name)) for name in _STATIC if name != "index.html"])
     api = web.Application(middlewares=[_api_guard(access)])
-    api.add_routes(ConsoleApi(client, sampler).routes())
+    api.add_routes(ConsoleApi(client, sampler, pool).routes())
     app.add_subapp("/api", api)
     return app
 
@@ -153,6 +157,7 @@ def mount(
     sampler: Sampler,
     *,
     hosts: Iterable[str] = (),
+    pool: DescriptorPool | None = None,
 ) -> None:
     """Mount :func:`console_app` at :data:`PREFIX` on ``parent`` (``/console`` goes to ``/console/``)."""
 
@@ -160,7 +165,7 @@ def mount(
         raise web.HTTPFound(f"{PREFIX}/")
 
     parent.add_routes([web.get(PREFIX, to_console)])
-    parent.add_subapp(PREFIX, console_app(client, access, sampler, hosts=hosts))
+    parent.add_subapp(PREFIX, console_app(client, access, sampler, hosts=hosts, pool=pool))
 
 
 __all__ = ["PREFIX", "console_app", "mount"]

@@ -47,6 +47,7 @@ from google.protobuf import (  # noqa: F401
     timestamp_pb2,
     wrappers_pb2,
 )
+from google.protobuf.descriptor_pool import DescriptorPool
 
 import windshift
 from windshift import (
@@ -113,11 +114,22 @@ def _id(request: web.Request) -> int:
     return int(raw)
 
 
-def _data(to_json: Callable[[], object | None], body: bytes, data_type: str) -> dict[str, object]:
-    """How the page shows an event's data: decoded, or why not and its first bytes."""
+def _data(
+    to_json: Callable[[DescriptorPool | None], object | None],
+    body: bytes,
+    data_type: str,
+    pool: DescriptorPool | None,
+) -> dict[str, object]:
+    """How the page shows an event's data: decoded, or why not and its first bytes.
+
+    Decoded with ``pool`` (``WINDSHIFT_CONSOLE_DESCRIPTORS``) first, then with
+    protobuf's default pool.
+    """
     if len(body) > MAX_SHOWN_BYTES:
         return {"decoded": False, "note": f"{len(body)} bytes: too large to show here"}
-    document = to_json()
+    document = None if pool is None else to_json(pool)
+    if document is None:
+        document = to_json(None)
     if document is not None:
         return {"decoded": True, "json": document}
     note = f"type {data_type!r} is unknown to the server" if data_type else "no data type"
@@ -159,7 +171,7 @@ def _sample(sample: ConsumerSample) -> dict[str, object]:
     }
 
 
-def _event(event: StoredEvent) -> dict[str, object]:
+def _event(event: StoredEvent, pool: DescriptorPool | None) -> dict[str, object]:
     return {
         "id": event.id,
         "subject": event.subject,
@@ -169,11 +181,13 @@ def _event(event: StoredEvent) -> dict[str, object]:
         "size": event.size,
         "idempotency_key": event.idempotency_key,
         "headers": dict(event.headers),
-        "data": _data(event.to_json, event.body, event.data_type),
+        "data": _data(event.to_json, event.body, event.data_type, pool),
     }
 
 
-def _letter(letter: DeadLetter, *, full: bool) -> dict[str, object]:
+def _letter(
+    letter: DeadLetter, *, full: bool, pool: DescriptorPool | None = None
+) -> dict[str, object]:
     data_type = letter.headers.get("WS-Data-Type", "")
     shown: dict[str, object] = {
         "id": letter.id,
@@ -190,7 +204,7 @@ def _letter(letter: DeadLetter, *, full: bool) -> dict[str, object]:
     }
     if full:
         shown["headers"] = dict(letter.headers)
-        shown["data"] = _data(letter.to_json, letter.body, data_type)
+        shown["data"] = _data(letter.to_json, letter.body, data_type, pool)
     return shown
 
 
@@ -200,11 +214,15 @@ class ConsoleApi:
     Args:
         client: the server's library client.
         sampler: the process' sampler of consumer lag.
+        pool: more message types to decode data with (None: the default pool's only).
     """
 
-    def __init__(self, client: windshift.Client, sampler: Sampler) -> None:
+    def __init__(
+        self, client: windshift.Client, sampler: Sampler, pool: DescriptorPool | None = None
+    ) -> None:
         self._client = client
         self._sampler = sampler
+        self._pool = pool
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -288,7 +306,7 @@ class ConsoleApi:
         before = _integer(request, "before", 0, 0, 2**64 - 1)
         limit = _integer(request, "limit", 25, 1, MAX_PAGE)
         events = await self._client.read_events(name, before_id=before or None, limit=limit)
-        return _answer({"stream": name, "events": [_event(event) for event in events]})
+        return _answer({"stream": name, "events": [_event(event, self._pool) for event in events]})
 
     async def consumers(self, request: web.Request) -> web.Response:
         viewer = _viewer(request)
@@ -356,7 +374,7 @@ class ConsoleApi:
             {
                 "stream": name,
                 "may_manage": viewer.may(Permission.MANAGE, name),
-                "letter": _letter(letter, full=True),
+                "letter": _letter(letter, full=True, pool=self._pool),
             }
         )
 
@@ -449,11 +467,15 @@ class ConsoleApi:
                 "operation": change.operation,
                 "updated": _time(change.updated),
                 "type": None if change.value is None else change.value.type_url,
-                "json": change.to_json(),
+                "json": self._state_json(change),
             }
             for change in reversed(history)
         ]
         return _answer({"store": store.name, "key": key, "history": changes})
+
+    def _state_json(self, change: windshift.StateChange) -> object | None:
+        document = None if self._pool is None else change.to_json(self._pool)
+        return change.to_json() if document is None else document
 
 
 def status_of(exc: WindshiftError) -> int:
