@@ -15,6 +15,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ SHOWN = 20_000
 class Console:
     server: ServeProcess
     tokens: dict[str, str]  # role -> token
+    tokens_file: Path
     lagging: str  # a stream with a consumer "worker"
     handled: str  # a stream whose consumer "handler" moves letters to `dead`
     dead: str
@@ -107,6 +109,8 @@ def _entries(names: dict[str, str], tokens: dict[str, str]) -> list[dict[str, An
         },
         # Counts only: sees the stream and its lag, not its events.
         {"name": "watcher", "token": tokens["watcher"], "metrics": [names["lagging"]]},
+        # Withdrawn by a reload in a test.
+        {"name": "leaver", "token": tokens["leaver"], "consume": [names["lagging"]]},
         # Another tenant: everything, on its own stream and store.
         {
             "name": "other",
@@ -144,7 +148,7 @@ async def console(
         key: f"{key}{tag}"
         for key in ("lagging", "handled", "dead", "store", "other", "other_store")
     }
-    roles = ("admin", "reader", "janitor", "watcher", "other")
+    roles = ("admin", "reader", "janitor", "watcher", "other", "leaver")
     tokens = {role: f"{role}-{secrets.token_urlsafe(24)}" for role in roles}
     path = tmp / "tokens.json"
     path.write_text(json.dumps({"tokens": _entries(names, tokens)}))
@@ -179,7 +183,7 @@ async def console(
         )
         await server.start()
         try:
-            yield Console(server, tokens, client=client, **names)
+            yield Console(server, tokens, path, client=client, **names)
         finally:
             await server.stop()
 
@@ -421,6 +425,23 @@ async def test_no_token_is_ever_logged(console: Console) -> None:
         assert token[::-1] not in console.server.log
 
 
+async def test_a_token_withdrawn_by_a_reload_is_refused_at_its_next_request(
+    console: Console,
+) -> None:
+    token = console.tokens["leaver"]
+    assert (await call(console, "api/session", token))[0] == 200
+    entries = json.loads(console.tokens_file.read_text())["tokens"]
+    kept = [entry for entry in entries if entry["name"] != "leaver"]
+    console.tokens_file.write_text(json.dumps({"tokens": kept}))
+    after = len(console.server.lines)
+    assert console.server.process is not None
+    console.server.process.send_signal(signal.SIGHUP)
+    await console.server.wait_for_line("SIGHUP received: reloaded", after=after)
+    status, _ = await call(console, f"api/streams/{console.lagging}", token)
+    assert status == 401
+    assert (await call(console, "api/session", console.tokens["reader"]))[0] == 200
+
+
 def test_the_pages_load_nothing_from_the_network() -> None:
     for path in STATIC.iterdir():
         text = path.read_text()
@@ -484,7 +505,7 @@ async def browser() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def page(browser: Any) -> AsyncIterator[Any]:
+async def page(browser: Any, console: Console) -> AsyncIterator[Any]:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     opened = await context.new_page()
     requests: list[str] = []
@@ -495,6 +516,8 @@ async def page(browser: Any) -> AsyncIterator[Any]:
         await context.close()
     # Nothing but the console itself, and never a token in a URL.
     assert all(url.startswith("http://127.0.0.1:") for url in requests), requests
+    for token in console.tokens.values():
+        assert not any(token in url for url in requests)
 
 
 async def sign_in(page: Any, console: Console, role: str) -> None:
@@ -589,6 +612,10 @@ async def test_a_read_only_token_cannot_replay(console: Console, page: Any) -> N
     )
     assert status == 403
     await console.client.dead_letters(console.dead).get(letter)
+    # Signing out forgets the token.
+    await page.click("#sign-out")
+    await expect(page.locator("#login")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
 
 
 async def test_a_state_key_its_value_and_history(console: Console, page: Any) -> None:
