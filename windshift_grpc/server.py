@@ -7,8 +7,9 @@ What runs: the EventsService and StateService, the gRPC health service and serve
 on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
 file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``, with ``WINDSHIFT_METRICS`` also ``/metrics``
-(:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`);
-and, without ``NATS_URL``, an embedded nats-server keeping its data in
+(:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`),
+with ``WINDSHIFT_CONSOLE`` the web console under ``/console/``
+(:mod:`windshift_grpc.console`, reading the same Sampler); and, without ``NATS_URL``, an embedded nats-server keeping its data in
 ``WINDSHIFT_DATA_DIR``, on ``WINDSHIFT_EMBEDDED_NATS_PORT`` (kept across restarts; another
 port, with a WARNING saying why, only when another program listens there), accepting only
 this process (a random user and password, made at each start, in files only the owner may
@@ -59,7 +60,7 @@ from grpc_reflection.v1alpha import reflection
 import windshift
 from windshift import UnavailableError
 from windshift._embedded import EmbeddedNats, free_port
-from windshift_grpc import metrics, telemetry
+from windshift_grpc import console, metrics, telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
@@ -73,7 +74,7 @@ from windshift_grpc.health import GrpcHealth, Readiness, http_routes
 from windshift_grpc.http import HttpServer
 from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.sampling import Sampler
-from windshift_grpc.settings import Settings, SettingsError
+from windshift_grpc.settings import Settings, SettingsError, descriptor_pool_of
 from windshift_grpc.state_service import StateService
 
 if TYPE_CHECKING:
@@ -356,15 +357,16 @@ async def _run(
     worker: WorkerLink | None,
 ) -> None:
     stopping = asyncio.Event()
-    # The process' one Sampler: /metrics' consumer gauges read it (and the console may).
+    # The process' one Sampler: /metrics' consumer gauges and the console's charts read it.
     # (With several workers the supervisor serves HEALTH_PORT, and they sample nothing.)
     sampler = (
         Sampler(client, interval=settings.sample_interval)
-        if settings.metrics and worker is None
+        if (settings.metrics or settings.console) and worker is None
         else None
     )
     if sampler is not None:
-        metrics.observe(sampler)
+        if settings.metrics:
+            metrics.observe(sampler)
         await sampler.start()  # the first round now: a first scrape finds the consumers
     readiness = Readiness(client)
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
@@ -409,6 +411,15 @@ async def _run(
         http.app.add_routes(http_routes(readiness))
         if exporter is not None:
             http.app.add_routes(metrics.http_routes(exporter, access))
+        if settings.console and sampler is not None:
+            pool = (
+                None
+                if settings.console_descriptors is None
+                else descriptor_pool_of(settings.console_descriptors)
+            )
+            console.mount(
+                http.app, client, access, sampler, hosts=settings.console_hosts, pool=pool
+            )
         try:
             await http.start()
         except OSError as exc:
