@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from windshift import __version__
-from windshift._cli import _run
+from windshift._cli import _consumers, _run, _streams
 
 app = typer.Typer(
     name="windshift",
@@ -22,6 +22,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("run", no_args_is_help=True)(_run.run)
+app.command("streams")(_streams.streams)
+app.command("stream", no_args_is_help=True)(_streams.stream)
+app.command("consumers", no_args_is_help=True)(_consumers.consumers)
 
 
 def _print_version(value: bool) -> None:
