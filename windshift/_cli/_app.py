@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from windshift import __version__
-from windshift._cli import _consumers, _run, _streams
+from windshift._cli import _consumers, _run, _streams, _tail
 
 app = typer.Typer(
     name="windshift",
@@ -25,6 +25,7 @@ app.command("run", no_args_is_help=True)(_run.run)
 app.command("streams")(_streams.streams)
 app.command("stream", no_args_is_help=True)(_streams.stream)
 app.command("consumers", no_args_is_help=True)(_consumers.consumers)
+app.command("tail", no_args_is_help=True)(_tail.tail)
 
 
 def _print_version(value: bool) -> None:
