@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from windshift import __version__
-from windshift._cli import _consumers, _dead_letters, _run, _streams, _tail
+from windshift._cli import _consumers, _dead_letters, _run, _state, _streams, _tail
 
 app = typer.Typer(
     name="windshift",
@@ -27,6 +27,7 @@ app.command("stream", no_args_is_help=True)(_streams.stream)
 app.command("consumers", no_args_is_help=True)(_consumers.consumers)
 app.command("tail", no_args_is_help=True)(_tail.tail)
 app.add_typer(_dead_letters.app)
+app.add_typer(_state.app)
 
 
 def _print_version(value: bool) -> None:
