@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -187,6 +188,10 @@ class RunProcess:
         """Type ^C on the terminal: SIGINT to its foreground process group."""
         os.write(self._master, b"\x03")
 
+    def type(self, text: str) -> None:
+        """Type ``text`` on the terminal (an answer to a prompt)."""
+        os.write(self._master, text.encode())
+
     async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
         """Wait for the process to exit (within ``timeout`` seconds); its exit code."""
         assert self.process is not None
@@ -226,6 +231,24 @@ async def run_windshift(
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_in_process(*args: str) -> tuple[int, str, str]:
+    """Run ``windshift ARGS`` in this process (in a thread, as it runs its own event loop).
+
+    Its exit code, and what it wrote on stdout and stderr. Quicker than a
+    child process; for what needs no signal, terminal or environment.
+    """
+    from windshift._cli._app import run_app
+
+    out, err = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return run_app(list(args))
+
+    code = await asyncio.to_thread(run)
+    return code, out.getvalue(), err.getvalue()
 
 
 def json_lines(lines: Sequence[str]) -> list[dict[str, object]]:

@@ -10,7 +10,6 @@ terminal (stderr) and ends with a summary; ``purge`` asks first unless
 from __future__ import annotations
 
 import base64
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from windshift._cli._connection import NatsOptions, connection_options, with_cli
 from windshift._cli._output import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
-    JsonOption,
     Failure,
+    JsonOption,
     Output,
     fields,
     iso,
@@ -102,7 +101,9 @@ def parse_selection(text: str | None, every: bool) -> Selection:
     for part in text.split(","):
         found = _PART.match(part.strip())
         if not found:
-            raise usage_error(f"{part.strip()!r} is not a dead letter id or a range of them (10-20)")
+            raise usage_error(
+                f"{part.strip()!r} is not a dead letter id or a range of them (10-20)"
+            )
         low = int(found[1])
         high = int(found[2]) if found[2] is not None else None
         if low < 1 or low > _LAST_ID or (high is not None and not low <= high <= _LAST_ID):
@@ -232,7 +233,15 @@ def list_letters(
             ]
             for letter in letters
         )
-        columns = ["#Id", "Stream/consumer", "#Event", "Subject", "#Attempts", "Dead since", "Reason"]
+        columns = [
+            "#Id",
+            "Stream/consumer",
+            "#Event",
+            "Subject",
+            "#Attempts",
+            "Dead since",
+            "Reason",
+        ]
         out.result(
             [letter_document(letter, pool) for letter in letters],
             table(f"Dead letters of {queue_name}", columns, rows)
@@ -414,7 +423,9 @@ def _summarise(out: Output, outcome: _Outcome, verb: str, queue_name: str) -> No
     if outcome.failed:
         summary += f", {len(outcome.failed)} failed"
     lines = [Text(summary, style="bold")]
-    lines += [Text(f"  {failure['id']}: {failure['error']}", style="red") for failure in outcome.failed]
+    lines += [
+        Text(f"  {failure['id']}: {failure['error']}", style="red") for failure in outcome.failed
+    ]
     if verb == "replayed" and outcome.done:
         lines += [
             Text(f"  {done['id']} -> event {done['event_id']} of {done['stream']}")

@@ -101,7 +101,9 @@ def _import(spec: str) -> ModuleType:
         try:
             loaded.loader.exec_module(module)
         except Exception as exc:
-            raise usage_error(f"--proto {spec!r} failed to import: {type(exc).__name__}: {exc}") from None
+            raise usage_error(
+                f"--proto {spec!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from None
         finally:
             sys.path.pop(0)
         return module
@@ -114,10 +116,14 @@ def _import(spec: str) -> ModuleType:
             f"--proto {spec!r} is neither a descriptor set file nor an importable module ({exc})"
         ) from None
     except Exception as exc:
-        raise usage_error(f"--proto {spec!r} failed to import: {type(exc).__name__}: {exc}") from None
+        raise usage_error(
+            f"--proto {spec!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from None
 
 
-def _collect(descriptor: FileDescriptor, into: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+def _collect(
+    descriptor: FileDescriptor, into: dict[str, descriptor_pb2.FileDescriptorProto]
+) -> None:
     if descriptor.name in into:
         return
     for dependency in descriptor.dependencies:

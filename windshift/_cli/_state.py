@@ -86,7 +86,9 @@ def _entry_document(store: str, entry: StateEntry, pool: DescriptorPool | None) 
     }
 
 
-def _change_document(store: str, change: StateChange, pool: DescriptorPool | None) -> dict[str, Any]:
+def _change_document(
+    store: str, change: StateChange, pool: DescriptorPool | None
+) -> dict[str, Any]:
     return {
         "store": store,
         "key": change.key,
@@ -113,34 +115,24 @@ def stores(*, json_output: JsonOption = False, nats: NatsOptions) -> None:
     out = Output(json_output=json_output)
 
     async def work(client: Client) -> None:
-        found = []
+        found: list[dict[str, Any]] = []
+        rows: list[list[object]] = []
         for name in await client.stores():
             info = await client.stream_info(f"KV_{name}")
+            kept = int(info.config.get("max_msgs_per_subject", 1))
             found.append(
                 {
                     "name": name,
                     "values": info.events,
                     "bytes": info.bytes,
-                    "history": int(info.config.get("max_msgs_per_subject", 1)),
+                    "history": kept,
                     "last_time": iso(info.last_time),
                 }
             )
+            rows.append([name, info.events, info.bytes, kept, shown_time(info.last_time)])
         out.result(
             found,
-            table(
-                None,
-                ["Store", "#Values", "#Bytes", "#History", "Last write"],
-                (
-                    [
-                        store["name"],
-                        store["values"],
-                        store["bytes"],
-                        store["history"],
-                        shown_time(None if store["last_time"] is None else datetime.fromisoformat(store["last_time"])),
-                    ]
-                    for store in found
-                ),
-            )
+            table(None, ["Store", "#Values", "#Bytes", "#History", "Last write"], rows)
             if found
             else "no state stores",
         )
@@ -167,7 +159,9 @@ def get(
         entry = await client.store(store).get(key)
         document = _entry_document(store, entry, pool)
         value = (
-            pretty_json(document["value"]) if document["value"] is not None else _shown_value(document)
+            pretty_json(document["value"])
+            if document["value"] is not None
+            else _shown_value(document)
         )
         out.result(
             document,
@@ -227,7 +221,9 @@ def set_value(
     file: Annotated[
         Path | None,
         typer.Option(
-            "--file", metavar="PATH", help="Read the JSON value from this file (- for stdin).",
+            "--file",
+            metavar="PATH",
+            help="Read the JSON value from this file (- for stdin).",
             show_default=False,
         ),
     ] = None,
@@ -253,14 +249,21 @@ def set_value(
     out = Output(json_output=json_output)
     pool = load_pool(proto or [])
     text = _read_json(value, file)
-    message = _value_of(text, type_name, pool, "the value" if file is None else f"--file {str(file)!r}")
+    message = _value_of(
+        text, type_name, pool, "the value" if file is None else f"--file {str(file)!r}"
+    )
 
     async def work(client: Client) -> None:
         revision = await client.store(store).set(
             key, message, create_only=create_only, last_revision=last_revision
         )
         out.result(
-            {"store": store, "key": key, "revision": revision, "type": message.DESCRIPTOR.full_name},
+            {
+                "store": store,
+                "key": key,
+                "revision": revision,
+                "type": message.DESCRIPTOR.full_name,
+            },
             f"{store} / {key} is at revision {revision}",
         )
 
@@ -294,7 +297,10 @@ def delete(
 def keys(
     store: StoreArgument,
     pattern: Annotated[
-        str, typer.Argument(metavar="[PATTERN]", help="Only keys matching this (* one token, > the rest).")
+        str,
+        typer.Argument(
+            metavar="[PATTERN]", help="Only keys matching this (* one token, > the rest)."
+        ),
     ] = ">",
     *,
     json_output: JsonOption = False,
@@ -326,7 +332,10 @@ def history(
     pool = load_pool(proto or [])
 
     async def work(client: Client) -> None:
-        changes = [_change_document(store, change, pool) for change in await client.store(store).history(key)]
+        changes = [
+            _change_document(store, change, pool)
+            for change in await client.store(store).history(key)
+        ]
         if not changes:
             raise KeyNotFoundError(
                 f"key {key!r} has no history in store {store!r}", store=store, key=key
@@ -367,7 +376,9 @@ def watch(
     ] = True,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", "-n", min=1, help="Stop after this many changes.", show_default=False),
+        typer.Option(
+            "--limit", "-n", min=1, help="Stop after this many changes.", show_default=False
+        ),
     ] = None,
     proto: ProtoOption = None,
     json_output: JsonOption = False,
@@ -391,7 +402,10 @@ def watch(
                 line = Text()
                 line.append(f"{shown_time(change.updated)}  ")
                 line.append(change.key, style="bold")
-                line.append(f"  {change.operation}", style="red" if change.operation == "delete" else "green")
+                line.append(
+                    f"  {change.operation}",
+                    style="red" if change.operation == "delete" else "green",
+                )
                 line.append(f"  rev {change.revision}  ")
                 if change.operation == "set":
                     line.append(_shown_value(document))

@@ -88,7 +88,15 @@ def streams(*, json_output: JsonOption = False, nats: NatsOptions) -> None:
             [summary(info) for info in found],
             table(
                 None,
-                ["Stream", "Subjects", "#Events", "#Bytes", "First event", "Last event", "Retention"],
+                [
+                    "Stream",
+                    "Subjects",
+                    "#Events",
+                    "#Bytes",
+                    "First event",
+                    "Last event",
+                    "Retention",
+                ],
                 (
                     [
                         info.name,
@@ -145,7 +153,10 @@ def stream(
             ("Retention", _retention_text(info)),
             ("Discard", options.discard),
             ("Consumers", info.consumers),
-            ("Storage", f"{info.storage}, {info.replicas} replica(s), compression {options.compression}"),
+            (
+                "Storage",
+                f"{info.storage}, {info.replicas} replica(s), compression {options.compression}",
+            ),
             ("Deduplication window", shown_seconds(info.deduplication_window.total_seconds())),
             ("Max event size", options.max_event_size),
             ("Created", shown_time(info.created)),

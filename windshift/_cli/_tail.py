@@ -179,7 +179,9 @@ def tail(
     ] = False,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", "-n", min=1, help="Stop after this many events.", show_default=False),
+        typer.Option(
+            "--limit", "-n", min=1, help="Stop after this many events.", show_default=False
+        ),
     ] = None,
     consumer: Annotated[
         str | None,
