@@ -20,6 +20,9 @@ from pathlib import Path
 
 STOP_TIMEOUT = 30.0
 
+# The SGR sequences (colours, bold) that rich writes on a terminal.
+_STYLES = re.compile(r"\x1b\[[0-9;]*m")
+
 # The command's own variables: none passes from the developer's environment
 # to the tests' processes (each test says what it sets).
 OWN_VARIABLES = frozenset(
@@ -149,7 +152,9 @@ class RunProcess:
             line = await stream.readline()
             async with self._changed:
                 if line:
-                    into.append(line.decode(errors="replace").rstrip("\n"))
+                    text = line.decode(errors="replace").rstrip("\n")
+                    # What a terminal shows: without its colour and style codes.
+                    into.append(_STYLES.sub("", text) if self.terminal else text)
                 self._changed.notify_all()
             if not line:
                 return

@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import windshift
 from tests._cli import run_env, run_in_process, run_windshift
 from tests._util import publish_many
-import windshift
 from windshift import EmbeddedNats
 from windshift._embedded import free_port
 
