@@ -15,8 +15,13 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from windshift import EmbeddedNats
 
 STOP_TIMEOUT = 30.0
 
@@ -218,6 +223,30 @@ class RunProcess:
                 asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
             self._master = -1
+
+
+Start = Callable[..., Coroutine[Any, Any, RunProcess]]
+
+
+@pytest.fixture
+async def start_windshift(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIterator[Start]:
+    """Start ``windshift ARGS`` as a child process on the session's nats-server.
+
+    Import it into a test module to use it; the processes are killed at the end.
+    """
+    started: list[RunProcess] = []
+
+    async def start(*args: str, terminal: bool = False) -> RunProcess:
+        process = RunProcess(
+            args, cwd=tmp_path, env=run_env(NATS_URL=nats_server.url), terminal=terminal
+        )
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    for process in started:
+        await process.close()
 
 
 async def run_windshift(

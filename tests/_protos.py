@@ -41,8 +41,10 @@ def order(id: str, items: int) -> Message:
     """An ``acme.shop.v1.Order``, from a pool of its own."""
     pool = DescriptorPool()
     pool.Add(_file())
-    kind = message_factory.GetMessageClass(pool.FindMessageTypeByName(TYPE))
-    return kind(id=id, items=items)
+    message = message_factory.GetMessageClass(pool.FindMessageTypeByName(TYPE))()
+    message.id = id  # type: ignore[attr-defined]
+    message.items = items  # type: ignore[attr-defined]
+    return message
 
 
 def write_descriptor_set(path: Path) -> Path:

@@ -7,7 +7,6 @@ import base64
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,34 +17,21 @@ from pydantic import BaseModel
 
 import windshift
 from tests import _protos
-from tests._cli import STOP_TIMEOUT, RunProcess, run_env, run_in_process, run_windshift
+from tests._cli import (
+    STOP_TIMEOUT,
+    Start,
+    run_env,
+    run_in_process,
+    run_windshift,
+)
 from tests._util import publish_many, take
 from windshift import EmbeddedNats, StreamPointer
-
-Start = Callable[..., Coroutine[Any, Any, RunProcess]]
 
 
 class Shipment(BaseModel):
     model_config = {"title": "acme.Shipment"}
     id: str
     boxes: int
-
-
-@pytest.fixture
-async def start_windshift(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIterator[Start]:
-    """Start ``windshift ARGS`` as a child process on the session's nats-server."""
-    started: list[RunProcess] = []
-
-    async def start(*args: str, terminal: bool = False) -> RunProcess:
-        env = run_env(NATS_URL=nats_server.url)
-        process = RunProcess(args, cwd=tmp_path, env=env, terminal=terminal)
-        started.append(process)
-        await process.start()
-        return process
-
-    yield start
-    for process in started:
-        await process.close()
 
 
 async def tail_json(nats_server: EmbeddedNats, *args: str) -> list[dict[str, Any]]:
