@@ -95,6 +95,9 @@ class RunProcess:
         self._changed = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
         self._master = -1
+        #: everything written on the terminal so far, also a line not ended yet (a prompt)
+        self.screen = ""
+        self._screen_changed = asyncio.Event()
 
     @property
     def log(self) -> str:
@@ -145,6 +148,8 @@ class RunProcess:
                 data = b""
             if data:
                 output.feed_data(data.replace(b"\r\n", b"\n"))
+                self.screen += _STYLES.sub("", data.decode(errors="replace"))
+                self._screen_changed.set()
             else:
                 loop.remove_reader(master)
                 output.feed_eof()
@@ -189,6 +194,19 @@ class RunProcess:
 
     async def wait_for_line(self, pattern: str, *, stdout: bool = False) -> str:
         return (await self.wait_for_lines(pattern, stdout=stdout))[0]
+
+    async def wait_for_screen(self, text: str, *, timeout: float = 20.0) -> None:
+        """Wait until ``text`` is on the terminal, a prompt not ended by a newline included."""
+
+        async def wait() -> None:
+            while text not in self.screen:
+                self._screen_changed.clear()
+                await self._screen_changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{text!r} is not on the terminal:\n{self.screen}") from None
 
     def send(self, signum: int) -> None:
         assert self.process is not None
