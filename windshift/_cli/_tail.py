@@ -218,8 +218,6 @@ def tail(
         if begin is None:
             begin = StreamPointer.end() if follow else StreamPointer.start()
         shown = 0
-        if limit is not None and limit < 1:
-            return
         async with client.tail(stream, subjects=subjects, start=begin, follow=follow) as events:
             async for event in events:
                 state = None if info is None else _state_for(info, event.id)
