@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -23,9 +24,10 @@ from tests._cli import (
     run_env,
     run_in_process,
     run_windshift,
+    windshift_command,
 )
 from tests._util import publish_many, take
-from windshift import EmbeddedNats, StreamPointer
+from windshift import EmbeddedNats, OutgoingEvent, StreamPointer
 
 
 class Shipment(BaseModel):
@@ -255,3 +257,32 @@ async def test_limit_ends_a_follow(
     await publish_many(client, f"{name}.a", 3)
     shown = await tail_json(nats_server, name, "--from", "2", "--follow", "--limit", "2")
     assert [e["id"] for e in shown] == [2, 3]
+
+
+async def test_a_reader_that_stops_reading_ends_the_tail_quietly_with_0(
+    client: windshift.Client, nats_server: EmbeddedNats, name: str, tmp_path: Path
+) -> None:
+    # As `windshift tail STREAM --follow | head -1`: more output than a pipe holds.
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    await client.publish_many(
+        [OutgoingEvent(f"{name}.a", StringValue(value="x" * 500)) for _ in range(500)]
+    )
+    reading, writing = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            windshift_command(),
+            *("tail", name, "--from", "start", "--follow", "--json"),
+            cwd=tmp_path,
+            env=run_env(NATS_URL=nats_server.url),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=writing,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(writing)
+    with os.fdopen(reading, "rb") as stdout:
+        first = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 30)
+    # the reader has gone: the next writes fail
+    assert json.loads(first)["id"] == 1
+    _, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
+    assert (process.returncode, err) == (0, b"")

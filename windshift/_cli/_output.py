@@ -44,7 +44,7 @@ _PIPE_WIDTH = 200
 
 
 class Failure(Exception):
-    """Ends a command: the one-line ``message`` on stderr, exit ``code``."""
+    """Ends a command: the one-line ``message`` on stderr (none when empty), exit ``code``."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -68,8 +68,9 @@ def reports_failures(command: Callable[..., R]) -> Callable[..., R]:
         try:
             return command(*args, **kwargs)
         except Failure as failure:
-            sys.stdout.flush()
-            print(f"windshift: {failure.message}", file=sys.stderr, flush=True)
+            if failure.message:
+                sys.stdout.flush()
+                print(f"windshift: {failure.message}", file=sys.stderr, flush=True)
             raise typer.Exit(failure.code) from None
 
     return reporting
@@ -94,17 +95,23 @@ class Output:
 
     def result(self, data: object, renderable: RenderableType | None = None) -> None:
         """The command's answer: ``data`` as JSON with ``--json``, else ``renderable``."""
-        if self.json or renderable is None:
-            self._json(data)
-        else:
-            self.console.print(renderable)
+        self.item(data, renderable)
 
-    def item(self, data: object, renderable: RenderableType) -> None:
-        """One item of a stream of them: a JSON line with ``--json``, else ``renderable``."""
-        if self.json:
-            self._json(data)
-        else:
-            self.console.print(renderable)
+    def item(self, data: object, renderable: RenderableType | None) -> None:
+        """One item of a stream of them: a JSON line with ``--json``, else ``renderable``.
+
+        Raises:
+            Failure: (exit 0, no message) whoever read stdout closed it
+                (``windshift tail ... | head``): the command ends there.
+        """
+        try:
+            if self.json or renderable is None:
+                self._json(data)
+            else:
+                self.console.print(renderable)
+        except (BrokenPipeError, SystemExit):  # rich ends with SystemExit on a broken pipe
+            _silence_stdout()
+            raise Failure(EXIT_OK, "") from None
 
     def note(self, text: str) -> None:
         """A line for people (stderr, never in the JSON): summaries of long work, hints."""
@@ -113,6 +120,15 @@ class Output:
     def _json(self, data: object) -> None:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=_default) + "\n")
         sys.stdout.flush()
+
+
+def _silence_stdout() -> None:
+    # Nothing more can be written there; nor may the interpreter's last flush fail.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (tests' StringIO)
+        pass
 
 
 def _default(value: object) -> object:
