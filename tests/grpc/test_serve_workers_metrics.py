@@ -143,6 +143,12 @@ async def test_lag_grows_while_nothing_consumes(group: ServeProcess, stub: Stub,
     assert workers_of(answer, "windshift_consumer_lag_seconds", **of(name)) == {""}
 
 
+async def test_every_metric_and_label_the_dashboard_uses_is_served(
+    group: ServeProcess, stub: Stub, name: str
+) -> None:
+    await single.test_every_metric_and_label_the_dashboard_uses_is_served(group, stub, name)
+
+
 # --- a worker that does not answer --------------------------------------------------
 
 
