@@ -14,7 +14,7 @@ UV = $(UV_HOME)/bin/uv
 export UV_PROJECT_ENVIRONMENT = $(VENV)
 export UV_PYTHON_DOWNLOADS = never
 
-.PHONY: serve test test-quick lint lock bench proto clean
+.PHONY: serve test test-quick lint lock bench proto clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(UV_HOME)
@@ -34,11 +34,24 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy windshift windshift_grpc tests examples benchmarks
 
-test: lint
+# The console's browser tests drive Debian's Chromium (tests/grpc/test_console.py);
+# as root without one, install it (CI: a fresh Debian machine). Otherwise those
+# tests skip with a message naming what is missing.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "no chromium, and not root: the console's browser tests will skip"; \
+	fi
+
+test: lint browser
 	$(BIN)/pytest -q
 
 # The quick loop: everything but the fault scenarios (marked slow).
-test-quick: $(BIN)/.installed
+test-quick: $(BIN)/.installed browser
 	$(BIN)/pytest -q -m "not slow"
 
 lock: $(UV)

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from windshift import EmbeddedNats
 
 STOP_TIMEOUT = 30.0
+
+# The SGR sequences (colours, bold) that rich writes on a terminal.
+_STYLES = re.compile(r"\x1b\[[0-9;]*m")
 
 # The command's own variables: none passes from the developer's environment
 # to the tests' processes (each test says what it sets).
@@ -86,6 +95,9 @@ class RunProcess:
         self._changed = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
         self._master = -1
+        #: everything written on the terminal so far, also a line not ended yet (a prompt)
+        self.screen = ""
+        self._screen_changed = asyncio.Event()
 
     @property
     def log(self) -> str:
@@ -136,6 +148,8 @@ class RunProcess:
                 data = b""
             if data:
                 output.feed_data(data.replace(b"\r\n", b"\n"))
+                self.screen += _STYLES.sub("", data.decode(errors="replace"))
+                self._screen_changed.set()
             else:
                 loop.remove_reader(master)
                 output.feed_eof()
@@ -148,7 +162,9 @@ class RunProcess:
             line = await stream.readline()
             async with self._changed:
                 if line:
-                    into.append(line.decode(errors="replace").rstrip("\n"))
+                    text = line.decode(errors="replace").rstrip("\n")
+                    # What a terminal shows: without its colour and style codes.
+                    into.append(_STYLES.sub("", text) if self.terminal else text)
                 self._changed.notify_all()
             if not line:
                 return
@@ -179,6 +195,19 @@ class RunProcess:
     async def wait_for_line(self, pattern: str, *, stdout: bool = False) -> str:
         return (await self.wait_for_lines(pattern, stdout=stdout))[0]
 
+    async def wait_for_screen(self, text: str, *, timeout: float = 20.0) -> None:
+        """Wait until ``text`` is on the terminal, a prompt not ended by a newline included."""
+
+        async def wait() -> None:
+            while text not in self.screen:
+                self._screen_changed.clear()
+                await self._screen_changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{text!r} is not on the terminal:\n{self.screen}") from None
+
     def send(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
@@ -186,6 +215,10 @@ class RunProcess:
     def ctrl_c(self) -> None:
         """Type ^C on the terminal: SIGINT to its foreground process group."""
         os.write(self._master, b"\x03")
+
+    def type(self, text: str) -> None:
+        """Type ``text`` on the terminal (an answer to a prompt)."""
+        os.write(self._master, text.encode())
 
     async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
         """Wait for the process to exit (within ``timeout`` seconds); its exit code."""
@@ -210,6 +243,30 @@ class RunProcess:
             self._master = -1
 
 
+Start = Callable[..., Coroutine[Any, Any, RunProcess]]
+
+
+@pytest.fixture
+async def start_windshift(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIterator[Start]:
+    """Start ``windshift ARGS`` as a child process on the session's nats-server.
+
+    Import it into a test module to use it; the processes are killed at the end.
+    """
+    started: list[RunProcess] = []
+
+    async def start(*args: str, terminal: bool = False) -> RunProcess:
+        process = RunProcess(
+            args, cwd=tmp_path, env=run_env(NATS_URL=nats_server.url), terminal=terminal
+        )
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    for process in started:
+        await process.close()
+
+
 async def run_windshift(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None
 ) -> tuple[int, str, str]:
@@ -226,6 +283,24 @@ async def run_windshift(
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_in_process(*args: str) -> tuple[int, str, str]:
+    """Run ``windshift ARGS`` in this process (in a thread, as it runs its own event loop).
+
+    Its exit code, and what it wrote on stdout and stderr. Quicker than a
+    child process; for what needs no signal, terminal or environment.
+    """
+    from windshift._cli._app import run_app
+
+    out, err = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return run_app(list(args))
+
+    code = await asyncio.to_thread(run)
+    return code, out.getvalue(), err.getvalue()
 
 
 def json_lines(lines: Sequence[str]) -> list[dict[str, object]]:

@@ -76,7 +76,7 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
 
 # gRPC façade: `windshift-grpc serve` subprocesses, channels and Events helpers;
 # certificates for the TLS tests.
-pytest_plugins = ["tests.grpc_fixtures", "tests._pki", "pytester"]
+pytest_plugins = ["tests.grpc_fixtures", "tests._pki", "tests._cli", "pytester"]
 
 
 # Metrics: an in-memory reader behind the global meter provider (installed once;

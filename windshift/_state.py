@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from google.protobuf.any_pb2 import Any
+from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
 from windshift import _payloads as payloads
@@ -85,6 +86,15 @@ class StateEntry:
         """
         return _unpack_as(self.key, self.value, message_type)
 
+    def to_json(self, pool: DescriptorPool | None = None) -> object | None:
+        """The value as a JSON-ready document; None when its type is unknown.
+
+        Decoded when ``pool`` (or protobuf's default pool: every generated
+        module imported so far, and the well-known types) knows its type; a
+        pydantic model's value (kept as a ``Struct``) always is.
+        """
+        return payloads.any_to_json(self.value, pool)
+
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
@@ -117,6 +127,10 @@ class StateChange:
                 f"a delete has no value to unpack as {message_type.__name__!r}"
             )
         return _unpack_as(self.key, self.value, message_type)
+
+    def to_json(self, pool: DescriptorPool | None = None) -> object | None:
+        """The new value as :meth:`StateEntry.to_json` reads it; None for a delete or an unknown type."""
+        return None if self.value is None else payloads.any_to_json(self.value, pool)
 
 
 def validate_key(key: object) -> str:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import windshift
     from windshift_grpc.permissions import Access
     from windshift_grpc.sampling import Sampler
+    from windshift_grpc.settings import Settings
 
 logger = logging.getLogger("windshift_grpc.http")
 
@@ -88,6 +89,7 @@ def add_routes(
     access: Access | None,
     sampler: Sampler | None,
     scraped: metrics.Source | None,
+    console: Settings | None = None,
 ) -> None:
     """Add everything ``HEALTH_PORT`` serves to ``app``: the probes, and what the settings turn on.
 
@@ -98,10 +100,25 @@ def add_routes(
         access: the tokens in use (None: no tokens file).
         sampler: the process' one sampler of the consumers (None: nothing is sampled).
         scraped: what ``/metrics`` serves (None: ``WINDSHIFT_METRICS`` is off, 404).
+        console: the settings of a process that serves the web console (it
+            does with ``WINDSHIFT_CONSOLE``, a client and a sampler); None: it does not.
     """
     app.add_routes(health.http_routes(readiness))
     if scraped is not None:
         app.add_routes(metrics.http_routes(scraped, access))
+    if console is not None and console.console and client is not None and sampler is not None:
+        from windshift_grpc import console as web_console  # (it builds on this module)
+        from windshift_grpc.settings import descriptor_pool_of
+
+        descriptors = console.console_descriptors
+        web_console.mount(
+            app,
+            client,
+            access,
+            sampler,
+            hosts=console.console_hosts,
+            pool=None if descriptors is None else descriptor_pool_of(descriptors),
+        )
 
 
 __all__ = ["Handler", "HttpServer", "add_routes"]

@@ -7,8 +7,9 @@ What runs: the EventsService and StateService, the gRPC health service and serve
 on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
 file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``, with ``WINDSHIFT_METRICS`` also ``/metrics``
-(:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`);
-and, without ``NATS_URL``, an embedded nats-server keeping its data in
+(:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`),
+with ``WINDSHIFT_CONSOLE`` the web console under ``/console/``
+(:mod:`windshift_grpc.console`, reading the same Sampler); and, without ``NATS_URL``, an embedded nats-server keeping its data in
 ``WINDSHIFT_DATA_DIR``, on ``WINDSHIFT_EMBEDDED_NATS_PORT`` (kept across restarts; another
 port, with a WARNING saying why, only when another program listens there), accepting only
 this process (a random user and password, made at each start, in files only the owner may
@@ -357,15 +358,16 @@ async def _run(
     worker: WorkerLink | None,
 ) -> None:
     stopping = asyncio.Event()
-    # The process' one Sampler: /metrics' consumer gauges read it (and the console may).
+    # The process' one Sampler: /metrics' consumer gauges and the console's charts read it.
     # (With several workers the supervisor serves HEALTH_PORT, and they sample nothing.)
     sampler = (
         Sampler(client, interval=settings.sample_interval)
-        if settings.metrics and worker is None
+        if (settings.metrics or settings.console) and worker is None
         else None
     )
     if sampler is not None:
-        metrics.observe(sampler)
+        if settings.metrics:
+            metrics.observe(sampler)
         await sampler.start()  # the first round now: a first scrape finds the consumers
     readiness = Readiness(client)
     grpc_health = GrpcHealth(readiness, [EVENTS_SERVICE, STATE_SERVICE])
@@ -414,6 +416,7 @@ async def _run(
             access=access,
             sampler=sampler,
             scraped=exporter,
+            console=settings,
         )
         try:
             await http.start()

@@ -249,6 +249,62 @@ def _host(raw: str) -> str:
         ) from None
 
 
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _hostnames(raw: str) -> tuple[str, ...]:
+    """Host names separated by commas (lowercased)."""
+    names: list[str] = []
+    for name in raw.split(","):
+        name = name.strip().lower().rstrip(".")
+        if not name:
+            continue
+        if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+            raise _Invalid(f"{name!r} is not a host name (e.g. console.example.com)")
+        names.append(name)
+    return tuple(names)
+
+
+def _descriptor_set(raw: str) -> Path:
+    """A file of a ``FileDescriptorSet`` that loads into a descriptor pool."""
+    path = _file(raw)
+    try:
+        descriptor_pool_of(path)
+    except ValueError as exc:
+        raise _Invalid(f"{raw!r}: {exc}") from None
+    return path
+
+
+def descriptor_pool_of(path: Path) -> Any:
+    """A ``DescriptorPool`` holding the files of the ``FileDescriptorSet`` in ``path``.
+
+    Make one with ``protoc --include_imports --descriptor_set_out=FILE``.
+
+    Raises:
+        ValueError: the file is no descriptor set, or a file in it does not load.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message import DecodeError
+
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        files.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise ValueError("not a protobuf FileDescriptorSet (protoc --descriptor_set_out)") from None
+    if not files.file:
+        raise ValueError("the descriptor set holds no file")
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        try:
+            pool.Add(file)
+            pool.FindFileByName(file.name)  # (what it lacks shows only once it is built)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"{file.name!r} does not load ({exc}); make the set with --include_imports"
+            ) from None
+    return pool
+
+
 def _file(raw: str) -> Path:
     """A file that must exist and be readable."""
     path = Path(raw)
@@ -277,6 +333,7 @@ _TLS = "TLS of the gRPC port"
 _NATS = "Credentials and TLS for the NATS of `NATS_URL`"
 _LIMITS = "Limits"
 _METRICS = "Metrics (docs/metrics.md)"
+_CONSOLE = "Web console (docs/console.md)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +407,42 @@ class Settings:
         _seconds(1, 3600),
         "Seconds between two samples of every consumer's counts and lag (each costs "
         "JetStream one request per stream, one per consumer and one more per consumer "
-        "that is behind): the consumer gauges of `/metrics` are at most this old.",
+        "that is behind): the consumer gauges of `/metrics` and the console's lag charts "
+        "are at most this old.",
         group=_METRICS,
         shown="15",
+    )
+    console: bool = _setting(
+        "WINDSHIFT_CONSOLE",
+        False,
+        _flag,
+        "`on`: serve the web console under `/console/` on `HEALTH_PORT`: streams, events, "
+        "consumers with an hour of lag (sampled every `WINDSHIFT_SAMPLE_INTERVAL`), dead "
+        "letters and state stores. With `WINDSHIFT_AUTH_FILE`, it is behind the same tokens "
+        "as the API, and a token's permissions decide what it shows and allows "
+        "(docs/console.md). `off`: `/console` is 404.",
+        group=_CONSOLE,
+        shown="off",
+    )
+    console_hosts: tuple[str, ...] = _setting(
+        "WINDSHIFT_CONSOLE_HOSTS",
+        (),
+        _hostnames,
+        "Host names the console answers to, separated by commas (the name in the browser's "
+        "address bar), besides IP addresses and `localhost`. A request naming any other "
+        "`Host` is refused, so that a web page cannot reach the console through a name it "
+        "controls (DNS rebinding).",
+        group=_CONSOLE,
+        shown="unset",
+    )
+    console_descriptors: Path | None = _setting(
+        "WINDSHIFT_CONSOLE_DESCRIPTORS",
+        None,
+        _descriptor_set,
+        "A protobuf descriptor set (`protoc --include_imports --descriptor_set_out=FILE`): "
+        "the console shows event data, dead letters and state values of its message types "
+        "decoded, as JSON. Without it: JSON data and protobuf's well-known types only.",
+        group=_CONSOLE,
     )
     development: bool = _setting(
         "DEVELOPMENT",
@@ -693,17 +783,27 @@ class Settings:
         self._check_nats()
 
     def _check_metrics(self) -> None:
-        """``/metrics`` names every stream and consumer: never to callers the API would refuse."""
-        if not self.metrics or self.auth_file is not None or self.grpc_tls_client_ca is None:
+        """``/metrics`` and the console name every stream: never to callers the API would refuse."""
+        if self.auth_file is not None or self.grpc_tls_client_ca is None:
             return
         # Client certificates protect the gRPC port only; the HTTP port has no TLS.
-        if not ipaddress.ip_address(self.health_bind).is_loopback:
+        if ipaddress.ip_address(self.health_bind).is_loopback:
+            return
+        if self.metrics:
             raise SettingsError(
                 "WINDSHIFT_METRICS",
                 "on, but /metrics would be open to anyone who reaches HEALTH_PORT, while the "
                 "API requires client certificates (GRPC_TLS_CLIENT_CA), which the HTTP port "
                 "does not check: set WINDSHIFT_AUTH_FILE (a token with the metrics permission "
                 "reads /metrics) or HEALTH_HOST=127.0.0.1",
+            )
+        if self.console:
+            raise SettingsError(
+                "WINDSHIFT_CONSOLE",
+                "on, but the console would be open to anyone who reaches HEALTH_PORT, while "
+                "the API requires client certificates (GRPC_TLS_CLIENT_CA), which the HTTP "
+                "port does not check: set WINDSHIFT_AUTH_FILE (the console then asks for a "
+                "token) or HEALTH_HOST=127.0.0.1",
             )
 
     def _check_server_tls(self) -> None:
@@ -969,6 +1069,7 @@ __all__ = [
     "SettingsError",
     "cpu_count",
     "describe",
+    "descriptor_pool_of",
     "markdown",
 ]
 

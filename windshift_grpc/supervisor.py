@@ -726,6 +726,7 @@ async def supervise(settings: Settings, *, tokens: Tokens | None = None) -> int:
                 access=access,
                 sampler=sampler,
                 scraped=None if exporter is None else _Scraped(exporter, group),
+                console=None,  # (not yet with several workers: docs/console.md)
             )
             try:
                 await http.start()

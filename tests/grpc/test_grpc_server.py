@@ -127,6 +127,8 @@ def test_settings_defaults_and_values() -> None:
         ("WINDSHIFT_METRICS", "maybe"),
         ("WINDSHIFT_SAMPLE_INTERVAL", "0.5"),
         ("WINDSHIFT_SAMPLE_INTERVAL", "often"),
+        ("WINDSHIFT_CONSOLE", "perhaps"),
+        ("WINDSHIFT_CONSOLE_HOSTS", "console example.com"),
         ("WINDSHIFT_WORKERS", "many"),
     ],
 )

@@ -270,6 +270,11 @@ def test_the_wheel_holds_both_packages_their_types_and_the_generated_code(built:
         assert f"{module}i" in files, f"the wheel lacks the stub {module}i"
     assert "windshift-grpc = windshift_grpc.cli:main" in entry_points
     assert "windshift = windshift._cli:main" in entry_points
+    # The web console's pages, served from the package.
+    static = ROOT / "windshift_grpc" / "console" / "static"
+    for page in static.iterdir():
+        shipped = f"windshift_grpc/console/static/{page.name}"
+        assert shipped in files, f"the wheel lacks {shipped}"
 
 
 # -- installed from the wheel, used from outside the checkout -----------------------

@@ -381,3 +381,17 @@ async def test_not_found_errors_name_the_store_and_key(client: windshift.Client,
         async with ghost.watch():
             pass
     assert unwatchable.value.store == f"{name}ghost"
+
+
+async def test_values_and_changes_read_as_json(client: windshift.Client, name: str) -> None:
+    store = await client.ensure_store(name, history=3)
+    await store.set("cart.1", StringValue(value="two items"))
+    await store.delete("cart.1")
+    entry_store = await client.ensure_store(f"{name}b")
+    await entry_store.set("k", Int64Value(value=7))
+    assert (await entry_store.get("k")).to_json() == "7"  # protobuf's JSON mapping of int64
+    changes = await store.history("cart.1")
+    assert [change.to_json() for change in changes] == ["two items", None]
+    unknown = Any(type_url="type.googleapis.com/acme.Unknown", value=b"\x08\x01")
+    await entry_store.set("u", unknown)
+    assert (await entry_store.get("u")).to_json() is None

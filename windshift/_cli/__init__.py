@@ -6,14 +6,20 @@ Example:
         windshift run myapp.workers:worker --server nats://127.0.0.1:4222
 
 One module per subcommand (group), beside this one: ``_run.py`` for
-``windshift run``; the NATS connection options they share are in
-``_connection.py``, the command itself in ``_app.py``. This module imports
-none of them until :func:`main` runs, so that without the extra (typer) the
-command can still say what to install.
+``windshift run``, ``_streams.py`` (``streams``, ``stream``),
+``_consumers.py``, ``_tail.py``, ``_dead_letters.py`` and ``_state.py`` for
+the operator subcommands; what they share: the NATS connection options and
+``with_client`` in ``_connection.py``, tables and ``--json`` and the exit
+codes in ``_output.py``, ``--proto`` in ``_protos.py``; the command itself
+in ``_app.py``. This module imports none of them until :func:`main` runs, so
+that without the extra (typer) the command can still say what to install.
 
-Exit codes: 0 after a clean stop, 1 when the command could not do its work
-(NATS unreachable, a handler's set-up failed), 2 for bad usage (options, an
-import path that names no worker, and the extra not installed).
+Exit codes (docs/cli.md): 0 ok (and after a clean stop of ``run``), 1 when
+the command could not do its work (NATS unreachable, a refusal, a handler's
+set-up failed), 2 for bad usage or input (options, ids, JSON, ``--proto``,
+an import path that names no worker, and the extra not installed), 3 when
+what it names does not exist, 130 when interrupted (Ctrl-C, SIGTERM) in an
+operator subcommand.
 """
 
 from __future__ import annotations

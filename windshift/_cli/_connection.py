@@ -23,10 +23,15 @@ option                 environment          windshift.connect
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import os
+import signal
 import ssl
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -34,6 +39,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 import windshift
+from windshift._cli._output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    Failure,
+)
+from windshift.errors import NotFoundError, ValidationError, WindshiftError
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 _PANEL = "NATS connection"
@@ -321,4 +334,91 @@ def connection_options(command: Callable[..., R]) -> Callable[..., R]:
     return with_options
 
 
-__all__ = ["DEFAULT_SERVER", "NatsOptions", "connection_options"]
+# After Ctrl-C, how long the work may take to end once cancelled (seconds),
+# and how often it is cancelled again meanwhile: on Python 3.11 a cancellation
+# that meets a finishing asyncio.wait_for can be swallowed.
+_INTERRUPT_GRACE = 3.0
+_CANCEL_AGAIN = 0.25
+
+
+def with_client(
+    nats: NatsOptions,
+    work: Callable[[windshift.Client], Coroutine[Any, Any, R]],
+    *,
+    name: str = "windshift",
+) -> R:
+    """Connect with ``nats``, run ``work(client)`` to its end, close; what ``work`` returns.
+
+    SIGINT (Ctrl-C) and SIGTERM cancel the work and end the command with exit
+    130 within a few seconds, whatever the work does with the cancellation.
+    The library's errors become a :class:`~windshift._cli._output.Failure`:
+    a ValidationError exits 2, a NotFoundError 3, any other (NATS
+    unreachable, a refusal) 1, each with its one-line message.
+
+    Raises:
+        Failure: the work failed, or was interrupted.
+    """
+    try:
+        return asyncio.run(_run_interruptibly(_connected(nats, work, name)))
+    except KeyboardInterrupt:  # a SIGINT before the loop's own handler was in place
+        raise Failure(EXIT_INTERRUPTED, "interrupted") from None
+
+
+async def _connected(
+    nats: NatsOptions,
+    work: Callable[[windshift.Client], Coroutine[Any, Any, R]],
+    name: str,
+) -> R:
+    try:
+        client = await nats.connect(name=name)
+    except WindshiftError as exc:
+        raise _failure(exc) from None
+    async with client:
+        try:
+            return await work(client)
+        except WindshiftError as exc:
+            raise _failure(exc) from None
+
+
+def _failure(exc: WindshiftError) -> Failure:
+    if isinstance(exc, ValidationError):
+        return Failure(EXIT_USAGE, str(exc))
+    if isinstance(exc, NotFoundError):
+        return Failure(EXIT_NOT_FOUND, str(exc))
+    return Failure(EXIT_FAILED, str(exc))
+
+
+async def _run_interruptibly(main: Coroutine[Any, Any, R]) -> R:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    interrupted = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    handled = threading.current_thread() is threading.main_thread()
+    if handled:
+        for signum in signals:
+            loop.add_signal_handler(signum, interrupted.set)
+    try:
+        waiter = asyncio.ensure_future(interrupted.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not interrupted.is_set():
+            return task.result()
+        deadline = loop.time() + _INTERRUPT_GRACE
+        while not task.done() and loop.time() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CANCEL_AGAIN)
+        if not task.done():
+            # The work will not end: leave without waiting for it.
+            sys.stdout.flush()
+            print("windshift: interrupted", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with, the interrupt decides
+        raise Failure(EXIT_INTERRUPTED, "interrupted")
+    finally:
+        if handled:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+
+__all__ = ["DEFAULT_SERVER", "NatsOptions", "connection_options", "with_client"]
