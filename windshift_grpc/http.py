@@ -2,9 +2,11 @@
 
 The probes (:func:`windshift_grpc.health.http_routes`) are always there;
 ``/metrics`` and the web console add their routes when their settings turn
-them on. Every answer says ``Cache-Control: no-store`` unless its route set
-its own: what this port tells is about now. Requests are not logged (a probe
-every few seconds would drown the log).
+them on. :func:`add_routes` adds them all, the same way for one process
+(:mod:`windshift_grpc.server`) and for the supervisor of ``serve --workers``
+(:mod:`windshift_grpc.supervisor`). Every answer says ``Cache-Control:
+no-store`` unless its route set its own: what this port tells is about now.
+Requests are not logged (a probe every few seconds would drown the log).
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from windshift_grpc import health, metrics
+
+if TYPE_CHECKING:
+    import windshift
+    from windshift_grpc.permissions import Access
+    from windshift_grpc.sampling import Sampler
+    from windshift_grpc.settings import Settings
 
 logger = logging.getLogger("windshift_grpc.http")
 
@@ -70,4 +81,44 @@ class HttpServer:
                 await runner.cleanup()
 
 
-__all__ = ["Handler", "HttpServer"]
+def add_routes(
+    app: web.Application,
+    *,
+    readiness: health.Check,
+    client: windshift.Client | None,
+    access: Access | None,
+    sampler: Sampler | None,
+    scraped: metrics.Source | None,
+    console: Settings | None = None,
+) -> None:
+    """Add everything ``HEALTH_PORT`` serves to ``app``: the probes, and what the settings turn on.
+
+    Args:
+        readiness: what ``/readyz`` asks.
+        client: the process' library client (None: the supervisor has none,
+            nothing it serves needs one); for what reads NATS on a request.
+        access: the tokens in use (None: no tokens file).
+        sampler: the process' one sampler of the consumers (None: nothing is sampled).
+        scraped: what ``/metrics`` serves (None: ``WINDSHIFT_METRICS`` is off, 404).
+        console: the settings of a process that serves the web console (it
+            does with ``WINDSHIFT_CONSOLE``, a client and a sampler); None: it does not.
+    """
+    app.add_routes(health.http_routes(readiness))
+    if scraped is not None:
+        app.add_routes(metrics.http_routes(scraped, access))
+    if console is not None and console.console and client is not None and sampler is not None:
+        from windshift_grpc import console as web_console  # (it builds on this module)
+        from windshift_grpc.settings import descriptor_pool_of
+
+        descriptors = console.console_descriptors
+        web_console.mount(
+            app,
+            client,
+            access,
+            sampler,
+            hosts=console.console_hosts,
+            pool=None if descriptors is None else descriptor_pool_of(descriptors),
+        )
+
+
+__all__ = ["Handler", "HttpServer", "add_routes"]

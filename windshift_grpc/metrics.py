@@ -25,6 +25,12 @@ that ``OTEL_METRICS_EXPORTER=prometheus`` (which serves the global one on its
 own port) does not double anything. :func:`exposition` is the one function
 that turns a registry into a scrape's answer, for whatever serves it.
 
+With ``serve --workers N`` the supervisor serves ``/metrics``: its own
+registry (its sampler's gauges, its process) and, asked afresh at each scrape,
+every worker's (:meth:`Exporter.openmetrics`), merged by :class:`WorkerSeries`
+with a :data:`WORKER` label on each worker's series and
+:data:`WORKER_UP` telling which workers answered.
+
 Who may read it: the series name every stream, consumer and dead-letter
 stream of every tenant. Without a tokens file the port is as open as the API
 (``HEALTH_HOST`` is loopback while the API is open; under client certificates
@@ -43,7 +49,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from opentelemetry import metrics
@@ -68,6 +74,13 @@ DEAD_LETTER_STREAM = "windshift.dead_letter_stream"
 STREAM_LABELS = tuple(key.replace(".", "_") for key in (STREAM, DEAD_LETTER_STREAM))
 #: The path on ``HEALTH_PORT``.
 PATH = "/metrics"
+#: The label of a worker's series in the supervisor's ``/metrics`` (its number, from 1).
+WORKER = "worker"
+#: The supervisor's gauge of each worker: 1 when it answered this scrape, 0 when its
+#: series are left out (stopped, restarting, or too slow to answer).
+WORKER_UP = "windshift_worker_up"
+#: The content type a worker answers in (OpenMetrics keeps units and info families).
+_OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 _METER = metrics.get_meter(METER_NAME)
 
@@ -122,6 +135,95 @@ class Exporter:
         # Collected at each scrape: what it reads is the SDK's state at that moment.
         self.reader = PrometheusMetricReader(registry=self.registry)
         ProcessCollector(registry=self.registry)
+
+    async def collector(self) -> Collector:
+        """What a scrape of this process serves: its registry (see :class:`Source`)."""
+        return self.registry
+
+    async def openmetrics(self) -> str:
+        """The registry now, as OpenMetrics text: a worker's answer to its supervisor's ``"metrics"``."""
+        body, _ = exposition(self.registry, _OPENMETRICS)
+        return body.decode()
+
+
+class Source(Protocol):
+    """What ``/metrics`` serves: :class:`Exporter`, or a supervisor's merge of its workers."""
+
+    async def collector(self) -> Collector:
+        """The collector of one scrape (asked afresh at each)."""
+        ...
+
+
+class WorkerSeries:
+    """A supervisor's scrape: its own registry, and every worker's series labelled :data:`WORKER`.
+
+    Families of the same name are merged into one (a family is declared once
+    in an exposition): the supervisor's own samples carry no :data:`WORKER`
+    label, each worker's carry its number. :data:`WORKER_UP` says, for each
+    worker, whether its series are in (an answer that cannot be parsed counts
+    as none).
+
+    Args:
+        own: the supervisor's registry.
+        answers: each worker's number and its answer to ``"metrics"``
+            (:meth:`Exporter.openmetrics`), or None when it gave none.
+    """
+
+    def __init__(self, own: Collector, answers: Sequence[tuple[int, str | None]]) -> None:
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+        self._own = own
+        self._workers: list[tuple[str, list[Metric] | None]] = []
+        for index, text in answers:
+            families: list[Metric] | None = None
+            if text is not None:
+                try:
+                    families = list(text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
+                except ValueError as exc:
+                    logger.warning("worker %d answered metrics that do not parse: %s", index, exc)
+            self._workers.append((str(index), families))
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+        merged: dict[str, Metric] = {}
+
+        def add(family: Metric, samples: list[Any]) -> None:
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            elif into.type != family.type:
+                logger.warning(
+                    "metric %s is a %s in one process and a %s in another: the %s is left out",
+                    family.name,
+                    into.type,
+                    family.type,
+                    family.type,
+                )
+                return
+            into.samples.extend(samples)
+
+        for family in self._own.collect():
+            add(family, list(family.samples))
+        up = GaugeMetricFamily(
+            WORKER_UP,
+            "Whether the worker answered this scrape (0: its series are left out).",
+            labels=[WORKER],
+        )
+        for worker, families in self._workers:
+            up.add_metric([worker], 0.0 if families is None else 1.0)
+            for family in families or ():
+                add(
+                    family,
+                    [
+                        sample._replace(labels={**sample.labels, WORKER: worker})
+                        for sample in family.samples
+                    ],
+                )
+        yield from merged.values()
+        yield up
 
 
 def observe(sampler: Sampler, meter: Meter | None = None) -> None:
@@ -271,11 +373,11 @@ _UNAUTHENTICATED = (
 )
 
 
-def http_routes(exporter: Exporter, access: Access | None) -> list[web.RouteDef]:
+def http_routes(source: Source, access: Access | None) -> list[web.RouteDef]:
     """``GET /metrics`` (HEAD too) for :class:`~windshift_grpc.http.HttpServer`.
 
     Args:
-        exporter: what is served.
+        source: what is served (:class:`Exporter`, or a supervisor's workers).
         access: the tokens in use (None: no tokens file, the port is as open as the API).
     """
 
@@ -294,7 +396,8 @@ def http_routes(exporter: Exporter, access: Access | None) -> list[web.RouteDef]
                     text=f"token {grant.name!r} may not read {PATH} (no metrics permission)\n"
                 )
             shown = visible(grant)
-        body, content_type = exposition(exporter.registry, request.headers.get("Accept"), shown)
+        collector = await source.collector()
+        body, content_type = exposition(collector, request.headers.get("Accept"), shown)
         response = web.Response(body=body, headers={"Content-Type": content_type})
         response.enable_compression()
         return response
@@ -308,7 +411,11 @@ __all__ = [
     "PATH",
     "RPC_DURATION",
     "STREAM_LABELS",
+    "WORKER",
+    "WORKER_UP",
     "Exporter",
+    "Source",
+    "WorkerSeries",
     "exposition",
     "http_routes",
     "observe",

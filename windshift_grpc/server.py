@@ -31,7 +31,8 @@ serves the same streams and shares the same durable consumers.
 With ``WINDSHIFT_WORKERS`` above 1 this runs in each worker process of
 :mod:`windshift_grpc.supervisor` (``worker``): the supervisor has checked the
 ports and keeps ``HEALTH_PORT`` and the embedded nats-server; the worker shares
-``GRPC_PORT`` with the others and answers the supervisor's readiness checks.
+``GRPC_PORT`` with the others and answers the supervisor's readiness checks
+(and, with ``WINDSHIFT_METRICS``, its questions for the worker's metrics).
 
 On SIGTERM or SIGINT it reports not ready, answers new calls with
 UNAVAILABLE, ends open Events calls cleanly (status OK; NATS redelivers their
@@ -60,7 +61,7 @@ from grpc_reflection.v1alpha import reflection
 import windshift
 from windshift import UnavailableError
 from windshift._embedded import EmbeddedNats, free_port
-from windshift_grpc import console, metrics, telemetry
+from windshift_grpc import metrics, telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
@@ -70,15 +71,15 @@ from windshift_grpc.auth import Tokens
 from windshift_grpc.calls import CallLayer
 from windshift_grpc.events_service import EventsService
 from windshift_grpc.events_stream import CallLimits
-from windshift_grpc.health import GrpcHealth, Readiness, http_routes
-from windshift_grpc.http import HttpServer
+from windshift_grpc.health import GrpcHealth, Readiness
+from windshift_grpc.http import HttpServer, add_routes
 from windshift_grpc.permissions import Access, Inventory
 from windshift_grpc.sampling import Sampler
-from windshift_grpc.settings import Settings, SettingsError, descriptor_pool_of
+from windshift_grpc.settings import Settings, SettingsError
 from windshift_grpc.state_service import StateService
 
 if TYPE_CHECKING:
-    from windshift_grpc.supervisor import WorkerLink
+    from windshift_grpc.supervisor import Answer, WorkerLink
 
 logger = logging.getLogger("windshift_grpc.server")
 
@@ -408,18 +409,15 @@ async def _run(
     http: HttpServer | None = None
     if worker is None:  # (a worker's supervisor serves HEALTH_PORT)
         http = HttpServer(settings.health_port, host=settings.health_bind)
-        http.app.add_routes(http_routes(readiness))
-        if exporter is not None:
-            http.app.add_routes(metrics.http_routes(exporter, access))
-        if settings.console and sampler is not None:
-            pool = (
-                None
-                if settings.console_descriptors is None
-                else descriptor_pool_of(settings.console_descriptors)
-            )
-            console.mount(
-                http.app, client, access, sampler, hosts=settings.console_hosts, pool=pool
-            )
+        add_routes(
+            http.app,
+            readiness=readiness,
+            client=client,
+            access=access,
+            sampler=sampler,
+            scraped=exporter,
+            console=settings,
+        )
         try:
             await http.start()
         except OSError as exc:
@@ -458,7 +456,11 @@ async def _run(
             nats_at,
         )
         # From now on a SIGHUP reloads: the supervisor passes them on once it is told.
-        link = asyncio.create_task(worker.serve({"check": readiness.check}, lost=_lost(signalled)))
+        # (and answers "metrics" with its own registry: the supervisor serves /metrics)
+        answers: dict[str, Answer] = {"check": readiness.check}
+        if exporter is not None:
+            answers["metrics"] = exporter.openmetrics
+        link = asyncio.create_task(worker.serve(answers, lost=_lost(signalled)))
     try:
         await signalled.wait()
     finally:

@@ -21,14 +21,26 @@ What the supervisor does, and the workers leave to it:
   worker connects to it with its user and password, which the supervisor
   sends over the worker's link (never in the environment or the command
   line, which other users of the machine may read).
-* It alone serves ``HEALTH_PORT`` (:class:`~windshift_grpc.http.HttpServer`):
-  ``/healthz``, and ``/readyz``, which asks every worker afresh and is ready
-  only when all are (``503 not ready: worker 2 of 4: not connected to
-  NATS``). The gRPC health service of each worker reports that worker.
+* It alone serves ``HEALTH_PORT`` (:class:`~windshift_grpc.http.HttpServer`,
+  its routes added by :func:`~windshift_grpc.http.add_routes` as one
+  process adds them): ``/healthz``, and ``/readyz``, which asks every worker
+  afresh and is ready only when all are (``503 not ready: worker 2 of 4: not
+  connected to NATS``). The gRPC health service of each worker reports that
+  worker.
+* With ``WINDSHIFT_METRICS`` it serves ``/metrics`` too, with the same
+  tokens and per-stream views as one process. It has a NATS connection of
+  its own and the server's one :class:`~windshift_grpc.sampling.Sampler`
+  (the workers sample nothing), whose gauges it serves unlabelled; at each
+  scrape it asks every worker for its registry (``"metrics"``, at most
+  :data:`METRICS_WAIT` seconds) and serves each worker's series with a
+  ``worker`` label (:class:`~windshift_grpc.metrics.WorkerSeries`). A worker
+  that does not answer (stopped, restarting, stuck) is left out of that
+  scrape, and ``windshift_worker_up{worker="2"}`` is 0.
 * Signals: SIGTERM and SIGINT are passed on to every worker as SIGTERM; each
   stops gracefully as :mod:`windshift_grpc.server` describes, and the
   supervisor exits 0 once all have. SIGHUP is passed on: every worker
-  reloads the tokens file. The workers run in process groups of their own,
+  reloads the tokens file (and so does the supervisor, for ``/metrics``).
+  The workers run in process groups of their own,
   so that a Ctrl-C on the terminal reaches the supervisor alone.
 * Crashes: a worker that exits without being asked to (a crash, a kill, an
   exit of its own) is started again after :data:`RESTART_DELAY` seconds,
@@ -50,17 +62,15 @@ The link of each worker is a Unix socket pair, one JSON object per line:
   handlers in place;
 * supervisor to worker: a question, ``{"ask": "check", "id": n}``, answered
   ``{"id": n, "answer": ...}`` (or ``{"id": n, "failed": why}``): for
-  ``check`` (``/readyz``), null when the worker is ready, else why not
+  ``check`` (``/readyz``), null when the worker is ready, else why not; for
+  ``metrics`` (``/metrics``), the OpenMetrics text of its registry
   (:meth:`_Worker.ask`).
 
 The questions a worker answers are the ``answers`` the server gives
-:meth:`WorkerLink.serve`. Whatever the HTTP port serves later that needs
-every worker's figures is one more question: for ``/metrics``, each worker
-would answer ``"metrics"`` with the exposition text of its registry, and the
-supervisor would parse the answers and serve them, each series with a
-``worker`` label, through a collector of its own registry. The worker process
-is ``python -m windshift_grpc.supervisor INDEX COUNT FD``, a command for the
-supervisor alone.
+:meth:`WorkerLink.serve`; whatever the HTTP port serves later that needs
+every worker's figures is one more. The worker process is ``python -m
+windshift_grpc.supervisor INDEX COUNT FD``, a command for the supervisor
+alone.
 """
 
 from __future__ import annotations
@@ -79,11 +89,13 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import windshift
 from windshift import UnavailableError
-from windshift_grpc import logs
+from windshift_grpc import logs, metrics, telemetry
 from windshift_grpc.auth import Tokens
-from windshift_grpc.health import http_routes
-from windshift_grpc.http import HttpServer
+from windshift_grpc.http import HttpServer, add_routes
+from windshift_grpc.permissions import Access, Inventory
+from windshift_grpc.sampling import Sampler
 from windshift_grpc.server import (
     SHUTDOWN_GRACE,
     _announce_access,
@@ -108,6 +120,10 @@ MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 #: Seconds ``/readyz`` waits for a worker's answer (its own check takes at most 1).
 CHECK_WAIT = 1.5
+#: Seconds a scrape of ``/metrics`` waits for a worker's metrics (then it is left out).
+METRICS_WAIT = 1.5
+#: The longest line the supervisor reads from a link (a worker's metrics are one line).
+LINE_LIMIT = 64 * 2**20
 #: Seconds a worker gets to stop after SIGTERM before it is killed.
 STOP_WAIT = SHUTDOWN_GRACE + 5.0
 
@@ -333,7 +349,7 @@ class _Worker:
             raise
         finally:
             theirs.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
         self._writer.write(first)
         self.down = "starting"
         self.started = asyncio.get_running_loop().create_future()
@@ -391,6 +407,18 @@ class _Worker:
             return str(exc)
         return None if reason is None else str(reason)
 
+    async def metrics(self) -> str | None:
+        """Its metrics as OpenMetrics text, asked now; None when it gave none in time."""
+        try:
+            answer = await self.ask("metrics", METRICS_WAIT)
+        except _Unanswered as exc:
+            logger.info("/metrics leaves %s out: it %s", self.name, exc)
+            return None
+        if not isinstance(answer, str):
+            logger.warning("/metrics leaves %s out: its answer is not text", self.name)
+            return None
+        return answer
+
     async def close(self) -> None:
         """Close the link (after the process has ended)."""
         if self._writer is not None:
@@ -403,8 +431,11 @@ class _Worker:
 class _Group:
     """The workers: started, watched, restarted, checked and stopped together."""
 
-    def __init__(self, settings: Settings, count: int, nats: Nats | None) -> None:
+    def __init__(
+        self, settings: Settings, count: int, nats: Nats | None, access: Access | None = None
+    ) -> None:
         self._settings = settings
+        self._access = access
         self.workers = [_Worker(index, count) for index in range(1, count + 1)]
         self._first = _line({"nats": None if nats is None else list(nats)})
         # A worker is one process of the group: it never starts workers of its own.
@@ -427,6 +458,11 @@ class _Group:
         ]
         return "; ".join(down) or None
 
+    async def metrics(self) -> list[tuple[int, str | None]]:
+        """Every worker's number and metrics, asked at once (None: it gave none in time)."""
+        answers = await asyncio.gather(*(worker.metrics() for worker in self.workers))
+        return [(worker.index, text) for worker, text in zip(self.workers, answers, strict=True)]
+
     # -- signals
 
     def on_signal(self, signum: int) -> None:
@@ -443,6 +479,11 @@ class _Group:
             logger.warning("SIGHUP received: no WINDSHIFT_AUTH_FILE to reload")
             return
         self._hangups += 1
+        if self._access is not None:  # the supervisor's own, for /metrics
+            try:
+                self._access.reload(Tokens.load(self._settings.auth_file))
+            except SettingsError as exc:
+                logger.error("SIGHUP received: the supervisor keeps the tokens in use: %s", exc)
         serving = [worker for worker in self.workers if worker.down is None and worker.alive]
         for worker in serving:
             self._hang_up(worker)
@@ -614,37 +655,79 @@ class _Group:
         return True
 
 
+class _Scraped:
+    """What the supervisor's ``/metrics`` serves: its own registry and its workers' answers."""
+
+    def __init__(self, exporter: metrics.Exporter, group: _Group) -> None:
+        self._exporter = exporter
+        self._group = group
+
+    async def collector(self) -> metrics.WorkerSeries:
+        return metrics.WorkerSeries(self._exporter.registry, await self._group.metrics())
+
+
 async def supervise(settings: Settings, *, tokens: Tokens | None = None) -> int:
     """Run ``settings.workers`` workers until SIGTERM or SIGINT (see the module docstring).
 
     Args:
         settings: what to serve, where; ``settings.workers`` says how many.
-        tokens: the loaded ``WINDSHIFT_AUTH_FILE`` (for the log; each worker
-            loads the file itself, and again on SIGHUP).
+        tokens: the loaded ``WINDSHIFT_AUTH_FILE``; read here when not given
+            (each worker loads the file itself, and again on SIGHUP).
 
     Returns:
         The process exit code: 0 after a graceful stop of every worker, 1
         when the server could not start or a worker kept crashing.
     """
+    if tokens is None and settings.auth_file is not None:
+        tokens = Tokens.load(settings.auth_file)
     try:
         # The workers share GRPC_PORT with each other, never with another program.
         _check_port("GRPC_PORT", settings.grpc_bind, settings.grpc_port)
         _check_port("HEALTH_PORT", settings.health_bind, settings.health_port)
     except OSError as exc:
         return _could_not_start(exc)
+    try:
+        exporter = metrics.Exporter() if settings.metrics else None
+    except RuntimeError as exc:
+        return _could_not_start(exc)
+    # The supervisor's own telemetry: its sampler's gauges (the workers' go their own ways).
+    tracing = None if exporter is None else telemetry.configure(metric_readers=[exporter.reader])
     loop = asyncio.get_running_loop()
     try:
         async with contextlib.AsyncExitStack() as stack:
             nats: Nats | None = None
-            if not settings.nats_servers:
+            servers, options = settings.nats_servers, settings.nats_options()
+            if not servers:
                 nats_server = await _start_embedded(settings, clients="the workers of this server")
                 stack.push_async_callback(nats_server.stop, remove_data=False)
                 nats = ([nats_server.url], nats_server.connect_options())
-            group = _Group(settings, settings.workers, nats)
-            # The HTTP port is the supervisor's: /readyz asks every worker.
-            # (/metrics and the console add their routes here too.)
+                servers, options = nats
+            client: windshift.Client | None = None
+            sampler: Sampler | None = None
+            if exporter is not None:  # what /metrics needs: the consumers, sampled once
+                client = await windshift.connect(
+                    servers, name="windshift-grpc supervisor", limits=settings.limits(), **options
+                )
+                stack.push_async_callback(client.close)
+                sampler = Sampler(client, interval=settings.sample_interval)
+                metrics.observe(sampler)
+                await sampler.start()  # the first round now: a first scrape finds the consumers
+                stack.push_async_callback(sampler.stop)
+            access = None
+            if tokens is not None and exporter is not None:
+                access = Access(tokens, inventory=None if client is None else Inventory(client))
+            group = _Group(settings, settings.workers, nats, access)
+            # The HTTP port is the supervisor's: /readyz asks every worker, /metrics too.
             http = HttpServer(settings.health_port, host=settings.health_bind)
-            http.app.add_routes(http_routes(group))
+            add_routes(
+                http.app,
+                readiness=group,
+                client=client,
+                access=access,
+                sampler=sampler,
+                scraped=None if exporter is None else _Scraped(exporter, group),
+                console=None,  # (not yet with several workers: docs/console.md)
+            )
             try:
                 await http.start()
             except OSError as exc:
@@ -660,6 +743,9 @@ async def supervise(settings: Settings, *, tokens: Tokens | None = None) -> int:
             code = await group.run()
     except (UnavailableError, OSError, RuntimeError) as exc:
         return _could_not_start(exc)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     if code == 0:
         logger.info("windshift-grpc stopped")
     else:
@@ -675,7 +761,9 @@ def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
 __all__ = [
     "CHECK_WAIT",
     "CRASH_WINDOW",
+    "LINE_LIMIT",
     "MAX_CRASHES",
+    "METRICS_WAIT",
     "RESTART_DELAY",
     "RESTART_DELAY_MAX",
     "STOP_WAIT",

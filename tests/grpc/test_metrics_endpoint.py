@@ -9,6 +9,7 @@ sampling round, a counted dead letter), never a sleep for time to pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -127,7 +128,7 @@ def of(stream: str, consumer: str = CONSUMER) -> dict[str, str]:
 # --- servers -----------------------------------------------------------------------
 
 
-def _embedded(tmp: Path, **env: str | None) -> ServeProcess:
+def metered_serve(tmp: Path, **env: str | None) -> ServeProcess:
     """A serve with WINDSHIFT_METRICS on, sampling every second, on an embedded NATS of its own."""
     return ServeProcess(
         serve_env(
@@ -143,7 +144,7 @@ def _embedded(tmp: Path, **env: str | None) -> ServeProcess:
 
 @pytest.fixture(scope="module")
 async def metered(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServeProcess]:
-    server = _embedded(tmp_path_factory.mktemp("metered"))
+    server = metered_serve(tmp_path_factory.mktemp("metered"))
     await server.start()
     try:
         yield server
@@ -157,11 +158,13 @@ async def stub(metered: ServeProcess) -> AsyncIterator[Stub]:
         yield pb_grpc.EventsServiceStub(channel)  # type: ignore[misc]
 
 
-def _dead(stream: str) -> str:
+def dead_of(stream: str) -> str:
     return f"{stream}dead"
 
 
-async def _consumer(stub: Stub, stream: str, metadata: list[tuple[str, str]] | None = None) -> None:
+async def lettered_consumer(
+    stub: Stub, stream: str, metadata: list[tuple[str, str]] | None = None
+) -> None:
     """A stream and a consumer of it, from its start, with a dead-letter stream and two attempts."""
     await stub.EnsureStream(
         pb.EnsureStreamRequest(
@@ -175,7 +178,7 @@ async def _consumer(stub: Stub, stream: str, metadata: list[tuple[str, str]] | N
         subjects=[f"{stream}.>"],
         processing_timeout=duration(60),
         max_delivery_attempts=2,
-        dead_letter_stream=_dead(stream),
+        dead_letter_stream=dead_of(stream),
     )
     getattr(request, "from").start = True
     await stub.EnsureConsumer(request, metadata=metadata)
@@ -216,7 +219,7 @@ async def _redeliver_then_dead_letter(
 async def test_lag_grows_while_nothing_consumes(
     metered: ServeProcess, stub: Stub, name: str
 ) -> None:
-    await _consumer(stub, name)
+    await lettered_consumer(stub, name)
     await publish(stub, f"{name}.a", "one", "two", "three")
 
     first = await until(
@@ -244,8 +247,8 @@ async def test_lag_grows_while_nothing_consumes(
 async def test_redeliveries_and_dead_letters_are_counted(
     metered: ServeProcess, stub: Stub, name: str
 ) -> None:
-    dead = {"windshift_dead_letter_stream": _dead(name)}
-    await _consumer(stub, name)
+    dead = {"windshift_dead_letter_stream": dead_of(name)}
+    await lettered_consumer(stub, name)
     empty = await until(metered, lambda s: s.value("windshift_dead_letters", **dead) is not None)
     assert empty.value("windshift_dead_letters", **dead) == 0
 
@@ -384,21 +387,22 @@ class Secured:
     tenant_metrics: str  # metrics on its own stream only
     mine: str  # the tenant's stream
     theirs: str  # another tenant's
+    tokens_file: Path
 
 
-@pytest.fixture(scope="module")
-async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
-    tmp = tmp_path_factory.mktemp("secured")
+@contextlib.asynccontextmanager
+async def secured_serve(tmp: Path, **env: str) -> AsyncIterator[Secured]:
+    """A metered serve with a tokens file (``env``: more of its environment), sampled once."""
     mine, theirs = f"mine{secrets.token_hex(3)}", f"theirs{secrets.token_hex(3)}"
     tokens = {role: secrets.token_urlsafe(24) for role in ("admin", "scraper", "tenant", "tm")}
-    own = [mine, _dead(mine)]
+    own = [mine, dead_of(mine)]
     entries: list[dict[str, Any]] = [
         {"name": "admin", "token": tokens["admin"], **{p.value: [">"] for p in Permission}},
         {"name": "prometheus", "token": tokens["scraper"], "metrics": [">"]},
         {
             "name": "tenant",
             "token": tokens["tenant"],
-            "publish": [f"{mine}.>", f"{_dead(mine)}.>"],
+            "publish": [f"{mine}.>", f"{dead_of(mine)}.>"],
             "consume": own,
             "manage": own,
             "read_state": [mine],
@@ -409,14 +413,14 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sec
     path = tmp / "tokens.json"
     path.write_text(json.dumps({"tokens": entries}))
     path.chmod(0o600)
-    server = _embedded(tmp / "data", WINDSHIFT_AUTH_FILE=str(path))
+    server = metered_serve(tmp / "data", WINDSHIFT_AUTH_FILE=str(path), **env)
     await server.start()
     try:
         as_admin = [("authorization", f"Bearer {tokens['admin']}")]
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
             for stream in (mine, theirs):
-                await _consumer(stub, stream, as_admin)
+                await lettered_consumer(stub, stream, as_admin)
                 await stub.PublishEvent(
                     pb.PublishEventRequest(subject=f"{stream}.a", data=string_any("x")),
                     metadata=as_admin,
@@ -438,9 +442,16 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sec
             tokens["tm"],
             mine,
             theirs,
+            path,
         )
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
+    async with secured_serve(tmp_path_factory.mktemp("secured")) as secured:
+        yield secured
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token-of-the-file"])
@@ -466,7 +477,7 @@ async def test_a_tenants_metrics_token_reads_its_own_streams_and_nothing_else(
     answer = await scrape(secured.server, secured.tenant_metrics)
     assert answer.status == 200
     assert answer.value("windshift_consumer_lag_events", **of(secured.mine)) == 1
-    dead = {"windshift_dead_letter_stream": _dead(secured.mine)}
+    dead = {"windshift_dead_letter_stream": dead_of(secured.mine)}
     assert answer.value("windshift_dead_letters", **dead) == 0
     assert secured.theirs not in answer.text
     # Nothing that names no stream: not the server's totals, the process or the resource.
@@ -585,12 +596,12 @@ def test_the_dashboard_is_grafana_json_on_a_prometheus_datasource_variable() -> 
 async def test_every_metric_and_label_the_dashboard_uses_is_served(
     metered: ServeProcess, stub: Stub, name: str
 ) -> None:
-    await _consumer(stub, name)
+    await lettered_consumer(stub, name)
     await _redeliver_then_dead_letter(metered, stub, name, observe=False)
     answer = await until(
         metered,
         lambda s: (
-            s.value("windshift_dead_letters", windshift_dead_letter_stream=_dead(name)) == 1
+            s.value("windshift_dead_letters", windshift_dead_letter_stream=dead_of(name)) == 1
             and "windshift_events_dead_lettered_total" in s.names
         ),
     )
