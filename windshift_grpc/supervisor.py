@@ -36,6 +36,8 @@ What the supervisor does, and the workers leave to it:
   ``worker`` label (:class:`~windshift_grpc.metrics.WorkerSeries`). A worker
   that does not answer (stopped, restarting, stuck) is left out of that
   scrape, and ``windshift_worker_up{worker="2"}`` is 0.
+* With ``WINDSHIFT_CONSOLE`` it serves the web console too
+  (:mod:`windshift_grpc.console`), on the same connection, sampler and tokens.
 * Signals: SIGTERM and SIGINT are passed on to every worker as SIGTERM; each
   stops gracefully as :mod:`windshift_grpc.server` describes, and the
   supervisor exits 0 once all have. SIGHUP is passed on: every worker
@@ -479,7 +481,7 @@ class _Group:
             logger.warning("SIGHUP received: no WINDSHIFT_AUTH_FILE to reload")
             return
         self._hangups += 1
-        if self._access is not None:  # the supervisor's own, for /metrics
+        if self._access is not None:  # the supervisor's own, for /metrics and the console
             try:
                 self._access.reload(Tokens.load(self._settings.auth_file))
             except SettingsError as exc:
@@ -704,17 +706,18 @@ async def supervise(settings: Settings, *, tokens: Tokens | None = None) -> int:
                 servers, options = nats
             client: windshift.Client | None = None
             sampler: Sampler | None = None
-            if exporter is not None:  # what /metrics needs: the consumers, sampled once
+            if exporter is not None or settings.console:  # the consumers, sampled once
                 client = await windshift.connect(
                     servers, name="windshift-grpc supervisor", limits=settings.limits(), **options
                 )
                 stack.push_async_callback(client.close)
                 sampler = Sampler(client, interval=settings.sample_interval)
-                metrics.observe(sampler)
+                if exporter is not None:
+                    metrics.observe(sampler)
                 await sampler.start()  # the first round now: a first scrape finds the consumers
                 stack.push_async_callback(sampler.stop)
             access = None
-            if tokens is not None and exporter is not None:
+            if tokens is not None and client is not None:
                 access = Access(tokens, inventory=None if client is None else Inventory(client))
             group = _Group(settings, settings.workers, nats, access)
             # The HTTP port is the supervisor's: /readyz asks every worker, /metrics too.
@@ -726,7 +729,7 @@ async def supervise(settings: Settings, *, tokens: Tokens | None = None) -> int:
                 access=access,
                 sampler=sampler,
                 scraped=None if exporter is None else _Scraped(exporter, group),
-                console=None,  # (not yet with several workers: docs/console.md)
+                console=settings,
             )
             try:
                 await http.start()

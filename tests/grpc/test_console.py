@@ -17,7 +17,7 @@ import secrets
 import shutil
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
 from tests._pki import Pki
-from tests.grpc_fixtures import ServeProcess, serve_env
+from tests.grpc_fixtures import ServeProcess, StartServe, serve_env
 from windshift import EmbeddedNats, StreamPointer
 from windshift_grpc.console.auth import CSRF_HEADER
 from windshift_grpc.settings import Settings, SettingsError
@@ -414,6 +414,36 @@ async def test_a_state_key_shows_its_history_newest_first(console: Console) -> N
     )
     assert status == 200
     assert [change["json"] for change in answer["history"]] == ["3 items", "2 items", "1 items"]
+
+
+async def test_with_several_workers_the_supervisor_serves_the_console(
+    console: Console, start_serve: StartServe
+) -> None:
+    # The same tokens and rules: the supervisor of `--workers 2` has its own
+    # connection, sampler and tokens, and mounts the same console.
+    server = await start_serve(
+        workers=2,
+        WINDSHIFT_AUTH_FILE=str(console.tokens_file),
+        WINDSHIFT_CONSOLE="on",
+        WINDSHIFT_SAMPLE_INTERVAL="1",
+        HEALTH_HOST="127.0.0.1",
+    )
+    grouped = replace(console, server=server)
+    status, answer = await call(grouped, "api/streams", console.tokens["other"])
+    assert status == 200
+    assert [stream["name"] for stream in answer["streams"]] == [console.other]
+    status, answer = await call(grouped, "api/streams", console.tokens["admin"])
+    assert status == 200
+    assert console.lagging in {stream["name"] for stream in answer["streams"]}
+    letter = await _dead_letter(console, "with workers")
+    replay = f"api/dead-letters/{console.dead}/{letter}/replay"
+    status, answer = await call(grouped, replay, console.tokens["reader"], method="POST")
+    assert status == 403
+    assert "manage" in answer["error"]
+    status, _ = await call(grouped, replay, console.tokens["admin"], method="POST")
+    assert status == 200
+    with pytest.raises(windshift.NotFoundError):
+        await console.client.dead_letters(console.dead).get(letter)  # replayed, so gone
 
 
 async def test_no_token_is_ever_logged(console: Console) -> None:
