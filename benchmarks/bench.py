@@ -777,8 +777,8 @@ class Bench:
         self.log = log
         self.admin: windshift.Client | None = None
         self.filler: NatsClient | None = None
-        #: WINDSHIFT_EVENT_LOOP values the gRPC workloads run serve with, in turn.
-        self.grpc_event_loops: tuple[str, ...] = ()
+        #: The environments (beyond the defaults) the gRPC workloads run serve with, in turn.
+        self.grpc_envs: tuple[dict[str, str], ...] = ()
 
     def say(self, text: str) -> None:
         if self.log:
@@ -936,18 +936,17 @@ class Bench:
     async def grpc(self) -> None:
         """PublishEvent(s) and Events consume + ack (also with max_batch) through a real serve.
 
-        Once per event loop of ``--grpc-event-loops`` (the server's default
-        when none is named): the first loop's figures are ``grpc``, any other
-        loop's ``grpc-<loop>``. The no-op server runs last, with the same clients.
+        Once per ``--grpc-env`` (the server's defaults when none is given):
+        the first one's figures are ``grpc``, any other's ``grpc[VAR=VALUE,...]``.
+        The no-op server runs last, with the same clients.
         """
         sizes = self.sizes
         body = make_message().SerializeToString()
-        for index, loop in enumerate(self.grpc_event_loops or ("",)):
-            server = "grpc" if index == 0 else f"grpc-{loop}"
-            extra = {"WINDSHIFT_EVENT_LOOP": loop} if loop else {}
-            shown_loop = f" ({loop})" if loop else ""
+        for index, extra in enumerate(self.grpc_envs or ({},)):
+            shown = ",".join(f"{key}={value}" for key, value in extra.items())
+            server = "grpc" if index == 0 else f"grpc[{shown}]"
             async with grpc_workloads.serve(self.url, extra) as target:
-                await self._grpc_rounds(target, server, shown_loop, body)
+                await self._grpc_rounds(target, server, f" ({shown})" if shown else "", body)
         # The same clients against a server that does nothing: gRPC's own ceiling.
         async with grpc_workloads.serve_noop() as target:
             for round_ in range(sizes.repeat):
@@ -1513,10 +1512,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of " + ",".join(WORKLOADS),
     )
     parser.add_argument(
-        "--grpc-event-loops",
-        default="",
-        help="comma-separated WINDSHIFT_EVENT_LOOP values (asyncio,uvloop) to run the grpc "
-        "workloads' serve with, one after the other (default: the server's default)",
+        "--grpc-env",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE,...",
+        help="settings of the serve the grpc workloads run against (WINDSHIFT_EVENT_LOOP=uvloop,"
+        "WINDSHIFT_RPC_LOG=errors); repeat it to measure several serves in turn, the first "
+        "one's figures in the tables, every one's server CPU in the last table; '' for the "
+        "defaults",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -1568,8 +1571,9 @@ async def main_async(args: argparse.Namespace) -> int:
     async with EmbeddedNats(sync_always=False) as server:
         bench = Bench(server.url, sizes, libraries, log=not args.quiet)
         bench.results.stat = args.stat
-        bench.grpc_event_loops = tuple(
-            loop.strip() for loop in args.grpc_event_loops.split(",") if loop.strip()
+        bench.grpc_envs = tuple(
+            dict(pair.strip().split("=", 1) for pair in env.split(",") if pair.strip())
+            for env in args.grpc_env
         )
         await bench.run(workloads)
         nc = await nats.connect(server.url)
