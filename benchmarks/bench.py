@@ -938,72 +938,74 @@ class Bench:
 
         Once per ``--grpc-env`` (the server's defaults when none is given):
         the first one's figures are ``grpc``, any other's ``grpc[VAR=VALUE,...]``.
-        The no-op server runs last, with the same clients.
+        Every server runs at once, idle but for the one measured, and each
+        round measures them in turn, the no-op server last, with the same
+        clients, so that drift on a shared machine hits all of them alike.
         """
         sizes = self.sizes
         body = make_message().SerializeToString()
-        for index, extra in enumerate(self.grpc_envs or ({},)):
-            shown = ",".join(f"{key}={value}" for key, value in extra.items())
-            server = "grpc" if index == 0 else f"grpc[{shown}]"
-            async with grpc_workloads.serve(self.url, extra) as target:
-                await self._grpc_rounds(target, server, f" ({shown})" if shown else "", body)
-        # The same clients against a server that does nothing: gRPC's own ceiling.
-        async with grpc_workloads.serve_noop() as target:
+        async with contextlib.AsyncExitStack() as stack:
+            servers: list[tuple[grpc_workloads.Target, str, str]] = []
+            for index, extra in enumerate(self.grpc_envs or ({},)):
+                shown = ",".join(f"{key}={value}" for key, value in extra.items())
+                settings = {key: value for key, value in extra.items() if key != "SERVE"}
+                target = await stack.enter_async_context(
+                    grpc_workloads.serve(self.url, settings, extra.get("SERVE"))
+                )
+                label = "grpc" if index == 0 else f"grpc[{shown}]"
+                servers.append((target, label, f" ({shown})" if shown else ""))
+            # The same clients against a server that does nothing: gRPC's own ceiling.
+            noop = await stack.enter_async_context(grpc_workloads.serve_noop())
             for round_ in range(sizes.repeat):
-                with self.server_cpu(target, "PublishEvent", "grpc-noop", sizes.pipelined):
+                for target, label, shown in servers:
+                    await self._grpc_round(round_, target, label, shown, body)
+                with self.server_cpu(noop, "PublishEvent", "grpc-noop", sizes.pipelined):
                     rate = await grpc_workloads.publish_events(
-                        target, "bench.noop", sizes.pipelined, body
+                        noop, "bench.noop", sizes.pipelined, body
                     )
                 self.results.add("pipelined publish", "grpc-noop", rate)
                 self.say(f"[{round_ + 1}] PublishEvent        no-op gRPC {rate:10,.0f} ev/s")
-                with self.server_cpu(target, "Events", "grpc-noop", sizes.consume):
-                    rate = await grpc_workloads.consume_events(
-                        target, "bench", "noop", sizes.consume
-                    )
+                with self.server_cpu(noop, "Events", "grpc-noop", sizes.consume):
+                    rate = await grpc_workloads.consume_events(noop, "bench", "noop", sizes.consume)
                 self.results.add("consume + ack", "grpc-noop", rate)
                 self.say(f"[{round_ + 1}] Events consume+ack  no-op gRPC {rate:10,.0f} ev/s")
 
-    async def _grpc_rounds(
-        self, target: grpc_workloads.Target, server: str, shown_loop: str, body: bytes
+    async def _grpc_round(
+        self, round_: int, target: grpc_workloads.Target, server: str, shown_loop: str, body: bytes
     ) -> None:
         sizes = self.sizes
         batched = GRPC_BATCH if server == "grpc" else f"{GRPC_BATCH}-{server}"
-        for round_ in range(sizes.repeat):
-            async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
-                with self.server_cpu(target, "PublishEvent", server, sizes.pipelined):
-                    rate = await grpc_workloads.publish_events(
-                        target, subject, sizes.pipelined, body
+        async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
+            with self.server_cpu(target, "PublishEvent", server, sizes.pipelined):
+                rate = await grpc_workloads.publish_events(target, subject, sizes.pipelined, body)
+            await self.check_stored(stream, sizes.pipelined)
+        self.results.add("pipelined publish", server, rate)
+        self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s{shown_loop}")
+        async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
+            with self.server_cpu(target, "PublishEvents", server, sizes.pipelined):
+                rate = await grpc_workloads.publish_events_batched(
+                    target, subject, sizes.pipelined, body
+                )
+            await self.check_stored(stream, sizes.pipelined)
+        self.results.add("pipelined publish", batched, rate)
+        self.say(
+            f"[{round_ + 1}] PublishEvents x{grpc_workloads.BATCH:<4} grpc       "
+            f"{rate:10,.0f} ev/s{shown_loop}"
+        )
+        for label, max_batch in ((server, None), (batched, grpc_workloads.MAX_BATCH)):
+            async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
+                await self.fill(subject, sizes.consume)
+                assert self.admin is not None
+                await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
+                rpc = "Events" if max_batch is None else "Events max_batch"
+                with self.server_cpu(target, rpc, server, sizes.consume):
+                    rate = await grpc_workloads.consume_events(
+                        target, stream, "bench", sizes.consume, max_batch
                     )
-                await self.check_stored(stream, sizes.pipelined)
-            self.results.add("pipelined publish", server, rate)
-            self.say(
-                f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s{shown_loop}"
-            )
-            async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
-                with self.server_cpu(target, "PublishEvents", server, sizes.pipelined):
-                    rate = await grpc_workloads.publish_events_batched(
-                        target, subject, sizes.pipelined, body
-                    )
-                await self.check_stored(stream, sizes.pipelined)
-            self.results.add("pipelined publish", batched, rate)
-            self.say(
-                f"[{round_ + 1}] PublishEvents x{grpc_workloads.BATCH:<4} grpc       "
-                f"{rate:10,.0f} ev/s{shown_loop}"
-            )
-            for label, max_batch in ((server, None), (batched, grpc_workloads.MAX_BATCH)):
-                async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
-                    await self.fill(subject, sizes.consume)
-                    assert self.admin is not None
-                    await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
-                    rpc = "Events" if max_batch is None else "Events max_batch"
-                    with self.server_cpu(target, rpc, server, sizes.consume):
-                        rate = await grpc_workloads.consume_events(
-                            target, stream, "bench", sizes.consume, max_batch
-                        )
-                    await self.check_acked(stream)
-                self.results.add("consume + ack", label, rate)
-                shown = "Events consume+ack " if max_batch is None else "Events max_batch   "
-                self.say(f"[{round_ + 1}] {shown} grpc       {rate:10,.0f} ev/s{shown_loop}")
+                await self.check_acked(stream)
+            self.results.add("consume + ack", label, rate)
+            shown = "Events consume+ack " if max_batch is None else "Events max_batch   "
+            self.say(f"[{round_ + 1}] {shown} grpc       {rate:10,.0f} ev/s{shown_loop}")
 
     @contextlib.contextmanager
     def server_cpu(self, target: str, rpc: str, server: str, events: int) -> Iterator[None]:
@@ -1530,7 +1532,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="VAR=VALUE,...",
         help="settings of the serve the grpc workloads run against (WINDSHIFT_EVENT_LOOP=uvloop,"
-        "WINDSHIFT_RPC_LOG=errors); repeat it to measure several serves in turn, the first "
+        "WINDSHIFT_RPC_LOG=errors; SERVE=path runs another windshift-grpc, e.g. another "
+        "checkout's); repeat it to measure several serves in turn, the first "
         "one's figures in the tables, every one's server CPU in the last table; '' for the "
         "defaults",
     )

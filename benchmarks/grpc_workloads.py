@@ -77,10 +77,13 @@ def server_cpu(target: str) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def serve(nats_url: str, extra_env: dict[str, str] | None = None) -> AsyncIterator[Target]:
+async def serve(
+    nats_url: str, extra_env: dict[str, str] | None = None, command: str | None = None
+) -> AsyncIterator[Target]:
     """A ``windshift-grpc serve`` subprocess on free ports; yields its target.
 
-    ``extra_env``: more environment variables for the server (``WINDSHIFT_EVENT_LOOP``, ...).
+    ``extra_env``: more environment variables for the server (``WINDSHIFT_EVENT_LOOP``, ...);
+    ``command``: another ``windshift-grpc`` to run (another checkout's, to compare).
     """
     grpc_port, health_port = free_port(), free_port()
     env = {
@@ -92,7 +95,7 @@ async def serve(nats_url: str, extra_env: dict[str, str] | None = None) -> Async
         "DEVELOPMENT": "false",
         **(extra_env or {}),
     }
-    script = Path(sys.executable).parent / "windshift-grpc"
+    script = Path(command) if command else Path(sys.executable).parent / "windshift-grpc"
     process = await asyncio.create_subprocess_exec(
         str(script),
         "serve",
