@@ -1,9 +1,8 @@
 """One layer for every call: authenticate, admit, decode, authorize, run, map the status, log.
 
-:class:`CallLayer` wraps the handler of every method once, when the services
-are registered (:meth:`CallLayer.registrar`), so no interceptor runs per call
-and gRPC gets no request deserializer: a request stays bytes until its call
-is admitted. For each call, each step once, in this order:
+:class:`CallLayer` is the server's only interceptor. It wraps the handler of
+every method once, at the method's first call, and gRPC gets no request
+deserializer: a request stays bytes until its call is admitted. For each call, each step once, in this order:
 
 1. **authenticate**: with a tokens file, the ``authorization: Bearer``
    metadata must name one of its tokens (UNAUTHENTICATED);
@@ -386,11 +385,11 @@ class _Call:
         logger.log(level, "rpc %s %s %.1fms", method.path, code.name, elapsed, extra=fields)
 
 
-class CallLayer:
-    """Every step of a call, once (see the module docstring), around each method's handler.
+class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The server's one interceptor: every step of a call, once (see the module docstring).
 
-    Register the services through :meth:`registrar`, which wraps each
-    method's handler once, at registration; no interceptor runs per call.
+    Each method's handler is wrapped once, at its first call, and the wrapped
+    handler is remembered; a call costs a dictionary lookup here.
 
     Args:
         admission: counts the API's calls and refuses them while the server
@@ -419,18 +418,25 @@ class CallLayer:
         self.events = EventsCalls() if events is None else events
         self.guards = dict(guards or {})
         self.log_calls = log_calls
+        # path -> (the handler gRPC found, it wrapped by this layer)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def recheck(self) -> int:
         """After a reload of the tokens: end the open Events calls it withdrew; how many."""
         return self.events.recheck() if self.access is not None else 0
 
-    def registrar(self, server: grpc.aio.Server) -> Registrar:
-        """``server`` as the generated ``add_..._to_server`` functions see it, through this layer.
-
-        Example:
-            >>> service_pb2_grpc.add_EventsServiceServicer_to_server(service, layer.registrar(server))
-        """
-        return Registrar(self, server)
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        path: str = details.method
+        known = self._wrapped.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self.wrap(path, handler)
+        if known is not None or len(self._wrapped) < _MAX_METHODS:
+            self._wrapped[path] = (handler, wrapped)
+        return wrapped
 
     def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """``handler`` of the method ``path`` with every step of the layer around it.
@@ -569,57 +575,8 @@ class CallLayer:
         return handle
 
 
-class Registrar:
-    """A server as the generated ``add_..._to_server`` functions see it: every handler wrapped.
-
-    Made by :meth:`CallLayer.registrar`; each handler is wrapped once by
-    :meth:`CallLayer.wrap` and passed on to the real server.
-    """
-
-    def __init__(self, layer: CallLayer, server: grpc.aio.Server) -> None:
-        self._layer = layer
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(_WrappedHandlers(self._layer, handler) for handler in handlers)
-        )
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
-    ) -> None:
-        self._server.add_registered_method_handlers(
-            service,
-            {
-                name: self._layer.wrap(f"/{service}/{name}", handler)
-                for name, handler in handlers.items()
-            },
-        )
+# How many methods' wrapped handlers are remembered (only served methods reach here).
+_MAX_METHODS = 1024
 
 
-class _WrappedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """A generic handler whose method handlers are wrapped by the layer (once per method)."""
-
-    def __init__(self, layer: CallLayer, inner: grpc.GenericRpcHandler) -> None:
-        self._layer = layer
-        self._inner = inner
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method
-        try:
-            return self._wrapped[method]
-        except KeyError:
-            pass
-        handler = self._inner.service(details)
-        wrapped = None if handler is None else self._layer.wrap(method, handler)
-        if handler is not None or len(self._wrapped) < _MAX_UNKNOWN:
-            self._wrapped[method] = wrapped  # (unknown names: a bounded number remembered)
-        return wrapped
-
-
-# How many unknown method names a generic handler remembers (a client may send any).
-_MAX_UNKNOWN = 1024
-
-
-__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Decode", "Guard", "Registrar", "Requests"]
+__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Decode", "Guard", "Requests"]

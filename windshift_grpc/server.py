@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 import windshift
 from windshift import UnavailableError
@@ -390,22 +390,17 @@ async def _run(
         log_calls=settings.rpc_log == "calls",
     )
     server = grpc.aio.server(
+        interceptors=[layer],
         # Refuse to start when the port is taken, rather than share it; the
         # workers of one supervisor share it (which checked that no other
         # program has it).
         options=[("grpc.so_reuseport", 0 if worker is None else 1)],
     )
-    # Every handler is wrapped by the call layer as it is registered.
-    registrar = layer.registrar(server)
-    events_grpc.add_EventsServiceServicer_to_server(events, registrar)
-    state_grpc.add_StateServiceServicer_to_server(StateService(client), registrar)
-    health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, registrar)
-    # (enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server itself.)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(
-            [EVENTS_SERVICE, STATE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
-        ),
-        registrar,
+    events_grpc.add_EventsServiceServicer_to_server(events, server)
+    state_grpc.add_StateServiceServicer_to_server(StateService(client), server)
+    health_pb2_grpc.add_HealthServicer_to_server(grpc_health.servicer, server)
+    reflection.enable_server_reflection(
+        [EVENTS_SERVICE, STATE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
     )
     transport = _listen(server, settings)
 
