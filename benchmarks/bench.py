@@ -207,7 +207,7 @@ class Results:
             return None
         if (stat or self.stat) == "median":
             return statistics.median(values)
-        lower_is_better = workload.endswith(("(ms)", "(MB)"))
+        lower_is_better = workload.endswith(("(ms)", "(MB)", "(µs)"))
         return min(values) if lower_is_better else max(values)
 
 
@@ -777,6 +777,8 @@ class Bench:
         self.log = log
         self.admin: windshift.Client | None = None
         self.filler: NatsClient | None = None
+        #: The environments (beyond the defaults) the gRPC workloads run serve with, in turn.
+        self.grpc_envs: tuple[dict[str, str], ...] = ()
 
     def say(self, text: str) -> None:
         if self.log:
@@ -932,53 +934,89 @@ class Bench:
         self.say(f"warning: {stream}: consumer left events unsettled or pending: {info}")
 
     async def grpc(self) -> None:
-        """PublishEvent(s) and Events consume + ack (also with max_batch) through a real serve."""
+        """PublishEvent(s) and Events consume + ack (also with max_batch) through a real serve.
+
+        Once per ``--grpc-env`` (the server's defaults when none is given):
+        the first one's figures are ``grpc``, any other's ``grpc[VAR=VALUE,...]``.
+        Every server runs at once, idle but for the one measured, and each
+        round measures them in turn, the no-op server last, with the same
+        clients, so that drift on a shared machine hits all of them alike.
+        """
         sizes = self.sizes
         body = make_message().SerializeToString()
-        async with grpc_workloads.serve(self.url) as target:
+        async with contextlib.AsyncExitStack() as stack:
+            servers: list[tuple[grpc_workloads.Target, str, str]] = []
+            for index, extra in enumerate(self.grpc_envs or ({},)):
+                shown = ",".join(f"{key}={value}" for key, value in extra.items())
+                settings = {key: value for key, value in extra.items() if key != "SERVE"}
+                target = await stack.enter_async_context(
+                    grpc_workloads.serve(self.url, settings, extra.get("SERVE"))
+                )
+                label = "grpc" if index == 0 else f"grpc[{shown}]"
+                servers.append((target, label, f" ({shown})" if shown else ""))
+            # The same clients against a server that does nothing: gRPC's own ceiling.
+            noop = await stack.enter_async_context(grpc_workloads.serve_noop())
             for round_ in range(sizes.repeat):
-                async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
+                for target, label, shown in servers:
+                    await self._grpc_round(round_, target, label, shown, body)
+                with self.server_cpu(noop, "PublishEvent", "grpc-noop", sizes.pipelined):
                     rate = await grpc_workloads.publish_events(
-                        target, subject, sizes.pipelined, body
+                        noop, "bench.noop", sizes.pipelined, body
                     )
-                    await self.check_stored(stream, sizes.pipelined)
-                self.results.add("pipelined publish", "grpc", rate)
-                self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s")
-                async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
-                    rate = await grpc_workloads.publish_events_batched(
-                        target, subject, sizes.pipelined, body
-                    )
-                    await self.check_stored(stream, sizes.pipelined)
-                self.results.add("pipelined publish", GRPC_BATCH, rate)
-                self.say(
-                    f"[{round_ + 1}] PublishEvents x{grpc_workloads.BATCH:<4} grpc       "
-                    f"{rate:10,.0f} ev/s"
-                )
-                for server, max_batch in (("grpc", None), (GRPC_BATCH, grpc_workloads.MAX_BATCH)):
-                    async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
-                        await self.fill(subject, sizes.consume)
-                        assert self.admin is not None
-                        await self.admin.ensure_consumer(
-                            stream, "bench", start=StreamPointer.start()
-                        )
-                        rate = await grpc_workloads.consume_events(
-                            target, stream, "bench", sizes.consume, max_batch
-                        )
-                        await self.check_acked(stream)
-                    self.results.add("consume + ack", server, rate)
-                    shown = "Events consume+ack " if max_batch is None else "Events max_batch   "
-                    self.say(f"[{round_ + 1}] {shown} grpc       {rate:10,.0f} ev/s")
-        # The same clients against a server that does nothing: gRPC's own ceiling.
-        async with grpc_workloads.serve_noop() as target:
-            for round_ in range(sizes.repeat):
-                rate = await grpc_workloads.publish_events(
-                    target, "bench.noop", sizes.pipelined, body
-                )
                 self.results.add("pipelined publish", "grpc-noop", rate)
                 self.say(f"[{round_ + 1}] PublishEvent        no-op gRPC {rate:10,.0f} ev/s")
-                rate = await grpc_workloads.consume_events(target, "bench", "noop", sizes.consume)
+                with self.server_cpu(noop, "Events", "grpc-noop", sizes.consume):
+                    rate = await grpc_workloads.consume_events(noop, "bench", "noop", sizes.consume)
                 self.results.add("consume + ack", "grpc-noop", rate)
                 self.say(f"[{round_ + 1}] Events consume+ack  no-op gRPC {rate:10,.0f} ev/s")
+
+    async def _grpc_round(
+        self, round_: int, target: grpc_workloads.Target, server: str, shown_loop: str, body: bytes
+    ) -> None:
+        sizes = self.sizes
+        batched = GRPC_BATCH if server == "grpc" else f"{GRPC_BATCH}-{server}"
+        async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
+            with self.server_cpu(target, "PublishEvent", server, sizes.pipelined):
+                rate = await grpc_workloads.publish_events(target, subject, sizes.pipelined, body)
+            await self.check_stored(stream, sizes.pipelined)
+        self.results.add("pipelined publish", server, rate)
+        self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s{shown_loop}")
+        async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
+            with self.server_cpu(target, "PublishEvents", server, sizes.pipelined):
+                rate = await grpc_workloads.publish_events_batched(
+                    target, subject, sizes.pipelined, body
+                )
+            await self.check_stored(stream, sizes.pipelined)
+        self.results.add("pipelined publish", batched, rate)
+        self.say(
+            f"[{round_ + 1}] PublishEvents x{grpc_workloads.BATCH:<4} grpc       "
+            f"{rate:10,.0f} ev/s{shown_loop}"
+        )
+        for label, max_batch in ((server, None), (batched, grpc_workloads.MAX_BATCH)):
+            async with self.fresh_stream("grpcsub", "grpc") as (stream, subject):
+                await self.fill(subject, sizes.consume)
+                assert self.admin is not None
+                await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
+                rpc = "Events" if max_batch is None else "Events max_batch"
+                with self.server_cpu(target, rpc, server, sizes.consume):
+                    rate = await grpc_workloads.consume_events(
+                        target, stream, "bench", sizes.consume, max_batch
+                    )
+                await self.check_acked(stream)
+            self.results.add("consume + ack", label, rate)
+            shown = "Events consume+ack " if max_batch is None else "Events max_batch   "
+            self.say(f"[{round_ + 1}] {shown} grpc       {rate:10,.0f} ev/s{shown_loop}")
+
+    @contextlib.contextmanager
+    def server_cpu(self, target: str, rpc: str, server: str, events: int) -> Iterator[None]:
+        """Record the server's CPU time per event (µs) over the block, from /proc."""
+        before = grpc_workloads.server_cpu(target)
+        yield
+        after = grpc_workloads.server_cpu(target)
+        if before is not None and after is not None:
+            per_event = (after - before) / events * 1e6
+            self.results.add(cpu_workload(rpc), server, per_event)
+            self.say(f"    server CPU {rpc}: {per_event:,.0f} µs/event ({server})")
 
     async def memory(self) -> None:
         sizes = self.sizes
@@ -1266,6 +1304,51 @@ def grpc_table(results: Results) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+#: The calls whose server CPU per event is measured, in the order of the table.
+CPU_RPCS = ("PublishEvent", "PublishEvents", "Events", "Events max_batch")
+
+
+def cpu_workload(rpc: str) -> str:
+    """The results' name of the server CPU per event of ``rpc``."""
+    return f"server CPU per event, {rpc} (µs)"
+
+
+def cpu_table(results: Results) -> str:
+    """Server CPU per event of each server measured, as a Markdown table (empty when not run).
+
+    One row per server; each unbatched call also as a ratio to the no-op server's.
+    """
+    servers = sorted(
+        {server for rpc in CPU_RPCS for server in results.runs.get(cpu_workload(rpc), {})},
+        key=lambda name: (name == "grpc-noop", name != "grpc", name),
+    )
+    if not servers:
+        return ""
+    lines = [
+        "| server CPU per event (µs) | PublishEvent | /no-op | PublishEvents | Events | "
+        "/no-op | Events max_batch |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def cell(rpc: str, server: str) -> str:
+        figure = results.figure(cpu_workload(rpc), server)
+        return "-" if figure is None else f"{figure:,.0f}"
+
+    for server in servers:
+        cells = []
+        for rpc in CPU_RPCS:
+            cells.append(cell(rpc, server))
+            if rpc in ("PublishEvent", "Events"):
+                cells.append(
+                    ratio(
+                        results.figure(cpu_workload(rpc), server),
+                        results.figure(cpu_workload(rpc), "grpc-noop"),
+                    )
+                )
+        lines.append(f"| {server} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]]:
     """The project's targets: (what, met, detail); met is None when not measured."""
     checks: list[tuple[str, bool | None, str]] = []
@@ -1331,6 +1414,17 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
         if via_grpc is not None:
             met = None if library is None else via_grpc / library >= 0.5
             checks.append((f"{label}: gRPC/library >= 0.5", met, ratio(via_grpc, library)))
+    for rpc in ("PublishEvent", "Events"):
+        grpc, noop = (figure(cpu_workload(rpc), server) for server in ("grpc", "grpc-noop"))
+        if grpc is not None:
+            met = None if noop is None else grpc / noop <= 1.3
+            checks.append(
+                (
+                    f"unbatched {rpc}: server CPU per event <= 1.3x the no-op server's",
+                    met,
+                    ratio(grpc, noop),
+                )
+            )
     growth = figure("backlog RSS growth (MB)", "windshift")
     checks.append(
         (
@@ -1432,6 +1526,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(WORKLOADS),
         help="comma-separated subset of " + ",".join(WORKLOADS),
     )
+    parser.add_argument(
+        "--grpc-env",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE,...",
+        help="settings of the serve the grpc workloads run against (WINDSHIFT_EVENT_LOOP=uvloop,"
+        "WINDSHIFT_RPC_LOG=errors; SERVE=path runs another windshift-grpc, e.g. another "
+        "checkout's); repeat it to measure several serves in turn, the first "
+        "one's figures in the tables, every one's server CPU in the last table; '' for the "
+        "defaults",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # internal: one backlog drain in a fresh process
@@ -1482,6 +1587,10 @@ async def main_async(args: argparse.Namespace) -> int:
     async with EmbeddedNats(sync_always=False) as server:
         bench = Bench(server.url, sizes, libraries, log=not args.quiet)
         bench.results.stat = args.stat
+        bench.grpc_envs = tuple(
+            dict(pair.strip().split("=", 1) for pair in env.split(",") if pair.strip())
+            for env in args.grpc_env
+        )
         await bench.run(workloads)
         nc = await nats.connect(server.url)
         version = nc.connected_server_version
@@ -1515,6 +1624,10 @@ async def main_async(args: argparse.Namespace) -> int:
     if grpc_lines:
         print()
         print(grpc_lines)
+    cpu_lines = cpu_table(results)
+    if cpu_lines:
+        print()
+        print(cpu_lines)
     print()
     checks = targets(results, sizes)
     for what, met, detail in checks:

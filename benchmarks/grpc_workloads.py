@@ -7,6 +7,11 @@ against the library's pipelined publish; Events one event per message and
 with ``max_batch`` against its consume + ack. Each workload checks what it
 got: every publish answered with an id, no id twice, every event received
 exactly once (bench.py also counts the stream and the consumer afterwards).
+
+Both servers are subprocesses whose target is a :class:`Target`, which knows
+the server's pid: :func:`server_cpu` reads the CPU time the server has used
+(user + system, all its threads) from ``/proc/<pid>/stat``, so bench.py
+reports server CPU per event for ``serve`` next to the no-op server's.
 """
 
 from __future__ import annotations
@@ -39,9 +44,47 @@ class CountMismatch(RuntimeError):
     """A workload lost or duplicated events: its figure would mean nothing."""
 
 
+class Target(str):
+    """A server's ``host:port``, which also knows the server's process id."""
+
+    pid: int
+
+    def __new__(cls, address: str, pid: int) -> Target:
+        target = super().__new__(cls, address)
+        target.pid = pid
+        return target
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu(target: str) -> float | None:
+    """CPU seconds (user + system, summed over its threads) the server of ``target`` has used.
+
+    None when ``target`` is not a :class:`Target` or ``/proc`` cannot be read.
+    """
+    pid = getattr(target, "pid", None)
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the command (which may hold spaces) in parentheses:
+            # utime and stime are the 14th and 15th of the whole line.
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 @contextlib.asynccontextmanager
-async def serve(nats_url: str) -> AsyncIterator[str]:
-    """A ``windshift-grpc serve`` subprocess on free ports; yields its target."""
+async def serve(
+    nats_url: str, extra_env: dict[str, str] | None = None, command: str | None = None
+) -> AsyncIterator[Target]:
+    """A ``windshift-grpc serve`` subprocess on free ports; yields its target.
+
+    ``extra_env``: more environment variables for the server (``WINDSHIFT_EVENT_LOOP``, ...);
+    ``command``: another ``windshift-grpc`` to run (another checkout's, to compare).
+    """
     grpc_port, health_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -50,8 +93,9 @@ async def serve(nats_url: str) -> AsyncIterator[str]:
         "HEALTH_PORT": str(health_port),
         "WINDSHIFT_AUTH": "none",
         "DEVELOPMENT": "false",
+        **(extra_env or {}),
     }
-    script = Path(sys.executable).parent / "windshift-grpc"
+    script = Path(command) if command else Path(sys.executable).parent / "windshift-grpc"
     process = await asyncio.create_subprocess_exec(
         str(script),
         "serve",
@@ -71,14 +115,14 @@ async def serve(nats_url: str) -> AsyncIterator[str]:
             await asyncio.sleep(0.05)
         else:
             raise RuntimeError("windshift-grpc serve did not become ready")
-        yield f"127.0.0.1:{grpc_port}"
+        yield Target(f"127.0.0.1:{grpc_port}", process.pid)
     finally:
         process.terminate()
         await process.wait()
 
 
 @contextlib.asynccontextmanager
-async def serve_noop() -> AsyncIterator[str]:
+async def serve_noop() -> AsyncIterator[Target]:
     """The no-op server of ``grpc_noop_server.py`` in a subprocess; yields its target."""
     port = free_port()
     script = Path(__file__).with_name("grpc_noop_server.py")
@@ -89,7 +133,7 @@ async def serve_noop() -> AsyncIterator[str]:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    target = f"127.0.0.1:{port}"
+    target = Target(f"127.0.0.1:{port}", process.pid)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)

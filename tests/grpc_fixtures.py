@@ -205,6 +205,8 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
 
     The API runs without authentication (``WINDSHIFT_AUTH=none``) unless the
     overrides say otherwise; an override of None removes the variable.
+    ``WINDSHIFT_TEST_EVENT_LOOP=uvloop`` in the tests' environment runs every
+    serve on that ``WINDSHIFT_EVENT_LOOP`` (unless a test sets it).
     """
     env = {key: value for key, value in os.environ.items() if _inherited(key)}
     grpc_port = free_port()
@@ -216,6 +218,9 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
         env["NATS_URL"] = nats_url
     if "WINDSHIFT_AUTH_FILE" not in overrides:
         env["WINDSHIFT_AUTH"] = "none"
+    loop = os.environ.get("WINDSHIFT_TEST_EVENT_LOOP", "").strip()
+    if loop:
+        env["WINDSHIFT_EVENT_LOOP"] = loop
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)

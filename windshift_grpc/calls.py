@@ -1,13 +1,17 @@
 """One layer for every call: authenticate, admit, decode, authorize, run, map the status, log.
 
-:class:`CallLayer` is the server's only interceptor. For each call, each step
-once, in this order:
+:class:`CallLayer` is the server's only interceptor. It wraps the handler of
+every method once, at the method's first call, and gRPC gets no request
+deserializer: a request stays bytes until its call is admitted. For each call, each step once, in this order:
 
 1. **authenticate**: with a tokens file, the ``authorization: Bearer``
    metadata must name one of its tokens (UNAUTHENTICATED);
 2. **admit**: the call is counted, or refused with UNAVAILABLE while the
    server drains for a graceful stop (:mod:`windshift_grpc.admission`);
-3. **decode**: bytes that do not parse as the request message are answered
+3. **decode**: only now, after authentication and admission (a streaming
+   call: each message as it is read), are the request's bytes decoded, so
+   an unauthenticated client cannot make the server build a huge message;
+   bytes that do not parse as the request message are answered
    INVALID_ARGUMENT naming the field at fault (gRPC itself would say UNKNOWN;
    see :mod:`windshift_grpc.undecodable`); a method's guard may refuse the
    bytes before they are decoded (PublishEvents counts its events first:
@@ -22,10 +26,13 @@ once, in this order:
    withdrawn token ends its calls at once, silent ones included;
 5. **run** the servicer's method inside an OpenTelemetry ``SERVER`` span
    that continues the caller's W3C trace context, so that the library's
-   publish span becomes its child;
+   publish span becomes its child (a span that neither records nor
+   continues a trace is not made current: nothing would see it);
 6. **map** whatever it raises through :mod:`windshift_grpc.status`;
 7. **log** one line when the call ends: method, status code, duration
-   (never the payload), and record the duration in the histogram
+   (never the payload; with ``WINDSHIFT_RPC_LOG=errors`` only for calls
+   that do not end OK, the others at DEBUG, and nothing is formatted for a
+   line whose level is off), and record the duration in the histogram
    ``rpc.server.call.duration`` (:data:`windshift_grpc.metrics.RPC_DURATION`).
 
 The servicers hold none of this: they convert, call the library and convert
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -85,60 +93,49 @@ FIRST_MESSAGE_WAIT = 1.0
 Guard = Callable[[bytes], str | None]
 """A look at a request's bytes before they are decoded: why it is refused, or None."""
 
-
-class _Malformed:
-    """Stands in for a request whose bytes did not parse."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: str) -> None:
-        self.error = error
+Decode = Callable[[bytes], Any]
+"""A request's bytes to its message; raises :class:`~windshift.ValidationError` (a method's decoder)."""
 
 
-class _Refused(_Malformed):
-    """Stands in for a request its method's guard refused before decoding."""
+def _decoder(
+    method: str, deserializer: Callable[[bytes], Any] | None, guard: Guard | None = None
+) -> Decode | None:
+    """What decodes ``method``'s requests in the layer, after authentication and admission.
 
-    __slots__ = ()
-
-
-def _safe(
-    deserializer: Callable[[bytes], Any] | None, guard: Guard | None = None
-) -> Callable[[bytes], Any] | None:
-    """A deserializer that hands back a :class:`_Malformed` instead of raising."""
+    gRPC gets no deserializer (it hands over the bytes as they came), so that
+    no request is decoded, however large, before its call is admitted. A
+    guard's refusal and bytes that do not parse raise ValidationError
+    (INVALID_ARGUMENT), naming the field at fault where
+    :func:`~windshift_grpc.undecodable.explain` finds it.
+    """
     if deserializer is None:
         return None
     # A generated message's FromString: its class holds the descriptor.
     descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
 
-    def deserialize(data: bytes) -> Any:
-        refusal = None if guard is None else guard(data)
-        if refusal is not None:
-            return _Refused(refusal)
+    def decode(data: bytes) -> Any:
+        if guard is not None:
+            refusal = guard(data)
+            if refusal is not None:
+                raise ValidationError(refusal)
         try:
             return deserializer(data)
         except Exception as exc:
             why = explain(descriptor, data) if isinstance(descriptor, Descriptor) else None
-            return _Malformed(why or str(exc) or type(exc).__name__)
+            raise ValidationError(
+                f"{method}: the request message could not be decoded: "
+                f"{why or str(exc) or type(exc).__name__}"
+            ) from None
 
-    return deserialize
-
-
-def _decoded(method: str, request: Any) -> Any:
-    if isinstance(request, _Refused):
-        raise ValidationError(request.error)
-    if isinstance(request, _Malformed):
-        raise ValidationError(
-            f"{method}: the request message could not be decoded: {request.error}"
-        )
-    return request
+    return decode
 
 
 class Requests(Generic[T], AsyncIterator[T]):
     """A streaming call's requests: decoded and checked as they are read, readable for a refusal.
 
     Args:
-        raw: the messages as gRPC hands them over (possibly malformed).
-        method: the RPC, for messages.
+        raw: the messages' bytes as gRPC hands them over (not decoded yet).
+        decode: decodes each message (None: they are used as they come).
         check: called with every request before it is handed on (authorization).
         call: an Events call's place among the open ones (see the module docstring).
     """
@@ -146,12 +143,12 @@ class Requests(Generic[T], AsyncIterator[T]):
     def __init__(
         self,
         raw: AsyncIterator[Any],
-        method: str,
+        decode: Decode | None,
         check: Callable[[T], None] | None,
         call: EventsCall | None = None,
     ) -> None:
         self._raw = raw
-        self._method = method
+        self._decode = decode
         self._check = check
         self.call = call
         self.started = False
@@ -161,7 +158,8 @@ class Requests(Generic[T], AsyncIterator[T]):
 
     async def __anext__(self) -> T:
         self.started = True
-        request: T = _decoded(self._method, await anext(self._raw))
+        data = await anext(self._raw)
+        request: T = data if self._decode is None else self._decode(data)
         if self._check is not None:
             self._check(request)
         return request
@@ -169,8 +167,9 @@ class Requests(Generic[T], AsyncIterator[T]):
     async def read_first(self) -> None:
         """Read (and drop) the first message unless some was read already (for a refusal).
 
-        Waits at most :data:`FIRST_MESSAGE_WAIT` seconds; whatever reading it
-        raises is ignored, as the call is being refused anyway.
+        Waits at most :data:`FIRST_MESSAGE_WAIT` seconds; the bytes are not
+        decoded, and whatever reading them raises is ignored, as the call is
+        being refused anyway.
         """
         if self.started:
             return
@@ -194,14 +193,49 @@ class _MetadataGetter(Getter[Mapping[str, str]]):
 
 
 _GETTER = _MetadataGetter()
+# The metadata keys of W3C trace context (gRPC metadata keys are lowercase).
+_TRACE_KEYS = frozenset(_PROPAGATOR.fields)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attributes(service: str, name: str, code: int) -> Mapping[str, str | int]:
+    """The attributes of a call's duration, made once per method and status."""
+    return rpc_attributes(service, name, code)
+
+
+class _Method:
+    """What every call of one method shares: its names, log level, and how its requests decode."""
+
+    __slots__ = ("decode", "infrastructure", "level", "name", "path", "protected", "service")
+
+    def __init__(self, path: str, decode: Decode | None, *, log_calls: bool) -> None:
+        self.path = path
+        self.decode = decode
+        self.infrastructure = path.startswith(_QUIET_PREFIXES)
+        self.protected = path.startswith(PROTECTED)
+        # The level of a call that ends OK (one that does not is logged at INFO).
+        self.level = logging.DEBUG if self.infrastructure or not log_calls else logging.INFO
+        self.service, _, self.name = path.lstrip("/").partition("/")
 
 
 class _Call:
     """The bookkeeping of one call: its token, admission, timing, span and log line."""
 
+    __slots__ = (
+        "_admission",
+        "_admitted",
+        "access",
+        "code",
+        "metadata",
+        "method",
+        "span",
+        "started",
+        "token",
+    )
+
     def __init__(
         self,
-        method: str,
+        method: _Method,
         metadata: Sequence[tuple[str, Any]] | None,
         admission: Admission | None,
         access: Access | None,
@@ -209,21 +243,23 @@ class _Call:
         self.method = method
         self.metadata = metadata
         self.started = time.perf_counter()
-        infrastructure = method.startswith(_QUIET_PREFIXES)
-        self._level = logging.DEBUG if infrastructure else logging.INFO
-        self._admission = None if infrastructure else admission
-        self.access = access if method.startswith(PROTECTED) else None
+        self._admission = None if method.infrastructure else admission
+        self.access = access if method.protected else None
         self.token: str | None = None  # the credential of its bearer token
-        carrier = {
-            str(key).lower(): value for key, value in (metadata or ()) if isinstance(value, str)
-        }
-        service, _, name = method.lstrip("/").partition("/")
-        self._service, self._name = service, name
+        carrier: dict[str, str] | None = None
+        for key, value in metadata or ():
+            if key in _TRACE_KEYS and isinstance(value, str):
+                carrier = {} if carrier is None else carrier
+                carrier[key] = value
         self.span: Span = _TRACER.start_span(
-            method.lstrip("/"),
-            context=_PROPAGATOR.extract(carrier, getter=_GETTER),
+            method.path[1:],
+            context=None if carrier is None else _PROPAGATOR.extract(carrier, getter=_GETTER),
             kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": method.service,
+                "rpc.method": method.name,
+            },
         )
         self.code = grpc.StatusCode.OK
         self._admitted = False
@@ -241,17 +277,36 @@ class _Call:
                 await self._abort(context, REFUSAL, requests)
             self._admitted = True
 
+    def decode(self, data: Any) -> Any:
+        """A unary call's request from its bytes (after :meth:`open`); raises ValidationError."""
+        decode = self.method.decode
+        return data if decode is None else decode(data)
+
+    def running(self) -> contextlib.AbstractContextManager[object]:
+        """The call's span as the current one, while the servicer runs.
+
+        A span that records nothing and continues no trace (no SDK, no
+        ``traceparent``) would only make an invalid span current, which is
+        what is current anyway: it is left out.
+        """
+        span = self.span
+        if not span.is_recording() and not span.get_span_context().is_valid:
+            return contextlib.nullcontext()
+        return trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
     def authorized(self, request: Any) -> contextlib.AbstractAsyncContextManager[object]:
         """Check a unary request against the token, for its duration (no-op without tokens)."""
         if self.access is not None and self.token is not None:
-            return self.access.authorized(self.token, self.method, request)
+            return self.access.authorized(self.token, self.method.path, request)
         return contextlib.nullcontext()
 
     def events_entry(self, register: EventsCalls) -> EventsCall | None:
         """An Events call's entry for the register of open ones (None for other methods)."""
-        if self.method != EVENTS_METHOD:
+        if self.method.path != EVENTS_METHOD:
             return None
-        access, token, method = self.access, self.token, self.method
+        access, token, method = self.access, self.token, self.method.path
         if access is None or token is None:
             return EventsCall(register)
 
@@ -269,7 +324,7 @@ class _Call:
         stream is kept in ``events``); any other protected streaming method
         is refused (no permission grants it).
         """
-        access, token, method = self.access, self.token, self.method
+        access, token, method = self.access, self.token, self.method.path
         if access is None or token is None:
             return None
         if method != EVENTS_METHOD or events is None:  # (events: only None for the others)
@@ -290,7 +345,7 @@ class _Call:
         self, context: Any, error: Exception, requests: Requests[Any] | None = None
     ) -> None:
         """Answer ``error`` with its mapped status (raises AbortError)."""
-        self.code, message = status_for(error, self.method)
+        self.code, message = status_for(error, self.method.path)
         await self._abort(context, message, requests)
 
     async def _abort(self, context: Any, message: str, requests: Requests[Any] | None) -> None:
@@ -308,27 +363,33 @@ class _Call:
             self.code = context.code() or grpc.StatusCode.OK
         # else: fail() has set the code
         seconds = time.perf_counter() - self.started
-        elapsed = seconds * 1000
-        RPC_DURATION.record(seconds, rpc_attributes(self._service, self._name, self.code.value[0]))
-        self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
-        if self.code is not grpc.StatusCode.OK:
-            self.span.set_status(Status(StatusCode.ERROR, self.code.name))
-        self.span.end()
+        method, code, span = self.method, self.code, self.span
+        RPC_DURATION.record(seconds, _attributes(method.service, method.name, code.value[0]))
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
         if self._admitted and self._admission is not None:
             self._admission.leave()
-        span_context = self.span.get_span_context()
-        fields = {"method": self.method, "code": self.code.name, "duration_ms": round(elapsed, 1)}
+        level = method.level if code is grpc.StatusCode.OK else max(method.level, logging.INFO)
+        if not logger.isEnabledFor(level):
+            return  # (nothing formatted for a line that is not written)
+        elapsed = seconds * 1000
+        fields: dict[str, Any] = {"method": method.path, "code": code.name}
+        fields["duration_ms"] = round(elapsed, 1)
+        span_context = span.get_span_context()
         if span_context.is_valid:  # the JSON log line carries the call's trace
-            fields.update(
-                trace_id=f"{span_context.trace_id:032x}", span_id=f"{span_context.span_id:016x}"
-            )
-        logger.log(
-            self._level, "rpc %s %s %.1fms", self.method, self.code.name, elapsed, extra=fields
-        )
+            fields["trace_id"] = f"{span_context.trace_id:032x}"
+            fields["span_id"] = f"{span_context.span_id:016x}"
+        logger.log(level, "rpc %s %s %.1fms", method.path, code.name, elapsed, extra=fields)
 
 
 class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The server's one interceptor: every step of a call, once (see the module docstring).
+
+    Each method's handler is wrapped once, at its first call, and the wrapped
+    handler is remembered; a call costs a dictionary lookup here.
 
     Args:
         admission: counts the API's calls and refuses them while the server
@@ -338,6 +399,9 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             one with the default limits.
         guards: method -> its :data:`Guard`, run on each request's bytes
             before they are decoded.
+        log_calls: a line at INFO for every call (``WINDSHIFT_RPC_LOG=calls``);
+            False: only for calls that end with an error status, the others
+            at DEBUG (``errors``).
     """
 
     def __init__(
@@ -346,11 +410,16 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         access: Access | None = None,
         events: EventsCalls | None = None,
         guards: Mapping[str, Guard] | None = None,
+        *,
+        log_calls: bool = True,
     ) -> None:
         self.admission = admission
         self.access = access
         self.events = EventsCalls() if events is None else events
         self.guards = dict(guards or {})
+        self.log_calls = log_calls
+        # path -> (the handler gRPC found, it wrapped by this layer)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def recheck(self) -> int:
         """After a reload of the tokens: end the open Events calls it withdrew; how many."""
@@ -360,45 +429,56 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        method: str = details.method
-        metadata = details.invocation_metadata
-        options = {
-            "request_deserializer": _safe(handler.request_deserializer, self.guards.get(method)),
-            "response_serializer": handler.response_serializer,
-        }
+        path: str = details.method
+        known = self._wrapped.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self.wrap(path, handler)
+        if known is not None or len(self._wrapped) < _MAX_METHODS:
+            self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of the method ``path`` with every step of the layer around it.
+
+        gRPC gets no request deserializer: the layer decodes the bytes once
+        the call is authenticated and admitted (streaming calls: each
+        message as it is read).
+        """
+        method = _Method(
+            path,
+            _decoder(path, handler.request_deserializer, self.guards.get(path)),
+            log_calls=self.log_calls,
+        )
+        serializer = handler.response_serializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, metadata), **options
+                self._unary(handler.unary_unary, method), response_serializer=serializer
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(handler.unary_stream, method, metadata), **options
+                self._unary_stream(handler.unary_stream, method), response_serializer=serializer
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.stream_stream, method, metadata), **options
+                self._streaming(handler.stream_stream, method), response_serializer=serializer
             )
         return grpc.stream_unary_rpc_method_handler(
-            self._streaming(handler.stream_unary, method, metadata), **options
+            self._stream_unary(handler.stream_unary, method), response_serializer=serializer
         )
 
-    def _call(self, method: str, metadata: Any) -> _Call:
-        return _Call(method, metadata, self.admission, self.access)
+    def _call(self, method: _Method, context: Any) -> _Call:
+        return _Call(method, context.invocation_metadata(), self.admission, self.access)
 
-    def _unary(self, behavior: Any, method: str, metadata: Any) -> Callable[[Any, Any], Any]:
-        async def handle(request: Any, context: Any) -> Any:
-            call = self._call(method, metadata)
+    def _unary(self, behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
+        async def handle(data: Any, context: Any) -> Any:
+            call = self._call(method, context)
             error: BaseException | None = None
             try:
                 await call.open(context)
-                request = _decoded(method, request)
+                request = call.decode(data)
                 async with call.authorized(request):
-                    with trace.use_span(
-                        call.span,
-                        end_on_exit=False,
-                        record_exception=False,
-                        set_status_on_exception=False,
-                    ):
+                    with call.running():
                         return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
                 error = exc
@@ -411,17 +491,17 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
-    def _unary_stream(self, behavior: Any, method: str, metadata: Any) -> Callable[[Any, Any], Any]:
+    def _unary_stream(self, behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
         if not inspect.isasyncgenfunction(behavior):
             # A handler that writes with context.write() (health's Watch).
-            return self._unary(behavior, method, metadata)
+            return self._unary(behavior, method)
 
-        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
-            call = self._call(method, metadata)
+        async def handle(data: Any, context: Any) -> AsyncIterator[Any]:
+            call = self._call(method, context)
             error: BaseException | None = None
             try:
                 await call.open(context)
-                request = _decoded(method, request)
+                request = call.decode(data)
                 async with (
                     call.authorized(request),
                     contextlib.aclosing(behavior(request, context)) as responses,
@@ -439,24 +519,23 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
-    def _streaming(self, behavior: Any, method: str, metadata: Any) -> Callable[[Any, Any], Any]:
+    def _streaming(self, behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
+        if not inspect.isasyncgenfunction(behavior):
+            # A handler that writes with context.write() (or answers once).
+            return self._stream_unary(behavior, method)
+
         async def handle(raw: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-            call = self._call(method, metadata)
+            call = self._call(method, context)
             error: BaseException | None = None
-            requests: Requests[Any] = Requests(raw, method, None)
+            requests: Requests[Any] = Requests(raw, None, None)
             events: EventsCall | None = None
             try:
                 await call.open(context, requests)
                 events = call.events_entry(self.events)
-                requests = Requests(raw, method, call.stream_check(events), events)
-                if inspect.isasyncgenfunction(behavior):
-                    async with contextlib.aclosing(behavior(requests, context)) as responses:
-                        async for response in responses:
-                            yield response
-                else:  # a handler that writes with context.write() (or answers once)
-                    answer = await behavior(requests, context)
-                    if answer is not None:
-                        yield answer
+                requests = Requests(raw, method.decode, call.stream_check(events), events)
+                async with contextlib.aclosing(behavior(requests, context)) as responses:
+                    async for response in responses:
+                        yield response
             except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit) as exc:
                 error = exc
                 raise
@@ -470,5 +549,34 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
+    def _stream_unary(self, behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
+        async def handle(raw: AsyncIterator[Any], context: Any) -> Any:
+            call = self._call(method, context)
+            error: BaseException | None = None
+            requests: Requests[Any] = Requests(raw, None, None)
+            events: EventsCall | None = None
+            try:
+                await call.open(context, requests)
+                events = call.events_entry(self.events)
+                requests = Requests(raw, method.decode, call.stream_check(events), events)
+                with call.running():
+                    return await behavior(requests, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
+                error = exc
+                raise
+            except Exception as exc:
+                error = exc
+                await call.fail(context, exc, requests)
+            finally:
+                if events is not None:
+                    events.leave()
+                call.finish(context, error)
 
-__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Guard", "Requests"]
+        return handle
+
+
+# How many methods' wrapped handlers are remembered (only served methods reach here).
+_MAX_METHODS = 1024
+
+
+__all__ = ["FIRST_MESSAGE_WAIT", "CallLayer", "Decode", "Guard", "Requests"]

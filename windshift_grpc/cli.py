@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from windshift import __version__
-from windshift_grpc import logs
+from windshift_grpc import event_loop, logs
 from windshift_grpc.auth import Tokens, hashed, weakness
 from windshift_grpc.settings import Settings, SettingsError, describe
 
@@ -174,10 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(development=settings.development)  # loading the tokens may warn
     try:
         tokens = None if settings.auth_file is None else Tokens.load(settings.auth_file)
+        factory = event_loop.loop_factory(settings.event_loop)  # WINDSHIFT_EVENT_LOOP
     except SettingsError as exc:
         print(f"windshift-grpc: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings, tokens=tokens))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(settings, tokens=tokens))
 
 
 __all__ = ["main"]

@@ -4,8 +4,8 @@ Example:
     >>> asyncio.run(serve(Settings.from_env()))
 
 What runs: the EventsService and StateService, the gRPC health service and server reflection
-on ``GRPC_PORT`` behind :class:`~windshift_grpc.calls.CallLayer` (which, with a tokens
-file, also checks every call's token); ``/healthz`` and ``/readyz`` on
+on ``GRPC_PORT``, each handler wrapped by :class:`~windshift_grpc.calls.CallLayer` (which,
+with a tokens file, also checks every call's token); ``/healthz`` and ``/readyz`` on
 ``HEALTH_PORT``, with ``WINDSHIFT_METRICS`` also ``/metrics``
 (:mod:`windshift_grpc.metrics`, fed by a :class:`~windshift_grpc.sampling.Sampler`),
 with ``WINDSHIFT_CONSOLE`` the web console under ``/console/``
@@ -390,6 +390,7 @@ async def _run(
         access,
         EventsCalls(settings.max_events_calls, settings.max_events_calls_per_token),
         guards=events.guards,
+        log_calls=settings.rpc_log == "calls",
     )
     server = grpc.aio.server(
         interceptors=[layer],

@@ -452,6 +452,25 @@ class Settings:
         "one JSON object per line, or readable lines when stderr is a terminal.",
         group=_SERVING,
     )
+    rpc_log: str = _setting(
+        "WINDSHIFT_RPC_LOG",
+        "calls",
+        _choice("calls", "errors"),
+        "Which calls get a line of the `windshift_grpc.rpc` log. `calls`: every call, "
+        "at INFO. `errors`: only calls that end with a status other than OK; calls that "
+        "end OK are logged at DEBUG (with `DEVELOPMENT=true`), which spares a busy server "
+        "the cost of a line per call (docs/performance.md, The server path).",
+        group=_SERVING,
+    )
+    event_loop: str = _setting(
+        "WINDSHIFT_EVENT_LOOP",
+        "asyncio",
+        _choice("asyncio", "uvloop"),
+        "The event loop `serve` and each of its workers run on. `asyncio`: Python's own. "
+        "`uvloop`: uvloop's (installed with the `grpc` extra), which handles NATS' "
+        "traffic with less CPU (docs/performance.md, The server path).",
+        group=_SERVING,
+    )
     data_dir: Path = _setting(
         "WINDSHIFT_DATA_DIR",
         Path(".windshift"),

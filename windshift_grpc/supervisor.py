@@ -93,7 +93,7 @@ from typing import Any
 
 import windshift
 from windshift import UnavailableError
-from windshift_grpc import logs, metrics, telemetry
+from windshift_grpc import event_loop, logs, metrics, telemetry
 from windshift_grpc.auth import Tokens
 from windshift_grpc.http import HttpServer, add_routes
 from windshift_grpc.permissions import Access, Inventory
@@ -262,10 +262,12 @@ def _worker_main(argv: Sequence[str]) -> int:
         logs.configure(development=settings.development)
         _label_logs(args.index)
         tokens = None if settings.auth_file is None else Tokens.load(settings.auth_file)
+        factory = event_loop.loop_factory(settings.event_loop)  # WINDSHIFT_EVENT_LOOP
     except SettingsError as exc:
         print(f"windshift-grpc worker {args.index}: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_worker(settings, tokens, args.index, args.count, args.fd))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_worker(settings, tokens, args.index, args.count, args.fd))
 
 
 async def _worker(
