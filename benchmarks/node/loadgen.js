@@ -45,6 +45,7 @@ const DEFAULTS = {
   "max-processing": 256,
   "ack-batch": 64,
   "body-bytes": 100,
+  "body-base64": "", // the exact body (a serialized StringValue); else one of --body-bytes
   timeout: 120,
 };
 const NUMBERS = new Set([
@@ -99,7 +100,15 @@ function loadEventsService() {
   return grpc.loadPackageDefinition(definition).windshift.events.v1alpha1.EventsService;
 }
 
-// The body: a google.protobuf.StringValue of `size` bytes, as the Python clients send.
+// The body: a google.protobuf.StringValue of --body-bytes (100) bytes serialized, as the
+// Python clients send, or the bytes given with --body-base64.
+function body(options) {
+  if (options["body-base64"]) {
+    return { type_url: STRING_VALUE, value: Buffer.from(options["body-base64"], "base64") };
+  }
+  return stringValue(Math.max(0, options["body-bytes"] - (options["body-bytes"] > 129 ? 3 : 2)));
+}
+
 function stringValue(size) {
   const length = [];
   let n = size;
@@ -131,7 +140,7 @@ function unary(client, method, request) {
 
 async function publish(EventsService, options, result) {
   const stubs = clients(EventsService, options, options.channels);
-  const request = { subject: options.subject, data: stringValue(options["body-bytes"]) };
+  const request = { subject: options.subject, data: body(options) };
   const inFlight = options["in-flight"] || 128;
   const ids = new Set();
   let next = 0;
@@ -158,7 +167,7 @@ async function publish(EventsService, options, result) {
 
 async function publishBatch(EventsService, options, result) {
   const stubs = clients(EventsService, options, options.channels);
-  const event = { subject: options.subject, data: stringValue(options["body-bytes"]) };
+  const event = { subject: options.subject, data: body(options) };
   const inFlight = options["in-flight"] || 8;
   const sizes = [];
   for (let left = options.events; left > 0; left -= options.batch) sizes.push(Math.min(left, options.batch));
