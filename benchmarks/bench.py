@@ -38,7 +38,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 import nats.js
@@ -53,12 +53,15 @@ from windshift import StreamPointer
 from windshift import _wire as wire
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc_node
 import grpc_workloads
 
 from windshift import EmbeddedNats
 
 LIBRARIES = ("windshift", "raw", "faststream")
-WORKLOADS = ("sequential", "pipelined", "consume", "latency", "memory", "grpc")
+WORKLOADS = ("sequential", "pipelined", "consume", "latency", "memory", "grpc", "grpc-latency")
+#: The gRPC clients that can drive the grpc workloads (``--grpc-client``).
+GRPC_CLIENTS = ("python", "node")
 SCRIPT = os.path.abspath(__file__)
 
 # How each library is driven; printed with the results and stored in the JSON.
@@ -178,6 +181,7 @@ class Sizes:
     raw_latency_timeout: float
     faststream_consume: str
     driver: str
+    call_rate: int = 1000  # calls per second of the grpc-latency workload
 
 
 @dataclass
@@ -220,6 +224,33 @@ class Names:
     def __call__(self, workload: str, library: str) -> str:
         self._counter += 1
         return f"bench_{workload}_{library}_{self._counter}"
+
+
+class GrpcClient(Protocol):
+    """The workloads a gRPC client module offers (``grpc_workloads``, ``grpc_node``)."""
+
+    async def publish_events(self, target: str, subject: str, count: int, body: bytes) -> float:
+        """Concurrent PublishEvent calls; events per second."""
+
+    async def publish_events_batched(
+        self, target: str, subject: str, count: int, body: bytes, batch: int = ...
+    ) -> float:
+        """Concurrent PublishEvents calls; events per second."""
+
+    async def consume_events(
+        self, target: str, stream: str, consumer: str, count: int, max_batch: int | None = ...
+    ) -> float:
+        """One Events call receiving and acking ``count`` events; events per second."""
+
+
+def grpc_client(name: str) -> GrpcClient:
+    """The client module of ``--grpc-client`` ``name``."""
+    return grpc_node if name == "node" else grpc_workloads
+
+
+def client_label(client: str, server: str) -> str:
+    """The results' name of ``server``'s figures measured with ``client`` (python: as is)."""
+    return server if client == "python" else f"{client}-{server}"
 
 
 # --------------------------------------------------------------------------- drivers
@@ -779,6 +810,8 @@ class Bench:
         self.filler: NatsClient | None = None
         #: The environments (beyond the defaults) the gRPC workloads run serve with, in turn.
         self.grpc_envs: tuple[dict[str, str], ...] = ()
+        #: The clients of ``GRPC_CLIENTS`` that drive the gRPC workloads, in turn.
+        self.grpc_clients: tuple[str, ...] = ("python",)
 
     def say(self, text: str) -> None:
         if self.log:
@@ -826,6 +859,8 @@ class Bench:
                 await self.memory()
             if "grpc" in workloads:
                 await self.grpc()
+            if "grpc-latency" in workloads:
+                await self.grpc_latency()
         finally:
             await self.filler.close()
             await self.admin.close()
@@ -957,35 +992,94 @@ class Bench:
             # The same clients against a server that does nothing: gRPC's own ceiling.
             noop = await stack.enter_async_context(grpc_workloads.serve_noop())
             for round_ in range(sizes.repeat):
-                for target, label, shown in servers:
-                    await self._grpc_round(round_, target, label, shown, body)
-                with self.server_cpu(noop, "PublishEvent", "grpc-noop", sizes.pipelined):
-                    rate = await grpc_workloads.publish_events(
-                        noop, "bench.noop", sizes.pipelined, body
+                for client in self.grpc_clients:
+                    drive = grpc_client(client)
+                    tag = "" if client == "python" else f" ({client} client)"
+                    for target, label, shown in servers:
+                        batched = GRPC_BATCH if label == "grpc" else f"{GRPC_BATCH}-{label}"
+                        await self._grpc_round(
+                            round_,
+                            target,
+                            client_label(client, label),
+                            client_label(client, batched),
+                            shown + tag,
+                            body,
+                            drive,
+                        )
+                    idle = client_label(client, "grpc-noop")
+                    with self.server_cpu(noop, "PublishEvent", idle, sizes.pipelined):
+                        rate = await drive.publish_events(noop, "bench.noop", sizes.pipelined, body)
+                    self.results.add("pipelined publish", idle, rate)
+                    self.say(
+                        f"[{round_ + 1}] PublishEvent        no-op gRPC {rate:10,.0f} ev/s{tag}"
                     )
-                self.results.add("pipelined publish", "grpc-noop", rate)
-                self.say(f"[{round_ + 1}] PublishEvent        no-op gRPC {rate:10,.0f} ev/s")
-                with self.server_cpu(noop, "Events", "grpc-noop", sizes.consume):
-                    rate = await grpc_workloads.consume_events(noop, "bench", "noop", sizes.consume)
-                self.results.add("consume + ack", "grpc-noop", rate)
-                self.say(f"[{round_ + 1}] Events consume+ack  no-op gRPC {rate:10,.0f} ev/s")
+                    with self.server_cpu(noop, "Events", idle, sizes.consume):
+                        rate = await drive.consume_events(noop, "bench", "noop", sizes.consume)
+                    self.results.add("consume + ack", idle, rate)
+                    self.say(
+                        f"[{round_ + 1}] Events consume+ack  no-op gRPC {rate:10,.0f} ev/s{tag}"
+                    )
+
+    async def grpc_latency(self) -> None:
+        """The latency of one publish at a steady ``call_rate``: the library's, then PublishEvent's.
+
+        Both in each round, on fresh streams, open loop (see
+        :func:`grpc_workloads.paced_calls`); the library awaits
+        ``client.publish`` (one connection), the gRPC client an unbatched
+        PublishEvent on one channel to a real serve.
+        """
+        sizes = self.sizes
+        rate, duration = sizes.call_rate, sizes.duration
+        body = make_message().SerializeToString()
+        message = make_message()
+        client = await windshift.connect(self.url)
+        try:
+            async with grpc_workloads.serve(self.url) as target:
+                for round_ in range(sizes.repeat):
+                    async with self.fresh_stream("calllat", "windshift") as (stream, subject):
+                        latencies = await grpc_workloads.paced_calls(
+                            rate, duration, lambda: client.publish(subject, message)
+                        )
+                        await self.check_stored(stream, len(latencies))
+                    self.record_call_latency(round_, "windshift", latencies)
+                    async with self.fresh_stream("calllat", "grpc") as (stream, subject):
+                        latencies = await grpc_workloads.publish_event_latency(
+                            target, subject, rate, duration, body
+                        )
+                        await self.check_stored(stream, len(latencies))
+                    self.record_call_latency(round_, "grpc", latencies)
+        finally:
+            await client.close()
+
+    def record_call_latency(self, round_: int, library: str, latencies: list[float]) -> None:
+        p50, p99 = (grpc_workloads.percentile(latencies, f) * 1e3 for f in (0.50, 0.99))
+        self.results.add(CALL_P50, library, p50)
+        self.results.add(CALL_P99, library, p99)
+        self.say(
+            f"[{round_ + 1}] publish at {self.sizes.call_rate:,}/s  {library:<10} "
+            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({len(latencies):,} calls)"
+        )
 
     async def _grpc_round(
-        self, round_: int, target: grpc_workloads.Target, server: str, shown_loop: str, body: bytes
+        self,
+        round_: int,
+        target: grpc_workloads.Target,
+        server: str,
+        batched: str,
+        shown_loop: str,
+        body: bytes,
+        drive: GrpcClient,
     ) -> None:
         sizes = self.sizes
-        batched = GRPC_BATCH if server == "grpc" else f"{GRPC_BATCH}-{server}"
         async with self.fresh_stream("grpcpub", "grpc") as (stream, subject):
             with self.server_cpu(target, "PublishEvent", server, sizes.pipelined):
-                rate = await grpc_workloads.publish_events(target, subject, sizes.pipelined, body)
+                rate = await drive.publish_events(target, subject, sizes.pipelined, body)
             await self.check_stored(stream, sizes.pipelined)
         self.results.add("pipelined publish", server, rate)
         self.say(f"[{round_ + 1}] PublishEvent        grpc       {rate:10,.0f} ev/s{shown_loop}")
         async with self.fresh_stream("grpcpubs", "grpc") as (stream, subject):
             with self.server_cpu(target, "PublishEvents", server, sizes.pipelined):
-                rate = await grpc_workloads.publish_events_batched(
-                    target, subject, sizes.pipelined, body
-                )
+                rate = await drive.publish_events_batched(target, subject, sizes.pipelined, body)
             await self.check_stored(stream, sizes.pipelined)
         self.results.add("pipelined publish", batched, rate)
         self.say(
@@ -999,7 +1093,7 @@ class Bench:
                 await self.admin.ensure_consumer(stream, "bench", start=StreamPointer.start())
                 rpc = "Events" if max_batch is None else "Events max_batch"
                 with self.server_cpu(target, rpc, server, sizes.consume):
-                    rate = await grpc_workloads.consume_events(
+                    rate = await drive.consume_events(
                         target, stream, "bench", sizes.consume, max_batch
                     )
                 await self.check_acked(stream)
@@ -1268,6 +1362,9 @@ def table(results: Results) -> str:
 
 #: The figures of the batched gRPC calls (PublishEvents, Events with max_batch).
 GRPC_BATCH = "grpc-batch"
+#: The grpc-latency workload's figures: one publish's latency at a steady rate.
+CALL_P50 = "publish call at a steady rate, p50 (ms)"
+CALL_P99 = "publish call at a steady rate, p99 (ms)"
 # (label, workload, server) of the gRPC rows, each next to the library's figure.
 GRPC_ROWS = (
     ("concurrent PublishEvent (ev/s)", "pipelined publish", "grpc"),
@@ -1288,19 +1385,39 @@ GRPC_ROWS = (
 
 
 def grpc_table(results: Results) -> str:
-    """The gRPC figures next to the library's, as a Markdown table (empty when not run)."""
+    """The gRPC figures next to the library's, as a Markdown table (empty when not run).
+
+    The rows of every client measured (``--grpc-client``): the Python
+    client's as labelled, the Node client's after them, marked "Node client".
+    """
     lines = [
         "| through windshift-grpc | gRPC | library | gRPC/library |",
         "|---|--:|--:|--:|",
     ]
-    for label, workload, server in GRPC_ROWS:
-        library = results.figure(workload, "windshift")
-        via_grpc = results.figure(workload, server)
-        if via_grpc is not None:
-            lines.append(
-                f"| {label} | {fmt(via_grpc, 'ev/s')} | {fmt(library, 'ev/s')} | "
-                f"{ratio(via_grpc, library)} |"
-            )
+    for client in GRPC_CLIENTS:
+        for label, workload, server in GRPC_ROWS:
+            library = results.figure(workload, "windshift")
+            via_grpc = results.figure(workload, client_label(client, server))
+            shown = label if client == "python" else f"{client.capitalize()} client: {label}"
+            if via_grpc is not None:
+                lines.append(
+                    f"| {shown} | {fmt(via_grpc, 'ev/s')} | {fmt(library, 'ev/s')} | "
+                    f"{ratio(via_grpc, library)} |"
+                )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def call_latency_table(results: Results, rate: int) -> str:
+    """The grpc-latency figures as a Markdown table (empty when not run)."""
+    rows = [("library publish", "windshift"), ("unbatched PublishEvent through serve", "grpc")]
+    lines = [f"| one publish at {rate:,} calls/s | p50 (ms) | p99 (ms) |", "|---|--:|--:|"]
+    for label, library in rows:
+        p50, p99 = results.figure(CALL_P50, library), results.figure(CALL_P99, library)
+        if p99 is not None:
+            lines.append(f"| {label} | {fmt(p50, 'ms')} | {fmt(p99, 'ms')} |")
+    grpc_p99, library_p99 = results.figure(CALL_P99, "grpc"), results.figure(CALL_P99, "windshift")
+    if grpc_p99 is not None and library_p99 is not None:
+        lines.append(f"| PublishEvent / library | | {ratio(grpc_p99, library_p99)} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -1425,6 +1542,17 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
                     ratio(grpc, noop),
                 )
             )
+    checks += node_targets(results)
+    grpc_p99, library_p99 = figure(CALL_P99, "grpc"), figure(CALL_P99, "windshift")
+    if grpc_p99 is not None:
+        checks.append(
+            (
+                f"p99 of an unbatched PublishEvent at {sizes.call_rate:,}/s reported next to "
+                "the library's publish",
+                library_p99 is not None,
+                f"{fmt(grpc_p99, 'ms')} vs {fmt(library_p99, 'ms')} ms",
+            )
+        )
     growth = figure("backlog RSS growth (MB)", "windshift")
     checks.append(
         (
@@ -1433,6 +1561,38 @@ def targets(results: Results, sizes: Sizes) -> list[tuple[str, bool | None, str]
             "-" if growth is None else f"{growth:.1f} MB",
         )
     )
+    return checks
+
+
+def node_targets(results: Results) -> list[tuple[str, bool | None, str]]:
+    """The batch and CPU targets again, measured with the Node client (none when not run)."""
+    checks: list[tuple[str, bool | None, str]] = []
+    figure = results.figure
+    for workload, label in (
+        ("pipelined publish", f"PublishEvents x{grpc_workloads.BATCH}"),
+        ("consume + ack", f"Events with max_batch {grpc_workloads.MAX_BATCH}"),
+    ):
+        via_grpc = figure(workload, client_label("node", GRPC_BATCH))
+        library = figure(workload, "windshift")
+        if via_grpc is not None:
+            met = None if library is None else via_grpc / library >= 0.5
+            checks.append(
+                (f"Node client, {label}: gRPC/library >= 0.5", met, ratio(via_grpc, library))
+            )
+    for rpc in ("PublishEvent", "Events"):
+        grpc, noop = (
+            figure(cpu_workload(rpc), client_label("node", server))
+            for server in ("grpc", "grpc-noop")
+        )
+        if grpc is not None:
+            met = None if noop is None else grpc / noop <= 1.3
+            checks.append(
+                (
+                    f"Node client, unbatched {rpc}: server CPU per event <= 1.3x the no-op's",
+                    met,
+                    ratio(grpc, noop),
+                )
+            )
     return checks
 
 
@@ -1537,6 +1697,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "one's figures in the tables, every one's server CPU in the last table; '' for the "
         "defaults",
     )
+    parser.add_argument(
+        "--grpc-client",
+        choices=(*GRPC_CLIENTS, "both"),
+        default="python",
+        help="which client drives the grpc workloads: the Python grpc.aio one (default), the "
+        "Node.js @grpc/grpc-js load generator of benchmarks/node (npm ci on first use), or both",
+    )
+    parser.add_argument(
+        "--call-rate",
+        type=int,
+        default=1000,
+        help="publishes per second of the grpc-latency workload (1,000), for --duration s",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # internal: one backlog drain in a fresh process
@@ -1566,6 +1739,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         raw_latency_timeout=args.raw_latency_timeout,
         faststream_consume=args.faststream_consume,
         driver=args.driver,
+        call_rate=args.call_rate,
     )
 
 
@@ -1587,6 +1761,7 @@ async def main_async(args: argparse.Namespace) -> int:
     async with EmbeddedNats(sync_always=False) as server:
         bench = Bench(server.url, sizes, libraries, log=not args.quiet)
         bench.results.stat = args.stat
+        bench.grpc_clients = GRPC_CLIENTS if args.grpc_client == "both" else (args.grpc_client,)
         bench.grpc_envs = tuple(
             dict(pair.strip().split("=", 1) for pair in env.split(",") if pair.strip())
             for env in args.grpc_env
@@ -1628,6 +1803,10 @@ async def main_async(args: argparse.Namespace) -> int:
     if cpu_lines:
         print()
         print(cpu_lines)
+    latency_lines = call_latency_table(results, sizes.call_rate)
+    if latency_lines:
+        print()
+        print(latency_lines)
     print()
     checks = targets(results, sizes)
     for what, met, detail in checks:

@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -276,3 +276,63 @@ async def consume_events(
             f"for {count} events"
         )
     return count / elapsed
+
+
+async def paced_calls(
+    rate: int, duration: float, call: Callable[[], Awaitable[object]]
+) -> list[float]:
+    """Start ``call()`` ``rate`` times a second for ``duration`` seconds; each call's latency (s).
+
+    Open loop: every call starts at its own time (``i / rate`` after the
+    first) in a task of its own, whether or not the calls before it were
+    answered, so a slow answer shows in the figures rather than slowing the
+    rate down. A latency runs from the call's start to its answer.
+    """
+    total = int(rate * duration)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        began = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - began)
+
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    for index in range(total):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def publish_event_latency(
+    target: str, subject: str, rate: int, duration: float, body: bytes
+) -> list[float]:
+    """Unbatched PublishEvent calls on one channel at ``rate`` a second; each call's latency (s).
+
+    Raises:
+        CountMismatch: two calls were answered with the same id.
+    """
+    ids: list[int] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.EventsServiceStub(channel)
+        request = pb.PublishEventRequest(subject=subject, data=_data(body))
+        await channel.channel_ready()
+
+        async def call() -> None:
+            ids.append((await stub.PublishEvent(request)).id)
+
+        latencies = await paced_calls(rate, duration, call)
+    if len(set(ids)) != len(latencies):
+        raise CountMismatch(
+            f"PublishEvent: {len(set(ids))} distinct ids for {len(latencies)} calls"
+        )
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` (0.99: p99) percentile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

@@ -1,0 +1,176 @@
+"""The gRPC benchmark tools work and count right (tiny counts: nothing here is timed).
+
+``benchmarks/node/loadgen.js`` (the Node.js @grpc/grpc-js load generator)
+runs each of its workloads against a live serve and reports exactly what the
+stream and the consumers show; it reports a failed publish as an error (exit
+status 2), never as an event. ``benchmarks/grpc_scaling.py`` runs serve with
+2 workers and Node clients, and with 1 worker and Python clients, on a shared
+and on an embedded nats-server, and reports every event it sent.
+The Node parts are skipped only where ``node`` is not installed; the load
+generator's packages are installed (``npm ci``) when ``node_modules`` is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.wrappers_pb2 import StringValue
+
+import windshift
+from tests.grpc_fixtures import ROOT, ServeProcess
+from windshift import EmbeddedNats, OutgoingEvent, StreamPointer
+
+LOADGEN_DIR = ROOT / "benchmarks" / "node"
+SCALING = ROOT / "benchmarks" / "grpc_scaling.py"
+TIMEOUT = 120.0
+INSTALL_TIMEOUT = 300.0
+
+
+async def _run(*command: str, cwd: Path = ROOT, timeout: float = TIMEOUT) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=str(cwd),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{command} did not finish within {timeout}s") from None
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def node() -> str:
+    """``node``, with the load generator's packages installed; skips where node is missing."""
+    found = shutil.which("node")
+    if found is None:
+        pytest.skip("node is not installed: the Node.js load generator cannot run")
+    if not (LOADGEN_DIR / "node_modules").is_dir():
+        npm = shutil.which("npm")
+        assert npm is not None, "node is installed but npm is not"
+        code, _, err = await _run(
+            npm, "ci", "--no-audit", "--no-fund", cwd=LOADGEN_DIR, timeout=INSTALL_TIMEOUT
+        )
+        assert code == 0, f"npm ci failed: {err}"
+    return found
+
+
+async def _loadgen(node: str, target: str, *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = await _run(node, "loadgen.js", "--target", target, *args, cwd=LOADGEN_DIR)
+    assert out.strip(), err
+    return code, json.loads(out.strip().splitlines()[-1])
+
+
+async def test_node_load_generator_publishes_what_the_stream_holds(
+    node: str, grpc_server: ServeProcess, client: windshift.Client, name: str
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    code, one = await _loadgen(
+        node, grpc_server.target, "--workload", "publish", "--events", "57", "--subject",
+        f"{name}.one", "--in-flight", "8",
+    )  # fmt: skip
+    assert code == 0, one
+    assert (one["events"], one["expected"], one["errors"]) == (57, 57, 0)
+    assert one["seconds"] > 0
+    # 250 events in calls of 100: 100, 100 and 50.
+    code, batched = await _loadgen(
+        node, grpc_server.target, "--workload", "publish-batch", "--events", "250", "--subject",
+        f"{name}.many", "--batch", "100",
+    )  # fmt: skip
+    assert code == 0, batched
+    assert (batched["events"], batched["errors"]) == (250, 0)
+    info = await client.stream_info(name)
+    assert (info.events, info.first_id, info.last_id) == (307, 1, 307)
+
+
+@pytest.mark.parametrize("max_batch", [0, 20])
+async def test_node_load_generator_consumes_and_acks_every_event(
+    node: str, grpc_server: ServeProcess, client: windshift.Client, name: str, max_batch: int
+) -> None:
+    await client.ensure_stream(name, subjects=[f"{name}.>"])
+    for part in ("a", "b"):
+        event = OutgoingEvent(f"{name}.{part}", StringValue(value=part))
+        results = await client.publish_many([event] * 90)
+        assert not [result for result in results if isinstance(result, Exception)]
+        await client.ensure_consumer(
+            name, part, subjects=[f"{name}.{part}"], start=StreamPointer.start()
+        )
+    code, result = await _loadgen(
+        node, grpc_server.target, "--workload", "consume", "--stream", name, "--consumers",
+        "a,b", "--events", "90", "--max-batch", str(max_batch), "--ack-batch", "16",
+        "--max-processing", "32",
+    )  # fmt: skip
+    assert code == 0, result
+    assert (result["events"], result["expected"], result["errors"]) == (180, 180, 0)
+    assert (result["received"], result["acked"]) == (180, 180)
+    for part in ("a", "b"):
+        info = await client.consumer_info(name, part)
+        assert (info.pending_events, info.unsettled_events) == (0, 0)
+        assert info.acknowledged_id == info.delivered_id > 0
+
+
+async def test_node_load_generator_reports_a_refused_publish_as_an_error(
+    node: str, grpc_server: ServeProcess, name: str
+) -> None:
+    # No stream takes this subject: every call fails, and none counts as an event.
+    code, result = await _loadgen(
+        node, grpc_server.target, "--workload", "publish", "--events", "5", "--subject",
+        f"{name}.nowhere", "--in-flight", "2",
+    )  # fmt: skip
+    assert code == 2
+    assert (result["events"], result["expected"], result["errors"]) == (0, 5, 5)
+    assert result["first_error"]
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"]
+    return rows
+
+
+async def test_scaling_run_with_two_workers_reports_every_event(
+    node: str, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    out = tmp_path / "node.json"
+    code, stdout, err = await _run(
+        sys.executable, str(SCALING), "--workers", "2", "--events", "60", "--client", "node",
+        "--workloads", "publish-batch,consume", "--nats-url", nats_server.url, "--quiet",
+        "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    assert [(row["workers"], row["clients"], row["workload"]) for row in rows] == [
+        (2, 2, "publish-batch"),
+        (2, 2, "consume"),
+    ]
+    assert all(row["events"] == 60 and row["server_cpu_s"] >= 0 for row in rows)
+    # (A shared nats-server without --nats-pid: its CPU is not guessed.)
+    assert all(row["nats_cpu_s"] is None for row in rows)
+    assert "| 2 | 2 | consume |" in stdout
+
+
+async def test_scaling_run_with_python_clients_and_an_embedded_nats(tmp_path: Path) -> None:
+    out = tmp_path / "python.json"
+    code, _, err = await _run(
+        sys.executable, str(SCALING), "--workers", "1", "--clients", "2", "--events", "31",
+        "--client", "python", "--workloads", "publish,consume-batch", "--quiet",
+        "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    assert [(row["workers"], row["clients"], row["workload"], row["events"]) for row in rows] == [
+        (1, 2, "publish", 31),
+        (1, 2, "consume-batch", 31),
+    ]
+    # The embedded nats-server's CPU is found and reported on its own.
+    assert all(row["nats_cpu_s"] is not None for row in rows)
