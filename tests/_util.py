@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from google.protobuf.wrappers_pb2 import StringValue
 
@@ -29,3 +30,22 @@ async def take(events: windshift.Subscription, count: int, timeout: float = 10) 
 
 def text(event: Event) -> str:
     return event.unpack(StringValue).value
+
+
+async def run_command(*command: str, cwd: str | Path, timeout: float) -> tuple[int, str, str]:
+    """Run ``command`` in ``cwd`` to its end: its exit code, stdout and stderr (fails after ``timeout``)."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=str(cwd),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{command} did not finish within {timeout}s") from None
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

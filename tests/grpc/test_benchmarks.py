@@ -12,7 +12,6 @@ generator's packages are installed (``npm ci``) when ``node_modules`` is missing
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -23,6 +22,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 import windshift
+from tests._util import run_command
 from tests.grpc_fixtures import ROOT, ServeProcess
 from windshift import EmbeddedNats, OutgoingEvent, StreamPointer
 
@@ -33,21 +33,7 @@ INSTALL_TIMEOUT = 300.0
 
 
 async def _run(*command: str, cwd: Path = ROOT, timeout: float = TIMEOUT) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=str(cwd),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"{command} did not finish within {timeout}s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_command(*command, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture

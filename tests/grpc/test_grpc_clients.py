@@ -10,13 +10,13 @@ dependencies are installed here (``npm ci``) when ``node_modules`` is missing.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import sys
 
 import pytest
 
+from tests._util import run_command
 from tests.grpc_fixtures import ROOT, ServeProcess
 
 NODE_CLIENT = ROOT / "examples" / "node-client"
@@ -25,21 +25,7 @@ INSTALL_TIMEOUT = 300.0
 
 
 async def _run(*command: str, cwd: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"{command} did not finish within {timeout}s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_command(*command, cwd=cwd, timeout=timeout)
 
 
 def _check_output(out: str, consumer: str) -> None:
