@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from heapq import heapify, heappop, heappush
 
 import nats.errors
@@ -288,6 +288,110 @@ class AckInbox:
         finally:
             self._waiting.pop(token, None)
         return checked(answer)
+
+    async def request_many(
+        self, subjects: Sequence[str], body: bytes, timeout: float
+    ) -> list[Msg | Exception]:
+        """Publish ``body`` to each subject (plain ``PUB``s) and wait for every answer.
+
+        All are sent before the first answer is awaited, with no task per
+        request; each answer is checked as :meth:`request` checks it.
+
+        Returns:
+            Per subject, in order: the answer, or what failed it
+            (``TimeoutError``, ``nats.errors.NoRespondersError``, or the
+            ``nats.errors.Error`` that refused sending it).
+        """
+        outcomes: list[Msg | Exception | asyncio.Future[Msg]] = []
+        tokens: list[str] = []
+        try:
+            try:
+                together = await self._send_together(subjects, body, timeout)
+            except nats.errors.Error as exc:  # the write itself failed: none was sent
+                return [exc for _ in subjects]
+            if together is not None:
+                for token, waiter in together:
+                    tokens.append(token)
+                    outcomes.append(waiter)
+            else:  # one by one, each refused or sent on its own
+                for subject in subjects:
+                    try:
+                        token, waiter = await self.send(subject, body, None, timeout)
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        outcomes.append(exc)
+                        continue
+                    tokens.append(token)
+                    outcomes.append(waiter)
+            results: list[Msg | Exception] = []
+            for outcome in outcomes:
+                if isinstance(outcome, asyncio.Future):
+                    try:
+                        outcome = checked(await outcome)
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        outcome = exc
+                results.append(outcome)
+        except BaseException:
+            for outcome in outcomes:  # given up: expiring them later would go unseen
+                if isinstance(outcome, asyncio.Future):
+                    outcome.cancel()
+            raise
+        finally:
+            waiting = self._waiting
+            for token in tokens:
+                waiting.pop(token, None)
+        return results
+
+    async def _send_together(
+        self, subjects: Sequence[str], body: bytes, timeout: float
+    ) -> list[tuple[str, asyncio.Future[Msg]]] | None:
+        """Send ``body`` to every subject in one write, each with its own reply token.
+
+        None, with nothing sent, unless the direct send can take them all:
+        then :meth:`send`, one by one, says what refuses which.
+        """
+        if not self._prefix:
+            if self._ready is None:
+                await self._start()
+            else:
+                await asyncio.shield(self._ready)
+        nc = self._nc
+        size = len(body)
+        if (
+            not self._direct
+            or nc.is_closed
+            or nc.is_draining_pubs
+            or not nc.is_connected
+            or (nc.max_payload and size > nc.max_payload)
+            or not all(" " not in subject and subject.isprintable() for subject in subjects)
+        ):
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reply = self._prefix
+        tail = b"%b\r\n" % body
+        commands: list[bytes] = []
+        sent: list[tuple[str, asyncio.Future[Msg]]] = []
+        for subject in subjects:
+            number = next(self._tokens)
+            token = str(number)
+            waiter: asyncio.Future[Msg] = loop.create_future()
+            self._waiting[token] = waiter
+            self._expire_at(loop, deadline, number, waiter)
+            commands.append(f"PUB {subject} {reply}{token} {size}\r\n".encode())
+            commands.append(tail)
+            sent.append((token, waiter))
+        try:
+            nc.stats["out_msgs"] += len(sent)
+            nc.stats["out_bytes"] += size * len(sent)
+            await nc._send_command(b"".join(commands))
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+        except BaseException:
+            for token, waiter in sent:
+                self._waiting.pop(token, None)
+                waiter.cancel()
+            raise
+        return sent
 
 
 def checked(answer: Msg) -> Msg:

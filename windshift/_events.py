@@ -46,6 +46,21 @@ PING = b"+WPI"
 ATTEMPTS_EXHAUSTED = "max delivery attempts reached"
 
 
+def reject_payload(delay: timedelta | None, *, permanently: bool) -> tuple[bytes, Outcome]:
+    """What a reject sends NATS (``-NAK``, with its delay, or ``+TERM``), and its outcome.
+
+    Raises:
+        ValidationError: a negative delay.
+    """
+    if permanently:
+        return TERM, "rejected permanently"
+    if delay is not None:
+        nanos = wire.duration_to_nanos(delay, "delay")
+        if nanos:
+            return b'-NAK {"delay":%d}' % nanos, "rejected"
+    return NAK, "rejected"
+
+
 class EventSource(Protocol):
     """What an :class:`Event` needs from whoever delivered it.
 
@@ -277,15 +292,8 @@ class Event:
                 # than after the delay and one more (unseen) delivery.
                 await self._give_up(reason or ATTEMPTS_EXHAUSTED)
                 return
-        if permanently:
-            await self._settle("rejected", TERM, confirm, outcome="rejected permanently")
-            return
-        payload = NAK
-        if delay is not None:
-            nanos = wire.duration_to_nanos(delay, "delay")
-            if nanos:
-                payload = b'-NAK {"delay":%d}' % nanos
-        await self._settle("rejected", payload, confirm)
+        payload, outcome = reject_payload(delay, permanently=permanently)
+        await self._settle("rejected", payload, confirm, outcome=outcome)
 
     async def ping(self, *, confirm: bool = False) -> None:
         """Tell NATS the event is still being processed: its timeout starts again.
@@ -350,4 +358,11 @@ class Event:
             self._span = None
 
 
-__all__ = ["ATTEMPTS_EXHAUSTED", "Event", "EventSource", "Outcome", "Settlement"]
+__all__ = [
+    "ATTEMPTS_EXHAUSTED",
+    "Event",
+    "EventSource",
+    "Outcome",
+    "Settlement",
+    "reject_payload",
+]

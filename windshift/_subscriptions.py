@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -36,7 +37,15 @@ from windshift import _deadletters as deadletters
 from windshift import _tracing as tracing
 from windshift._connection import Connection
 from windshift._deadletters import DeadLetterPolicy
-from windshift._events import ATTEMPTS_EXHAUSTED, Event, Outcome
+from windshift._events import (
+    ACK,
+    ATTEMPTS_EXHAUSTED,
+    PING,
+    Event,
+    Outcome,
+    Settlement,
+    reject_payload,
+)
 from windshift._jsapi import ApiError
 from windshift._metrics import SubscriptionMetrics
 from windshift._names import quote_value, validate_name
@@ -44,6 +53,7 @@ from windshift._publishing import Publisher
 from windshift._wire import HEADER_DATA_TYPE, parse_reply
 from windshift.errors import (
     ConsumerNotFoundError,
+    EventSettledError,
     UnavailableError,
     ValidationError,
     WindshiftError,
@@ -472,18 +482,8 @@ class Subscription:
                 await self._acks.request(event.reply, payload, None, self.request_timeout)
             else:
                 await self.nc.publish(event.reply, payload)
-        except TimeoutError:
-            raise UnavailableError(f"NATS did not confirm settling event {event.id}") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise UnavailableError(
-                f"cannot settle event {event.id}: the NATS connection is closed"
-            ) from None
-        except nats.errors.OutboundBufferLimitError:
-            # Disconnected, and nats-py's reconnect buffer is full.
-            raise UnavailableError(
-                f"cannot settle event {event.id}: NATS is unreachable and the reconnect "
-                "buffer is full"
-            ) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _unsettled(event, exc) from None
 
     async def dead_letter(self, event: Event, reason: str, attempts: int) -> None:
         """Store ``event`` in the consumer's dead-letter stream (called by :class:`Event`)."""
@@ -499,6 +499,10 @@ class Subscription:
 
     async def release(self, event: Event, outcome: Outcome) -> None:
         """Forget a settled event and make room for the next (called by :class:`Event`)."""
+        self._released(event, outcome)
+        await self._pull()
+
+    def _released(self, event: Event, outcome: Outcome) -> None:
         if event._handed_out:  # not for events the subscription gave up on itself
             seconds = self.clock() - event._handed_out
             if outcome == "acknowledged":
@@ -506,7 +510,202 @@ class Subscription:
             elif outcome != "expired":
                 self._metrics.rejected(seconds, permanently=outcome != "rejected")
         self._forget(event)
-        await self._pull()
+
+    # Settling many events at once.
+
+    async def ack_many(
+        self, events: Sequence[Event], *, confirm: bool = False
+    ) -> list[WindshiftError | None]:
+        """Acknowledge many events of this subscription at once; one outcome per event.
+
+        Example:
+            >>> outcomes = await events.ack_many(batch, confirm=True)
+            >>> retry = [e for e, failed in zip(batch, outcomes) if failed is not None]
+
+        What ``event.ack(confirm=...)`` does for each, without a task or a
+        coroutine per event: every acknowledgement is sent before the first
+        confirmation is awaited. One failure does not stop the others.
+
+        Returns:
+            Per event, in order: None when it is acknowledged (and with
+            ``confirm``, confirmed), else the error :meth:`Event.ack` would
+            raise: EventSettledError (settled before, or given up), or
+            UnavailableError (not confirmed; the event stays unsettled and
+            may be acknowledged again).
+
+        Raises:
+            ValidationError: ``events`` is not a sequence of events this
+                subscription delivered (the first other one is named);
+                raised before anything is sent.
+        """
+        chosen = self._own("ack_many", events)
+        return await self._settle_many(chosen, "acknowledged", ACK, confirm, "acknowledged")
+
+    async def reject_many(
+        self,
+        events: Sequence[Event],
+        *,
+        delay: timedelta | None = None,
+        permanently: bool = False,
+        reason: str | None = None,
+        confirm: bool = False,
+    ) -> list[WindshiftError | None]:
+        """Reject many events of this subscription at once; one outcome per event.
+
+        Each event is rejected as ``event.reject`` rejects it with the same
+        arguments (dead-letter moves included, which go one by one); the
+        others are sent before the first confirmation is awaited.
+
+        Returns:
+            Per event, in order: None when it is rejected, else the error
+            :meth:`Event.reject` would raise.
+
+        Raises:
+            ValidationError: ``delay`` together with ``permanently``, a
+                negative delay, or ``events`` is not a sequence of events
+                this subscription delivered; raised before anything is sent.
+        """
+        if permanently and delay is not None:
+            raise ValidationError("reject takes either delay or permanently=True, not both")
+        chosen = self._own("reject_many", events)
+        payload, outcome = reject_payload(delay, permanently=permanently)
+        policy = self._dead_letters
+        if policy is None:
+            return await self._settle_many(chosen, "rejected", payload, confirm, outcome)
+        # Those a reject moves to the dead letters go one by one (a publish,
+        # then a confirmed termination each); the others together.
+        moving = [
+            index
+            for index, event in enumerate(chosen)
+            if permanently or policy.last_attempt(event.delivery_attempt)
+        ]
+        if not moving:
+            return await self._settle_many(chosen, "rejected", payload, confirm, outcome)
+        moved = set(moving)
+        rest = [index for index in range(len(chosen)) if index not in moved]
+        results: list[WindshiftError | None] = [None] * len(chosen)
+
+        async def reject_one(event: Event) -> list[WindshiftError | None]:
+            try:
+                await event.reject(delay=delay, permanently=permanently, reason=reason)
+            except WindshiftError as exc:
+                return [exc]
+            return [None]
+
+        together = self._settle_many(
+            [chosen[index] for index in rest], "rejected", payload, confirm, outcome
+        )
+        outcomes = await asyncio.gather(together, *(reject_one(chosen[i]) for i in moving))
+        for index, result in zip(rest, outcomes[0], strict=True):
+            results[index] = result
+        for index, (result,) in zip(moving, outcomes[1:], strict=True):
+            results[index] = result
+        return results
+
+    async def ping_many(
+        self, events: Sequence[Event], *, confirm: bool = False
+    ) -> list[WindshiftError | None]:
+        """Ping many events of this subscription at once; one outcome per event.
+
+        Returns:
+            Per event, in order: None when it is pinged, else the error
+            :meth:`Event.ping` would raise.
+
+        Raises:
+            ValidationError: ``events`` is not a sequence of events this
+                subscription delivered; raised before anything is sent.
+        """
+        return await self._settle_many(self._own("ping_many", events), None, PING, confirm, None)
+
+    def _own(self, method: str, events: Sequence[Event]) -> Sequence[Event]:
+        """``events``, checked to be a sequence of this subscription's events."""
+        if isinstance(events, Event) or not isinstance(events, Sequence):
+            raise ValidationError(f"{method} takes a list of events, got {quote_value(events)}")
+        for index, event in enumerate(events):
+            if not isinstance(event, Event) or event._source is not self:
+                raise ValidationError(
+                    f"{method}: item {index} is not an event of this subscription "
+                    f"({self.stream}/{self.consumer}), got {quote_value(event)}"
+                )
+        return events
+
+    async def _settle_many(
+        self,
+        events: Sequence[Event],
+        settlement: Settlement | None,
+        payload: bytes,
+        confirm: bool,
+        outcome: Outcome | None,
+    ) -> list[WindshiftError | None]:
+        """Send ``payload`` for each unsettled event; a final ``settlement`` marks them first.
+
+        ``settlement`` None is a ping: the events stay held, their
+        ``last_ping`` moves on once NATS has it (with ``confirm``) or it was sent.
+        """
+        results: list[WindshiftError | None] = [None] * len(events)
+        chosen: list[int] = []
+        first: dict[int, int] = {}  # the index each event was first named at
+        again: list[tuple[int, int]] = []  # pings of an event named before
+        for index, event in enumerate(events):
+            earlier = first.setdefault(id(event), index)
+            if earlier != index and settlement is None:
+                again.append((index, earlier))  # pinged once; the same outcome
+                continue
+            try:
+                event._check_unsettled()  # an event named twice is settled the second time
+            except EventSettledError as exc:
+                results[index] = exc
+                continue
+            if settlement is not None:
+                event._settled = settlement  # a second settling now finds it settled
+            chosen.append(index)
+        try:
+            failures = await self._send_many([events[index] for index in chosen], payload, confirm)
+        except BaseException:
+            if settlement is not None:
+                for index in chosen:
+                    events[index]._settled = None
+            raise
+        released = False
+        for index, failure in zip(chosen, failures, strict=True):
+            event = events[index]
+            if failure is not None:
+                if settlement is not None:
+                    event._settled = None  # not settled: it may be tried again
+                results[index] = failure
+            elif settlement is None:
+                event.last_ping = self.clock()
+            else:
+                event._end_span(settlement)
+                self._released(event, outcome or settlement)
+                released = True
+        for index, earlier in again:
+            results[index] = results[earlier]
+        if released:
+            await self._pull()
+        return results
+
+    async def _send_many(
+        self, events: list[Event], payload: bytes, confirm: bool
+    ) -> list[WindshiftError | None]:
+        """Send ``payload`` to each event's reply subject; per event, None or why it failed."""
+        if confirm:
+            answers = await self._acks.request_many(
+                [event.reply for event in events], payload, self.request_timeout
+            )
+            return [
+                _unsettled(event, answer) if isinstance(answer, Exception) else None
+                for event, answer in zip(events, answers, strict=True)
+            ]
+        results: list[WindshiftError | None] = []
+        for event in events:
+            try:
+                await self.nc.publish(event.reply, payload)
+            except nats.errors.Error as exc:
+                results.append(_unsettled(event, exc))
+            else:
+                results.append(None)
+        return results
 
     def _forget(self, event: Event) -> None:
         if self._held.pop(event.reply, None) is not None:
@@ -618,6 +817,24 @@ def _consume_outcome(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
+def _unsettled(event: Event, exc: BaseException) -> UnavailableError:
+    """The error of a settlement of ``event`` that NATS refused or did not confirm."""
+    if isinstance(exc, TimeoutError):
+        return UnavailableError(f"NATS did not confirm settling event {event.id}")
+    if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.ConnectionDrainingError):
+        return UnavailableError(f"cannot settle event {event.id}: the NATS connection is closed")
+    if isinstance(exc, nats.errors.OutboundBufferLimitError):
+        # Disconnected, and nats-py's reconnect buffer is full.
+        return UnavailableError(
+            f"cannot settle event {event.id}: NATS is unreachable and the reconnect buffer is full"
+        )
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return UnavailableError(
+            f"NATS did not confirm settling event {event.id}: nobody serves its consumer now"
+        )
+    return UnavailableError(f"cannot settle event {event.id}: {exc!r}")
+
+
 def _wire_size(msg: Msg) -> int:
     """The size JetStream counts a delivered message at against a pull request's ``max_bytes``.
 
@@ -628,7 +845,7 @@ def _wire_size(msg: Msg) -> int:
     size = len(msg.subject) + len(msg.reply) + len(msg.data)
     headers = msg.headers
     if headers:
-        size += 12 + sum(len(name) + len(value) + 4 for name, value in headers.items())
+        size += 12 + 4 * len(headers) + sum(map(len, headers)) + sum(map(len, headers.values()))
     return size
 
 
