@@ -30,6 +30,7 @@ from windshift._connection import ClientSettings, Connection
 from windshift._consumers import ConsumerInfo, ConsumerLag, Consumers
 from windshift._deadletters import DeadLetterQueue
 from windshift._names import quote_value
+from windshift._nats_client import NatsClient
 from windshift._options import (
     ConsumerOptionArgs,
     ConsumerOptions,
@@ -545,7 +546,7 @@ class _Connecting:
         self._client: Client | None = None
 
     async def _open(self) -> Client:
-        nc = NATS()
+        nc = NatsClient()
         client_holder: list[Client] = []
 
         async def reconnected() -> None:

@@ -26,8 +26,10 @@ The library itself never configures logging; only the commands call
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -52,12 +54,35 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# (A server writes a line per call: the encoder is made once, not per line.)
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def time_text(created: float) -> str:
+    """``created`` (seconds since the epoch) in UTC, to the millisecond, as JSON lines show it.
+
+    The same text as ``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``
+    (microseconds rounded half to even, then cut), with the whole-second part
+    formatted once per second.
+    """
+    seconds = math.floor(created)
+    micros = round((created - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{_second_text(seconds)}.{micros // 1000:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, extra fields, trace ids."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": time_text(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -72,7 +97,7 @@ class JsonFormatter(logging.Formatter):
                 entry["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 def configure(

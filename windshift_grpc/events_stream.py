@@ -102,7 +102,8 @@ class CallLimits:
     max_pending_bytes: int | None = 4 * 1024 * 1024
 
 
-Settle = Callable[[Event], Awaitable[None]]
+#: Settles held events of the call, one outcome each (a Subscription's ``*_many``).
+Settle = Callable[[list[Event]], Awaitable[list[WindshiftError | None]]]
 
 
 class _Settling:
@@ -308,8 +309,8 @@ class _Call:
                 if isinstance(item, Event):
                     if self._max_batch > 1:
                         batch = self._batch(item)
-                        if batch:
-                            yield pb.EventsResponse(events=pb.EventBatch(events=batch))
+                        if batch is not None:
+                            yield batch
                     elif item.settled is None:  # not given up while queued
                         yield pb.EventsResponse(event=convert.event(item))
                 else:
@@ -337,31 +338,34 @@ class _Call:
         if self._error is not None:
             raise self._error
 
-    def _batch(self, first: Event) -> list[pb.Event]:
+    def _batch(self, first: Event) -> pb.EventsResponse | None:
         """``first`` and the events queued right behind it, as one batch (see the module docstring).
 
         Takes events from the head of the outbox only, so a confirmation
         queued between two events still goes out between them. An event
         that would take the batch past :data:`MAX_BATCH_BYTES` stays queued
-        for the next one.
+        for the next one. None when every event taken was given up meanwhile.
         """
         outbox = self._outbox
-        batch: list[pb.Event] = []
+        response = pb.EventsResponse()
+        batch = response.events.events
         size = 0
         event = first
         while True:
             if event.settled is None:  # not given up while queued
-                converted = convert.event(event)
+                # Written in place (no copy of each event into the batch).
+                converted = batch.add()
+                convert.fill_event(converted, event)
                 size += converted.ByteSize()
-                if batch and size > MAX_BATCH_BYTES:
+                if len(batch) > 1 and size > MAX_BATCH_BYTES:
+                    del batch[-1]
                     outbox.appendleft(event)
-                    return batch
-                batch.append(converted)
+                    return response
             if len(batch) >= self._max_batch or not outbox:
-                return batch
+                return response if batch else None
             following = outbox[0]
             if not isinstance(following, Event):
-                return batch
+                return response if batch else None
             outbox.popleft()
             event = following
 
@@ -471,7 +475,10 @@ class _Call:
         return list(ids)
 
     async def _ack(self, ids: list[int]) -> pb.EventsResponse:
-        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ack(confirm=True))
+        subscription = self._subscription
+        done, invalid, failed = await self._settle_ids(
+            ids, lambda events: subscription.ack_many(events, confirm=True)
+        )
         return pb.EventsResponse(
             ack_confirmation=pb.EventsResponse.AckConfirmation(
                 ids=done, invalid_ids=invalid, temporary_failed_ids=failed
@@ -486,8 +493,10 @@ class _Call:
         permanently: bool,
         reason: str | None = None,
     ) -> pb.EventsResponse:
-        async def reject(event: Event) -> None:
-            await event.reject(delay=delay, permanently=permanently, reason=reason, confirm=True)
+        def reject(events: list[Event]) -> Awaitable[list[WindshiftError | None]]:
+            return self._subscription.reject_many(
+                events, delay=delay, permanently=permanently, reason=reason, confirm=True
+            )
 
         done, invalid, failed = await self._settle_ids(ids, reject)
         return pb.EventsResponse(
@@ -497,7 +506,10 @@ class _Call:
         )
 
     async def _ping(self, ids: list[int]) -> pb.EventsResponse:
-        done, invalid, failed = await self._settle_ids(ids, lambda e: e.ping(confirm=True))
+        subscription = self._subscription
+        done, invalid, failed = await self._settle_ids(
+            ids, lambda events: subscription.ping_many(events, confirm=True)
+        )
         return pb.EventsResponse(
             ping_confirmation=pb.EventsResponse.PingConfirmation(
                 ids=done, invalid_ids=invalid, temporary_failed_ids=failed
@@ -507,9 +519,9 @@ class _Call:
     async def _settle_ids(
         self, ids: list[int], settle: Settle
     ) -> tuple[list[int], list[int], list[int]]:
-        """Apply ``settle`` to the held events with these ids, concurrently.
+        """Apply ``settle`` to the held events with these ids, all in one go.
 
-        A final settlement (ack, reject) marks its event settled before its
+        A final settlement (ack, reject) marks its events settled before its
         first await, so that a later request naming the same id finds it gone;
         one NATS did not confirm leaves it unsettled, for the client to retry.
 
@@ -517,7 +529,7 @@ class _Call:
             The ids done, the invalid ones and the ones that failed for now.
         """
         invalid: list[int] = []
-        targets: list[tuple[int, Event]] = []
+        targets: list[Event] = []
         seen: set[int] = set()
         for event_id in ids:
             event = self._subscription.held_event(event_id)
@@ -525,24 +537,20 @@ class _Call:
                 invalid.append(event_id)
                 continue
             seen.add(event_id)
-            targets.append((event_id, event))
-        outcomes = await asyncio.gather(
-            *(settle(event) for _, event in targets), return_exceptions=True
-        )
+            targets.append(event)
+        outcomes = await settle(targets) if targets else []
         done: list[int] = []
         failed: list[int] = []
-        for (event_id, _), outcome in zip(targets, outcomes, strict=True):
+        for event, outcome in zip(targets, outcomes, strict=True):
             if outcome is None:
-                done.append(event_id)
+                done.append(event.id)
             elif isinstance(outcome, EventSettledError):
-                invalid.append(event_id)
+                invalid.append(event.id)
             elif isinstance(outcome, UnavailableError):
-                failed.append(event_id)
-            elif isinstance(outcome, asyncio.CancelledError):
-                raise outcome
+                failed.append(event.id)
             else:
-                logger.error("settling event %d failed", event_id, exc_info=outcome)
-                failed.append(event_id)
+                logger.error("settling event %d failed: %s", event.id, outcome)
+                failed.append(event.id)
         return done, invalid, failed
 
 

@@ -443,11 +443,17 @@ async def test_a_batch_ends_before_it_passes_a_mebibyte(
 
         running = _Call(held, nothing(), asyncio.Event(), 10_000, None, max_batch=100)
         running._outbox.extend(events[1:])
-        batches = [running._batch(events[0])]
+
+        def batch(first: windshift.Event) -> list[pb.Event]:
+            response = running._batch(first)
+            assert response is not None
+            return list(response.events.events)
+
+        batches = [batch(events[0])]
         while running._outbox:
             first = running._outbox.popleft()
             assert isinstance(first, windshift.Event)
-            batches.append(running._batch(first))
+            batches.append(batch(first))
         for each in events:
             await each.ack()
     assert [[e.id for e in batch] for batch in batches] == [
