@@ -205,7 +205,8 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
 
     The API runs without authentication (``WINDSHIFT_AUTH=none``) unless the
     overrides say otherwise; an override of None removes the variable.
-    ``WINDSHIFT_TEST_EVENT_LOOP=uvloop`` in the tests' environment runs every
+    Every call gets a log line (``WINDSHIFT_RPC_LOG=calls``) unless the
+    overrides say otherwise. ``WINDSHIFT_TEST_EVENT_LOOP=uvloop`` in the tests' environment runs every
     serve on that ``WINDSHIFT_EVENT_LOOP`` (unless a test sets it).
     """
     env = {key: value for key, value in os.environ.items() if _inherited(key)}
@@ -218,6 +219,9 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
         env["NATS_URL"] = nats_url
     if "WINDSHIFT_AUTH_FILE" not in overrides:
         env["WINDSHIFT_AUTH"] = "none"
+    # A line for every call, OK or not: tests wait for the line of the call
+    # they made (tests/grpc/test_logs.py checks the default, errors).
+    env["WINDSHIFT_RPC_LOG"] = "calls"
     loop = os.environ.get("WINDSHIFT_TEST_EVENT_LOOP", "").strip()
     if loop:
         env["WINDSHIFT_EVENT_LOOP"] = loop

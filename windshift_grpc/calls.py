@@ -30,9 +30,9 @@ deserializer: a request stays bytes until its call is admitted. For each call, e
    continues a trace is not made current: nothing would see it);
 6. **map** whatever it raises through :mod:`windshift_grpc.status`;
 7. **log** one line when the call ends: method, status code, duration
-   (never the payload; with ``WINDSHIFT_RPC_LOG=errors`` only for calls
-   that do not end OK, the others at DEBUG, and nothing is formatted for a
-   line whose level is off), and record the duration in the histogram
+   (never the payload; at INFO only for calls that do not end OK, the
+   others at DEBUG, unless ``WINDSHIFT_RPC_LOG=calls``; nothing is
+   formatted for a line whose level is off), and record the duration in the histogram
    ``rpc.server.call.duration`` (:data:`windshift_grpc.metrics.RPC_DURATION`).
 
 The servicers hold none of this: they convert, call the library and convert
@@ -400,8 +400,8 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         guards: method -> its :data:`Guard`, run on each request's bytes
             before they are decoded.
         log_calls: a line at INFO for every call (``WINDSHIFT_RPC_LOG=calls``);
-            False: only for calls that end with an error status, the others
-            at DEBUG (``errors``).
+            False (the default, ``errors``): only for calls that end with an
+            error status, the others at DEBUG.
     """
 
     def __init__(
@@ -411,7 +411,7 @@ class CallLayer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         events: EventsCalls | None = None,
         guards: Mapping[str, Guard] | None = None,
         *,
-        log_calls: bool = True,
+        log_calls: bool = False,
     ) -> None:
         self.admission = admission
         self.access = access

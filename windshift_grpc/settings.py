@@ -454,12 +454,13 @@ class Settings:
     )
     rpc_log: str = _setting(
         "WINDSHIFT_RPC_LOG",
-        "calls",
+        "errors",
         _choice("calls", "errors"),
-        "Which calls get a line of the `windshift_grpc.rpc` log. `calls`: every call, "
-        "at INFO. `errors`: only calls that end with a status other than OK; calls that "
-        "end OK are logged at DEBUG (with `DEVELOPMENT=true`), which spares a busy server "
-        "the cost of a line per call (docs/performance.md, The server path).",
+        "Which calls get a line of the `windshift_grpc.rpc` log at INFO. `errors`: only "
+        "calls that end with a status other than OK; those that end OK are logged at "
+        "DEBUG (shown with `DEVELOPMENT=true`), as the Go original does, which spares a "
+        "busy server the cost of a line per call (docs/performance.md, The server path). "
+        "`calls`: every call, at INFO.",
         group=_SERVING,
     )
     event_loop: str = _setting(

@@ -1,4 +1,4 @@
-"""The gRPC benchmark tools work and count right (tiny counts: nothing here is timed).
+"""The benchmark tools work and count right (tiny counts: nothing here is timed).
 
 ``benchmarks/node/loadgen.js`` (the Node.js @grpc/grpc-js load generator)
 runs each of its workloads against a live serve and reports exactly what the
@@ -6,6 +6,7 @@ stream and the consumers show; it reports a failed publish as an error (exit
 status 2), never as an event. ``benchmarks/grpc_scaling.py`` runs serve with
 2 workers and Node clients, and with 1 worker and Python clients, on a shared
 and on an embedded nats-server, and reports every event it sent.
+``benchmarks/settle_many.py`` acknowledges every event it received, both ways.
 The Node parts are skipped only where ``node`` is not installed; the load
 generator's packages are installed (``npm ci``) when ``node_modules`` is missing.
 """
@@ -160,3 +161,13 @@ async def test_scaling_run_with_python_clients_and_an_embedded_nats(tmp_path: Pa
     ]
     # The embedded nats-server's CPU is found and reported on its own.
     assert all(row["nats_cpu_s"] is not None for row in rows)
+
+
+async def test_settle_many_benchmark_acknowledges_every_event_both_ways() -> None:
+    script = ROOT / "benchmarks" / "settle_many.py"
+    code, out, err = await _run(
+        sys.executable, str(script), "--events", "300", "--batch", "64", "--rounds", "1"
+    )
+    assert code == 0, err
+    assert "| gather |" in out and "| ack_many |" in out, out
+    assert "ack_many/gather:" in out

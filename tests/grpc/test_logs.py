@@ -15,6 +15,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 import windshift
 from tests.grpc_fixtures import (
     EventsClient,
+    ServeProcess,
     StartServe,
     ensure_stream,
     serve_command,
@@ -217,6 +218,46 @@ async def test_json_lines_carry_fields_and_the_callers_trace(
     # written while the call's span was current: the same trace
     assert created["trace_id"] == TRACE_ID
     assert set(created) >= {"time", "level", "logger", "message"}
+
+
+async def _ok_then_not_found(server: ServeProcess, name: str) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub: Stub = pb_grpc.EventsServiceStub(channel)  # type: ignore[assignment]
+        await ensure_stream(stub, name)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.DeleteConsumer(pb.DeleteConsumerRequest(stream=name, id="missing"))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("development", ["false", "true"])
+async def test_by_default_only_calls_that_fail_get_a_line_at_info(
+    start_serve: StartServe, name: str, development: str
+) -> None:
+    # As the Go original: a call that ends OK is logged at DEBUG (shown in
+    # development), one that fails at INFO or above. The lines come in the
+    # order the calls end, so the OK call's would come before the other's.
+    server = await start_serve(DEVELOPMENT=development, WINDSHIFT_RPC_LOG=None)
+    await _ok_then_not_found(server, name)
+    await server.wait_for_line("DeleteConsumer NOT_FOUND")
+    ok = [line for line in server.lines if "EnsureStream OK" in line]
+    if development == "false":
+        assert ok == []
+        failed = json.loads(
+            next(line for line in server.lines if "DeleteConsumer NOT_FOUND" in line)
+        )
+        assert failed["level"] == "info"
+    else:
+        assert len(ok) == 1 and "DEBUG" in ok[0], ok
+
+
+async def test_with_rpc_log_calls_every_call_gets_a_line_at_info(
+    start_serve: StartServe, name: str
+) -> None:
+    server = await start_serve(DEVELOPMENT="false", WINDSHIFT_RPC_LOG="calls")
+    await _ok_then_not_found(server, name)
+    await server.wait_for_line("DeleteConsumer NOT_FOUND")
+    [ok] = [json.loads(line) for line in server.lines if "EnsureStream OK" in line]
+    assert ok["level"] == "info"
 
 
 async def test_serve_that_cannot_reach_nats_does_not_log_the_password() -> None:
