@@ -114,12 +114,6 @@ def timestamp_ns(value: Timestamp, field: str) -> int:
     return value.seconds * 1_000_000_000 + value.nanos
 
 
-def nanos_timestamp(nanos: int) -> Timestamp:
-    """Nanoseconds since the Unix epoch as a proto Timestamp (exact)."""
-    seconds, rest = divmod(nanos, 1_000_000_000)
-    return Timestamp(seconds=seconds, nanos=rest)
-
-
 def to_timestamp(value: datetime) -> Timestamp:
     """An aware datetime as a proto Timestamp."""
     # Exact arithmetic on the difference; Timestamp.FromDatetime gives the
@@ -497,7 +491,6 @@ __all__ = [
     "duration",
     "event",
     "headers",
-    "nanos_timestamp",
     "outgoing_events",
     "pointer",
     "publish_events_guard",
