@@ -47,7 +47,7 @@ _HEADER_PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(_HEADER_PIECES, max_size=30).map(b"".join))
 def test_header_lines_are_read_as_nats_py_reads_them(raw: bytes) -> None:
     assert parse_header_lines(raw) == NatsPyClient._parse_header_lines(raw)
@@ -118,7 +118,7 @@ _TIME_PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(_TIME_PIECES, max_size=14).map("".join))
 def test_published_times_are_read_as_the_general_reader_reads_them(text: str) -> None:
     assert _fast_ns(text) == _general_ns(text)
@@ -144,7 +144,7 @@ def test_published_times_of_every_shape_are_read_exactly() -> None:
     assert wire.parse_time_ns("2026-12-07T09:20:00.5Z") == 1_796_635_200_500_000_000
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_log_times_are_what_isoformat_writes(created: float) -> None:
     expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
