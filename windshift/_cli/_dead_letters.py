@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -188,6 +189,36 @@ def _progress(out: Output, total: int, verb: str) -> Progress:
     )
 
 
+# The past tense and the -ing form of each action over letters, as shown.
+_FORMS = {"replay": ("replayed", "replaying"), "delete": ("deleted", "deleting")}
+
+
+async def _each(
+    client: Client,
+    out: Output,
+    queue_name: str,
+    selection: Selection,
+    action: str,
+    act: Callable[[DeadLetterQueue, int], Awaitable[dict[str, Any]]],
+) -> int:
+    """Apply ``act`` to each selected letter, with progress, then summarise; the exit code."""
+    done_form, doing_form = _FORMS[action]
+    queue = client.dead_letters(queue_name)
+    await client.stream_info(queue_name)
+    found, missing = await _selected(queue, selection)
+    outcome = _Outcome(failed=[_not_found(queue_name, letter_id) for letter_id in missing])
+    with _progress(out, len(found), doing_form) as progress:
+        task = progress.add_task(action, total=len(found))
+        for letter_id in found:
+            try:
+                outcome.done.append(await act(queue, letter_id))
+            except WindshiftError as exc:
+                outcome.failed.append(_failed(letter_id, exc))
+            progress.advance(task)
+    _summarise(out, outcome, done_form, queue_name)
+    return outcome.code()
+
+
 @app.command("list")
 @reports_failures
 @connection_options
@@ -313,25 +344,12 @@ def replay(
     out = Output(json_output=json_output)
     selection = parse_selection(ids, every)
 
+    async def replay_one(queue: DeadLetterQueue, letter_id: int) -> dict[str, Any]:
+        published = await queue.replay(letter_id)
+        return {"id": letter_id, "stream": published.stream, "event_id": published.id}
+
     async def work(client: Client) -> int:
-        queue = client.dead_letters(queue_name)
-        await client.stream_info(queue_name)
-        found, missing = await _selected(queue, selection)
-        outcome = _Outcome(failed=[_not_found(queue_name, letter_id) for letter_id in missing])
-        with _progress(out, len(found), "replaying") as progress:
-            task = progress.add_task("replay", total=len(found))
-            for letter_id in found:
-                try:
-                    published = await queue.replay(letter_id)
-                except WindshiftError as exc:
-                    outcome.failed.append(_failed(letter_id, exc))
-                else:
-                    outcome.done.append(
-                        {"id": letter_id, "stream": published.stream, "event_id": published.id}
-                    )
-                progress.advance(task)
-        _summarise(out, outcome, "replayed", queue_name)
-        return outcome.code()
+        return await _each(client, out, queue_name, selection, "replay", replay_one)
 
     code = with_client(nats, work, name="windshift dead-letters replay")
     raise typer.Exit(code)
@@ -352,23 +370,12 @@ def delete(
     out = Output(json_output=json_output)
     selection = parse_selection(ids, every)
 
+    async def delete_one(queue: DeadLetterQueue, letter_id: int) -> dict[str, Any]:
+        await queue.delete(letter_id)
+        return {"id": letter_id}
+
     async def work(client: Client) -> int:
-        queue = client.dead_letters(queue_name)
-        await client.stream_info(queue_name)
-        found, missing = await _selected(queue, selection)
-        outcome = _Outcome(failed=[_not_found(queue_name, letter_id) for letter_id in missing])
-        with _progress(out, len(found), "deleting") as progress:
-            task = progress.add_task("delete", total=len(found))
-            for letter_id in found:
-                try:
-                    await queue.delete(letter_id)
-                except WindshiftError as exc:
-                    outcome.failed.append(_failed(letter_id, exc))
-                else:
-                    outcome.done.append({"id": letter_id})
-                progress.advance(task)
-        _summarise(out, outcome, "deleted", queue_name)
-        return outcome.code()
+        return await _each(client, out, queue_name, selection, "delete", delete_one)
 
     code = with_client(nats, work, name="windshift dead-letters delete")
     raise typer.Exit(code)
