@@ -6,7 +6,8 @@ stream and the consumers show; it reports a failed publish as an error (exit
 status 2), never as an event. ``benchmarks/grpc_scaling.py`` runs serve with
 2 workers and Node clients, and with 1 worker and Python clients, on a shared
 and on an embedded nats-server, and reports every event it sent.
-``benchmarks/settle_many.py`` acknowledges every event it received, both ways.
+``benchmarks/settle_many.py`` acknowledges every event it received, both ways;
+``benchmarks/grpc_floor.py`` measures every part it compares (it checks the counts itself).
 The Node parts are skipped only where ``node`` is not installed; the load
 generator's packages are installed (``npm ci``) when ``node_modules`` is missing.
 """
@@ -171,3 +172,28 @@ async def test_settle_many_benchmark_acknowledges_every_event_both_ways() -> Non
     assert code == 0, err
     assert "| gather |" in out and "| ack_many |" in out, out
     assert "ack_many/gather:" in out
+
+
+async def test_floor_benchmark_reports_every_part_and_the_floor() -> None:
+    script = ROOT / "benchmarks" / "grpc_floor.py"
+    code, out, err = await _run(
+        sys.executable, str(script), "--calls", "100", "--events", "300", "--rounds", "1"
+    )
+    assert code == 0, err
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| way")
+    }
+    assert set(rows) == {
+        "serve",
+        "no-op",
+        "library publish",
+        "library consume + ack",
+        "library + ack_many confirmed",
+        "serve max_batch",
+    }, out
+    for way, (rate, cpu, _) in rows.items():
+        assert float(rate.replace(",", "")) > 0 and float(cpu) > 0, (way, out)
+    assert "floor (no-op + library publish)/no-op" in out
+    assert "serve max_batch/library consume + ack" in out
