@@ -206,8 +206,9 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
     The API runs without authentication (``WINDSHIFT_AUTH=none``) unless the
     overrides say otherwise; an override of None removes the variable.
     Every call gets a log line (``WINDSHIFT_RPC_LOG=calls``) unless the
-    overrides say otherwise. ``WINDSHIFT_TEST_EVENT_LOOP=uvloop`` in the tests' environment runs every
-    serve on that ``WINDSHIFT_EVENT_LOOP`` (unless a test sets it).
+    overrides say otherwise. ``WINDSHIFT_TEST_EVENT_LOOP=asyncio`` (or ``uvloop``) in the tests'
+    environment runs every serve on that ``WINDSHIFT_EVENT_LOOP`` (unless a test sets it);
+    without it, serve takes its default, ``auto`` (uvloop, which the dev install has).
     """
     env = {key: value for key, value in os.environ.items() if _inherited(key)}
     grpc_port = free_port()
@@ -231,6 +232,12 @@ def serve_env(nats_url: str | None, **overrides: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+def expected_event_loop() -> str:
+    """The loop the ready line of a serve of :func:`serve_env` names (uvloop is installed here)."""
+    loop = os.environ.get("WINDSHIFT_TEST_EVENT_LOOP", "").strip().lower()
+    return "asyncio" if loop == "asyncio" else "uvloop"
 
 
 StartServe = Callable[..., Awaitable[ServeProcess]]

@@ -61,7 +61,7 @@ from grpc_reflection.v1alpha import reflection
 import windshift
 from windshift import UnavailableError
 from windshift._embedded import EmbeddedNats, free_port
-from windshift_grpc import metrics, telemetry
+from windshift_grpc import event_loop, metrics, telemetry
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2 as events_pb2
 from windshift_grpc._proto.windshift.events.v1alpha1 import service_pb2_grpc as events_grpc
 from windshift_grpc._proto.windshift.state.v1alpha1 import service_pb2 as state_pb2
@@ -438,22 +438,26 @@ async def _run(
     if worker is None:
         _announce_access(settings, None if access is None else access.tokens, transport)
         logger.info(
-            "windshift-grpc ready: gRPC on port %d (%s, %s), health on port %d (%s), NATS at %s",
+            "windshift-grpc ready: gRPC on port %d (%s, %s), health on port %d (%s), "
+            "event loop %s, NATS at %s",
             settings.grpc_port,
             transport,
             _where(settings.grpc_bind),
             settings.health_port,
             _where(settings.health_bind),
+            event_loop.running_loop_name(),
             nats_at,
         )
     else:  # the supervisor announces the server as a whole
         logger.info(
-            "windshift-grpc %s ready (pid %d): gRPC on port %d (%s, %s, shared), NATS at %s",
+            "windshift-grpc %s ready (pid %d): gRPC on port %d (%s, %s, shared), "
+            "event loop %s, NATS at %s",
             worker.name,
             os.getpid(),
             settings.grpc_port,
             transport,
             _where(settings.grpc_bind),
+            event_loop.running_loop_name(),
             nats_at,
         )
         # From now on a SIGHUP reloads: the supervisor passes them on once it is told.

@@ -465,11 +465,13 @@ class Settings:
     )
     event_loop: str = _setting(
         "WINDSHIFT_EVENT_LOOP",
-        "asyncio",
-        _choice("asyncio", "uvloop"),
-        "The event loop `serve` and each of its workers run on. `asyncio`: Python's own. "
-        "`uvloop`: uvloop's (installed with the `grpc` extra), which handles NATS' "
-        "traffic with less CPU (docs/performance.md, The server path).",
+        "auto",
+        _choice("auto", "asyncio", "uvloop"),
+        "The event loop `serve` and each of its workers run on. `auto`: uvloop's where it "
+        "is installed (with the `grpc` extra, except on Windows), Python's own otherwise. "
+        "`uvloop`: uvloop's, or refuse to start without it. `asyncio`: Python's own. uvloop "
+        "spends less CPU per call (docs/performance.md, The server path); the ready line of "
+        "the log names the loop in use.",
         group=_SERVING,
     )
     data_dir: Path = _setting(

@@ -373,3 +373,55 @@ async def test_with_only_the_opentelemetry_api_serve_warns_and_serves(
     await server.wait_for_line("EnsureStream OK")
     assert await server.signal(signal.SIGTERM) == 0
     assert server.stdout == []  # no spans: nothing records them
+
+
+# --- the event loop (WINDSHIFT_EVENT_LOOP) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "loop"),
+    [(None, "uvloop"), ("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")],
+)
+async def test_serve_runs_on_the_event_loop_the_setting_names(
+    start_serve: StartServe, name: str, setting: str | None, loop: str
+) -> None:
+    # (None: unset, so the default, auto, which takes uvloop where installed.)
+    server = await start_serve(WINDSHIFT_EVENT_LOOP=setting)
+    ready = await server.wait_for_line(READY)
+    assert f", event loop {loop}, NATS at " in ready, ready
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+    await server.wait_for_line("EnsureStream OK")
+
+
+async def test_without_uvloop_the_default_loop_is_asyncios_and_uvloop_is_refused(
+    started: Started, nats_server: EmbeddedNats, name: str
+) -> None:
+    env = serve_env(nats_server.url, WINDSHIFT_EVENT_LOOP=None)
+    server = started(command_serve(env, cli_without(["uvloop"], "serve")))
+    await server.start()
+    ready = await server.wait_for_line(READY)
+    assert ", event loop asyncio, NATS at " in ready, ready
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await ensure_stream(pb_grpc.EventsServiceStub(channel), name)  # type: ignore[arg-type]
+    await server.wait_for_line("EnsureStream OK")
+
+    code, out, err = await run_command(
+        *cli_without(["uvloop"], "serve"),
+        env=serve_env(nats_server.url, WINDSHIFT_EVENT_LOOP="uvloop"),
+    )
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "windshift-grpc: invalid WINDSHIFT_EVENT_LOOP: 'uvloop' is not installed here "
+        "(pip install uvloop, or windshift[grpc] on a platform uvloop supports)"
+    ]
+
+
+async def test_an_unknown_event_loop_is_refused_by_name(nats_server: EmbeddedNats) -> None:
+    code, out, err = await run_command(
+        *serve_command(), env=serve_env(nats_server.url, WINDSHIFT_EVENT_LOOP="trio")
+    )
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "windshift-grpc: invalid WINDSHIFT_EVENT_LOOP: 'trio' is not one of auto, asyncio, uvloop"
+    ]

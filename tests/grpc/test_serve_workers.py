@@ -34,6 +34,7 @@ from tests.grpc_fixtures import (
     command_line,
     ensure_consumer,
     ensure_stream,
+    expected_event_loop,
     http_get,
     log_records,
     publish,
@@ -160,7 +161,7 @@ async def test_the_embedded_nats_is_started_once_and_every_worker_uses_it(
             for record in log_records(server)
             if f"worker {worker} of 2 ready" in record["message"]
         ]
-        assert ready.endswith(f"NATS at 127.0.0.1:{url[1]}"), ready
+        assert ready.endswith(f"event loop {expected_event_loop()}, NATS at 127.0.0.1:{url[1]}")
         assert password.encode() not in _proc(pid, "cmdline")
         assert password.encode() not in _proc(pid, "environ")
     channels = await channels_on_every_worker(server, 2, name)
