@@ -75,6 +75,22 @@ def _check_size(nc: NATS, size: int) -> None:
         raise nats.errors.MaxPayloadError
 
 
+def _direct_subject(subject: str) -> bool:
+    """Whether the direct send may write ``subject`` as it is.
+
+    A subject with whitespace or unprintable characters takes nats-py's
+    publish instead, which refuses it with its own error.
+    """
+    return " " not in subject and subject.isprintable()
+
+
+async def _write(nc: NATS, command: bytes) -> None:
+    """Queue ``command`` in nats-py's outgoing buffer and have it flushed, as its publish does."""
+    await nc._send_command(command)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+
+
 # Below this many entries the deadlines are never tidied: answered entries
 # cost only their memory, and tidying that often would cost more.
 _TIDY_AT = 256
@@ -219,9 +235,7 @@ class AckInbox:
             )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += size
-        await nc._send_command(command)
-        if nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
+        await _write(nc, command)
 
     async def send(
         self, subject: str, body: bytes, headers: dict[str, str] | None, timeout: float
@@ -249,7 +263,7 @@ class AckInbox:
         self._waiting[token] = waiter
         self._expire_at(loop, loop.time() + timeout, number, waiter)
         try:
-            if self._direct and " " not in subject and subject.isprintable():
+            if self._direct and _direct_subject(subject):
                 await self._send_direct(subject, self._prefix + token, body, headers)
             else:
                 block_size = 0 if headers is None else len(header_block(headers))
@@ -362,7 +376,7 @@ class AckInbox:
             or nc.is_draining_pubs
             or not nc.is_connected
             or (nc.max_payload and size > nc.max_payload)
-            or not all(" " not in subject and subject.isprintable() for subject in subjects)
+            or not all(map(_direct_subject, subjects))
         ):
             return None
         loop = asyncio.get_running_loop()
@@ -383,9 +397,7 @@ class AckInbox:
         try:
             nc.stats["out_msgs"] += len(sent)
             nc.stats["out_bytes"] += size * len(sent)
-            await nc._send_command(b"".join(commands))
-            if nc._flush_queue is not None and nc._flush_queue.empty():
-                await nc._flush_pending()
+            await _write(nc, b"".join(commands))
         except BaseException:
             for token, waiter in sent:
                 self._waiting.pop(token, None)
