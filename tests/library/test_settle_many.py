@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
@@ -24,26 +27,37 @@ async def _setup(client: windshift.Client, name: str, **options: object) -> str:
     return info.id
 
 
+@contextlib.asynccontextmanager
+async def _subscribed(
+    client: windshift.Client,
+    name: str,
+    count: int,
+    consumer_options: dict[str, Any] | None = None,
+    **subscribe_options: Any,
+) -> AsyncIterator[tuple[windshift.Subscription, list[int]]]:
+    """A fresh stream and consumer with ``count`` events published, subscribed: it and their ids."""
+    consumer = await _setup(client, name, **(consumer_options or {}))
+    ids = await publish_many(client, f"{name}.a", count)
+    async with client.subscribe(name, consumer, **subscribe_options) as events:
+        yield events, ids
+
+
 @pytest.mark.parametrize("confirm", [True, False])
 async def test_ack_many_acknowledges_every_event(
     client: windshift.Client, name: str, confirm: bool
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 20)
-    async with client.subscribe(name, consumer, max_pending_events=20) as events:
+    async with _subscribed(client, name, 20, max_pending_events=20) as (events, _):
         batch = await take(events, 20)
         assert await events.ack_many(batch, confirm=confirm) == [None] * 20
         assert [event.settled for event in batch] == ["acknowledged"] * 20
         assert events.held_events == 0
         await client.nats.flush()
-    info = await client.consumer_info(name, consumer)
+    info = await client.consumer_info(name, events.consumer)
     assert (info.pending_events, info.unsettled_events) == (0, 0)
 
 
 async def test_ack_many_makes_room_for_the_next_events(client: windshift.Client, name: str) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 6)
-    async with client.subscribe(name, consumer, max_pending_events=3) as events:
+    async with _subscribed(client, name, 6, max_pending_events=3) as (events, _):
         first = await take(events, 3)
         assert await events.ack_many(first, confirm=True) == [None] * 3
         rest = await take(events, 3)
@@ -54,9 +68,7 @@ async def test_ack_many_makes_room_for_the_next_events(client: windshift.Client,
 async def test_ack_many_reports_each_event_it_cannot_settle(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 3)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 3) as (events, _):
         one, two, three = await take(events, 3)
         await two.ack()
         outcomes = await events.ack_many([one, two, three, one], confirm=True)
@@ -94,12 +106,10 @@ async def test_ack_many_takes_only_events_of_its_subscription(
 async def test_unconfirmed_settlements_leave_the_events_to_settle_again(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 3)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 3) as (events, _):
         batch = await take(events, 3)
         # With its consumer gone, nobody answers the acknowledgements.
-        await client.delete_consumer(name, consumer)
+        await client.delete_consumer(name, events.consumer)
         outcomes = await events.ack_many(batch, confirm=True)
         assert all(isinstance(outcome, UnavailableError) for outcome in outcomes), outcomes
         assert f"settling event {batch[0].id}" in str(outcomes[0])
@@ -110,9 +120,7 @@ async def test_unconfirmed_settlements_leave_the_events_to_settle_again(
 async def test_reject_many_redelivers_with_the_same_ids(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    ids = await publish_many(client, f"{name}.a", 4)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 4) as (events, ids):
         first = await take(events, 4)
         assert await events.reject_many(first, confirm=True) == [None] * 4
         assert [event.settled for event in first] == ["rejected"] * 4
@@ -125,12 +133,10 @@ async def test_reject_many_redelivers_with_the_same_ids(
 async def test_reject_many_permanently_without_dead_letters_drops_them(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 3)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 3) as (events, _):
         batch = await take(events, 3)
         assert await events.reject_many(batch, permanently=True, confirm=True) == [None] * 3
-    info = await client.consumer_info(name, consumer)
+    info = await client.consumer_info(name, events.consumer)
     assert (info.pending_events, info.unsettled_events) == (0, 0)
 
 
@@ -138,9 +144,8 @@ async def test_reject_many_moves_to_the_dead_letters_what_reject_would(
     client: windshift.Client, name: str
 ) -> None:
     dead = f"{name}dead"
-    consumer = await _setup(client, name, max_delivery_attempts=2, dead_letter_stream=dead)
-    await publish_many(client, f"{name}.a", 3)
-    async with client.subscribe(name, consumer) as events:
+    options = {"max_delivery_attempts": 2, "dead_letter_stream": dead}
+    async with _subscribed(client, name, 3, options) as (events, _):
         one, two, three = await take(events, 3)
         assert await events.reject_many([one], confirm=True) == [None]  # attempt 1 of 2
         [one] = await take(events, 1)
@@ -166,9 +171,8 @@ async def test_reject_many_mixes_moves_and_plain_rejects(
     client: windshift.Client, name: str
 ) -> None:
     dead = f"{name}dead"
-    consumer = await _setup(client, name, max_delivery_attempts=2, dead_letter_stream=dead)
-    first_id, second_id = await publish_many(client, f"{name}.a", 2)
-    async with client.subscribe(name, consumer) as events:
+    options = {"max_delivery_attempts": 2, "dead_letter_stream": dead}
+    async with _subscribed(client, name, 2, options) as (events, (first_id, second_id)):
         first, second = await take(events, 2)
         assert await events.reject_many([first]) == [None]
         [first] = await take(events, 1)
@@ -184,9 +188,7 @@ async def test_reject_many_mixes_moves_and_plain_rejects(
 async def test_reject_many_refuses_bad_arguments_before_sending(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 1)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 1) as (events, _):
         batch = await take(events, 1)
         with pytest.raises(ValidationError, match="either delay or permanently"):
             await events.reject_many(batch, delay=timedelta(seconds=1), permanently=True)
@@ -199,9 +201,7 @@ async def test_reject_many_refuses_bad_arguments_before_sending(
 async def test_ping_many_keeps_events_held_and_records_the_ping(
     client: windshift.Client, name: str
 ) -> None:
-    consumer = await _setup(client, name)
-    await publish_many(client, f"{name}.a", 3)
-    async with client.subscribe(name, consumer, auto_ping=False) as events:
+    async with _subscribed(client, name, 3, auto_ping=False) as (events, _):
         one, two, three = await take(events, 3)
         await three.ack()
         before = one.last_ping
@@ -215,8 +215,7 @@ async def test_ping_many_keeps_events_held_and_records_the_ping(
 
 
 async def test_an_empty_batch_sends_nothing(client: windshift.Client, name: str) -> None:
-    consumer = await _setup(client, name)
-    async with client.subscribe(name, consumer) as events:
+    async with _subscribed(client, name, 0) as (events, _):
         assert await events.ack_many([], confirm=True) == []
         assert await events.reject_many([]) == []
         assert await events.ping_many([]) == []
