@@ -52,9 +52,11 @@ from grpc_workloads import (
     serve_noop,
     server_cpu,
 )
+from settle_many import CountMismatch as SettleMismatch
+from settle_many import fill, one_round
 
 import windshift
-from windshift import EmbeddedNats, OutgoingEvent, StreamPointer
+from windshift import EmbeddedNats
 
 BODY = StringValue(value="x" * 100)
 PUBLISH_WAYS = ("serve", "no-op", "library publish")
@@ -78,46 +80,12 @@ async def _server_round(
     return rate, (after - server) / count * 1e6, (_cpu() - own) / count * 1e6
 
 
-async def _fill(client: windshift.Client, stream: str, count: int) -> None:
-    await client.ensure_stream(stream, subjects=[f"{stream}.>"])
-    for start in range(0, count, 1000):
-        await client.publish_many(
-            [OutgoingEvent(f"{stream}.x", BODY) for _ in range(min(1000, count - start))]
-        )
-    await client.ensure_consumer(stream, "bench", start=StreamPointer.start())
-
-
-async def _library_consume(
-    client: windshift.Client, stream: str, count: int, *, confirmed: bool
-) -> float:
-    received = 0
-    batch: list[windshift.Event] = []
-    started = time.perf_counter()
-    async with client.subscribe(stream, "bench", max_pending_events=256) as events:
-        async for event in events:
-            received += 1
-            if confirmed:
-                batch.append(event)
-                if len(batch) == ACK_BATCH or received == count:
-                    outcomes = await events.ack_many(batch, confirm=True)
-                    if any(outcome is not None for outcome in outcomes):
-                        raise CountMismatch(f"ack_many failed some: {outcomes}")
-                    batch = []
-            else:
-                await event.ack()
-            if received >= count:
-                break
-    rate = count / (time.perf_counter() - started)
-    await client.nats.flush()
-    return rate
-
-
-async def _settled(client: windshift.Client, stream: str, way: str, count: int) -> None:
+async def _settled(client: windshift.Client, stream: str, count: int) -> None:
     info = await client.consumer_info(stream, "bench")
     if info.pending_events or info.unsettled_events:
         raise CountMismatch(
-            f"{way}: {info.pending_events} pending, {info.unsettled_events} unsettled "
-            f"after {count} events"
+            f"serve max_batch: {info.pending_events} pending, {info.unsettled_events} "
+            f"unsettled after {count} events"
         )
 
 
@@ -157,21 +125,17 @@ async def run(
                 raise CountMismatch(f"PublishEvent: {stored} events stored, {published} published")
             for number, way in enumerate(CONSUME_WAYS):
                 stream = f"floor{round_}x{number}"
-                await _fill(client, stream, events)
                 if way == "serve max_batch":
+                    await fill(client, stream, events)
                     figure = await _server_round(
-                        target,
-                        events,
-                        consume_events(target, stream, "bench", events, MAX_BATCH),
+                        target, events, consume_events(target, stream, "bench", events, MAX_BATCH)
                     )
-                else:
-                    own, started = _cpu(), time.perf_counter()
-                    rate = await _library_consume(
-                        client, stream, events, confirmed=way != "library consume + ack"
-                    )
-                    figure = (rate, (_cpu() - own) / events * 1e6, 0.0)
-                await _settled(client, stream, way, events)
-                await client.delete_stream(stream)
+                    await _settled(client, stream, events)
+                    await client.delete_stream(stream)
+                else:  # (one_round fills the stream, checks the consumer and deletes it)
+                    library_way = "ack" if way == "library consume + ack" else "ack_many"
+                    rate, cpu = await one_round(client, stream, library_way, events, ACK_BATCH)
+                    figure = (rate, cpu, 0.0)
                 figures[way].append(figure)
             for way, runs in figures.items():
                 rate, cpu, client_cpu = runs[-1]
@@ -221,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             figures = runner.run(run(args.calls, args.events, args.rounds, serve_env))
-    except CountMismatch as exc:
+    except (CountMismatch, SettleMismatch) as exc:
         print(f"count mismatch: {exc}", file=sys.stderr)
         return 1
     report(figures)

@@ -41,10 +41,8 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def one_round(
-    client: windshift.Client, stream: str, way: str, count: int, batch_size: int
-) -> tuple[float, float]:
-    """Events per second and CPU µs per event of one way over ``count`` events."""
+async def fill(client: windshift.Client, stream: str, count: int) -> None:
+    """A new stream ``stream`` with ``count`` events of 100 bytes, and its consumer ``bench``."""
     await client.ensure_stream(stream, subjects=[f"{stream}.>"])
     body = StringValue(value="x" * 100)
     for start in range(0, count, 1000):
@@ -52,24 +50,39 @@ async def one_round(
             [OutgoingEvent(f"{stream}.x", body) for _ in range(min(1000, count - start))]
         )
     await client.ensure_consumer(stream, "bench", start=StreamPointer.start())
+
+
+async def one_round(
+    client: windshift.Client, stream: str, way: str, count: int, batch_size: int
+) -> tuple[float, float]:
+    """Events per second and CPU µs per event of one way over ``count`` events.
+
+    ``way`` is one of :data:`WAYS`, or ``ack``: ``event.ack()`` unconfirmed,
+    one event at a time (the library's consume + ack of ``bench.py``).
+    """
+    await fill(client, stream, count)
     received = 0
     batch: list[windshift.Event] = []
     cpu, started = _cpu(), time.perf_counter()
     async with client.subscribe(stream, "bench", max_pending_events=256) as events:
         async for event in events:
-            batch.append(event)
             received += 1
-            if len(batch) == batch_size or received == count:
-                if way == "ack_many":
-                    outcomes = await events.ack_many(batch, confirm=True)
-                    if any(outcome is not None for outcome in outcomes):
-                        raise CountMismatch(f"ack_many failed some: {outcomes}")
-                else:
-                    await asyncio.gather(*(each.ack(confirm=True) for each in batch))
-                batch = []
+            if way == "ack":
+                await event.ack()
+            else:
+                batch.append(event)
+                if len(batch) == batch_size or received == count:
+                    if way == "ack_many":
+                        outcomes = await events.ack_many(batch, confirm=True)
+                        if any(outcome is not None for outcome in outcomes):
+                            raise CountMismatch(f"ack_many failed some: {outcomes}")
+                    else:
+                        await asyncio.gather(*(each.ack(confirm=True) for each in batch))
+                    batch = []
             if received >= count:
                 break
     elapsed, used = time.perf_counter() - started, _cpu() - cpu
+    await client.nats.flush()  # (unconfirmed acks: the server has them all after this)
     info = await client.consumer_info(stream, "bench")
     if (info.pending_events, info.unsettled_events) != (0, 0) or received != count:
         raise CountMismatch(
