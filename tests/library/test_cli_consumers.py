@@ -25,9 +25,12 @@ async def test_each_consumer_with_its_counts_lag_in_events_and_time_and_dead_let
     await client.ensure_consumer(name, "idle", start=StreamPointer.start())
     await publish_many(client, f"{name}.a", 4)
     async with client.subscribe(name, "billing", max_pending_events=2) as events:
+        # Settled with confirmation: the counts read below are the server's
+        # after every settlement, not before the last one has arrived.
         first, second = sorted(await take(events, 2), key=lambda event: event.id)
-        await first.ack()
-        await second.reject(delay=timedelta(0))  # delivered again: redelivered, not settled
+        await first.ack(confirm=True)
+        # delivered again: redelivered, not settled
+        await second.reject(delay=timedelta(0), confirm=True)
         # Then 3 and 4 (acknowledged) and 2 once more (held), in any order.
         held = None
         for _ in range(3):
@@ -35,7 +38,7 @@ async def test_each_consumer_with_its_counts_lag_in_events_and_time_and_dead_let
             if event.id == 2:
                 held = event
             else:
-                await event.ack()
+                await event.ack(confirm=True)
         assert held is not None and held.delivery_attempt == 2
         billing = await client.consumer_info(name, "billing")
         oldest = await client.get_event(name, 2)
