@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import windshift
+from tests._util import Background
 from windshift import EmbeddedNats
 
 _counter = itertools.count(1)
@@ -49,6 +50,16 @@ async def nats_server() -> AsyncIterator[EmbeddedNats]:
 async def client(nats_server: EmbeddedNats) -> AsyncIterator[windshift.Client]:
     async with windshift.connect(nats_server.url) as connected:
         yield connected
+
+
+@pytest.fixture
+async def background() -> AsyncIterator[Background]:
+    """Start tasks with ``background.start``; those still running at teardown are cancelled."""
+    tasks = Background()
+    try:
+        yield tasks
+    finally:
+        await tasks.cancel_all()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from tests._faults import (
     wait_replica_current,
     watch_election,
 )
+from tests._util import Background
 from windshift import EmbeddedNats, Event, StreamPointer, StreamSource
 from windshift._names import validate_name, validate_subject
 from windshift.errors import ValidationError, WindshiftError
@@ -61,16 +62,18 @@ async def consume(events: windshift.Subscription, ledger: Ledger, work: float) -
     working: set[asyncio.Task[None]] = set()
 
     async def process(event: Event) -> None:
-        ledger.in_progress += 1
         try:
             await asyncio.sleep(work)  # the handler's work
             await event.ack()
-            ledger.record_settled(event.id)
         finally:
             ledger.in_progress -= 1
+        ledger.record_settled(event.id)
 
     try:
         async for event in events:
+            # counted before the delivery is recorded, so a waiter woken by
+            # the record sees the handler busy with it
+            ledger.in_progress += 1
             ledger.record_delivery(event)
             task = asyncio.create_task(process(event))
             working.add(task)
@@ -87,7 +90,7 @@ SINGLE_TOTAL = 20_000
 
 @pytest.mark.parametrize("subscriber", ["busy", "idle"])
 async def test_single_server_sigkilled_during_20000_publishes(
-    tmp_path: Path, subscriber: str
+    tmp_path: Path, subscriber: str, background: Background
 ) -> None:
     """Scenario 1: lost 0, duplicates 0, the subscription resumes within 1 s by itself."""
     half = SINGLE_TOTAL // 2
@@ -104,7 +107,7 @@ async def test_single_server_sigkilled_during_20000_publishes(
                 processing_timeout=timedelta(seconds=10),
             )
             async with client.subscribe(STREAM, consumer.id, max_pending_events=50) as events:
-                handler = asyncio.create_task(
+                handler = background.start(
                     consume(events, ledger, work=0.02 if subscriber == "busy" else 0.0)
                 )
                 if subscriber == "idle":
@@ -116,16 +119,23 @@ async def test_single_server_sigkilled_during_20000_publishes(
                     # request, which dies with the server. Publishing resumes once
                     # the server is back.
                     outage = await kill_and_restart(server)
-                    publishing = asyncio.create_task(
+                    publishing = background.start(
                         publish_all(client, ledger, SUBJECT, keys[half:], concurrency=64)
                     )
                 else:
-                    publishing = asyncio.create_task(
+                    publishing = background.start(
                         publish_all(client, ledger, SUBJECT, keys, concurrency=64)
                     )
-                    await ledger.wait_until(
-                        lambda: len(ledger.acked) >= half, 60, "half the publishes"
-                    )
+
+                    # Between two pulls the handler can be idle for a moment
+                    # (it finished the last batch); the kill must find it busy.
+                    def busy_after_half() -> bool:
+                        return len(ledger.acked) >= half and ledger.in_progress > 0
+
+                    while not busy_after_half():  # (it may have gone idle again since)
+                        await ledger.wait_until(
+                            busy_after_half, 60, "half the publishes, with the handler busy"
+                        )
                     in_progress = ledger.in_progress
                     backlog = len(ledger.acked) - len(ledger.settled)
                     outage = await kill_and_restart(server)
@@ -192,7 +202,9 @@ ELECTION_MARGIN = 1.0
 
 
 @pytest.mark.parametrize("variant", ["clients-on-leader", "subscriber-behind"])
-async def test_cluster_stream_leader_killed_mid_run(tmp_path: Path, variant: str) -> None:
+async def test_cluster_stream_leader_killed_mid_run(
+    tmp_path: Path, variant: str, background: Background
+) -> None:
     """Scenario 2: no acknowledged event lost; the pause is the cluster's own election."""
     loop = asyncio.get_running_loop()
     keys = [f"k{i}" for i in range(CLUSTER_TOTAL)]
@@ -228,8 +240,8 @@ async def test_cluster_stream_leader_killed_mid_run(tmp_path: Path, variant: str
         ):
             # behind: at most 20 events at a time, 20 ms each (1,000/s), well
             # below the publishers' rate, so a backlog builds up
-            handler = asyncio.create_task(consume(events, ledger, work=0.02 if behind else 0.0))
-            publishing = asyncio.create_task(
+            handler = background.start(consume(events, ledger, work=0.02 if behind else 0.0))
+            publishing = background.start(
                 publish_all(publisher, ledger, SUBJECT, keys, concurrency=32)
             )
             await ledger.wait_until(
@@ -288,7 +300,11 @@ async def test_cluster_stream_leader_killed_mid_run(tmp_path: Path, variant: str
 
 @pytest.mark.parametrize("crash", ["sigkill", "os-exit"])
 async def test_subscriber_crashing_before_settling_gets_its_events_redelivered(
-    nats_server: EmbeddedNats, client: windshift.Client, name: str, crash: str
+    nats_server: EmbeddedNats,
+    client: windshift.Client,
+    name: str,
+    crash: str,
+    background: Background,
 ) -> None:
     """Scenario 4: what a crashed subscriber held comes back, with a higher delivery attempt."""
     loop = asyncio.get_running_loop()
@@ -320,7 +336,7 @@ async def test_subscriber_crashing_before_settling_gets_its_events_redelivered(
     assert len(held) == 10 and code != 0
 
     async with client.subscribe(name, consumer.id) as events:
-        handler = asyncio.create_task(consume(events, ledger, work=0.0))
+        handler = background.start(consume(events, ledger, work=0.0))
         await ledger.wait_until(ledger.settled_all_acked, 30, "every event settled")
         handler.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -26,7 +26,7 @@ async def test_publish_and_receive_spans_form_one_trace(
         published = await client.publish(f"{name}.a", StringValue(value="traced"))
 
     producer = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
-    assert len(producer) == 1
+    assert len(producer) == 1, [s.attributes for s in producer]
     publish_span = producer[0]
     assert publish_span.context is not None
     assert publish_span.parent is not None
