@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from tests._faults import Ledger
+from tests._util import Background
 from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
@@ -34,6 +35,7 @@ GRPC_TOTAL = 2_000
 HOLDERS = 2  # Events clients of the server that dies; each holds what it is given
 HELD_EACH = 8  # their max_processing_events
 TAKERS = 2  # Events clients of the server that lives; they settle everything
+SEED = GRPC_TOTAL // 10  # published before the wait for the holders' events
 # Codes after which a publish may or may not have been stored: retried, with
 # the same idempotency key, through the other server.
 MAYBE_STORED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -77,7 +79,7 @@ async def take_events(
 
 
 async def test_killed_serve_loses_nothing_its_clients_held(
-    start_serve: StartServe, nats_server: EmbeddedNats, name: str
+    start_serve: StartServe, nats_server: EmbeddedNats, name: str, background: Background
 ) -> None:
     """Scenario 3: a serve process SIGKILLed while its Events clients hold unsettled
     events, in the middle of a run of publishes through it: the other server's
@@ -107,35 +109,45 @@ async def test_killed_serve_loses_nothing_its_clients_held(
             await call.subscribe(name, "shared", max_processing_events=HELD_EACH)
         consuming = [
             *(
-                asyncio.create_task(take_events(c, ledger, mine, settle=False))
+                background.start(take_events(c, ledger, mine, settle=False))
                 for c, mine in zip(holders, given, strict=True)
             ),
-            *(asyncio.create_task(take_events(c, ledger, taken, settle=True)) for c in takers),
+            *(background.start(take_events(c, ledger, taken, settle=True)) for c in takers),
         ]
         stubs = [doomed_stub, survivor_stub]  # publishing goes through the doomed one first
-        pending = iter(keys)
 
-        async def publisher() -> None:
-            for key in pending:
-                await publish_with_failover(stubs, ledger, f"{name}.created", key)
+        async def publish(part: list[str]) -> None:
+            pending = iter(part)
 
-        publishing = asyncio.gather(*(publisher() for _ in range(16)))
+            async def publisher() -> None:
+                for key in pending:
+                    await publish_with_failover(stubs, ledger, f"{name}.created", key)
+
+            await asyncio.gather(*(publisher() for _ in range(16)))
+
         # Which events the holders hold changes while the publishes run: the
         # server forgets an event not pinged within the processing timeout
         # (1 s), NATS delivers it again (to any client), and the holder's
         # slot takes another. So wait on what only grows: each holder has
         # been given its HELD_EACH events (it holds that many from then on,
-        # bar a moment between a forgotten one and the next), and half the
-        # publishes are acknowledged. Every event a holder was given, held at
-        # the kill or forgotten before it, must come back to the other
-        # server's clients as a redelivery.
+        # bar a moment between a forgotten one and the next). Every event a
+        # holder was given, held at the kill or forgotten before it, must
+        # come back to the other server's clients as a redelivery.
+        # That wait comes after a first SEED publishes; the rest go on while
+        # the test waits for half of them all, so publishes are certainly in
+        # flight through the doomed server when it dies (waiting on the
+        # holders and half the publishes at once let all the publishes end
+        # first, now and then). The kill still comes well within the
+        # processing timeout of the holders' events.
+        await asyncio.wait_for(publish(keys[:SEED]), 60)
         await ledger.wait_until(
-            lambda: (
-                all(len(mine) >= HELD_EACH for mine in given)
-                and len(ledger.acked) >= GRPC_TOTAL // 2
-            ),
+            lambda: all(len(mine) >= HELD_EACH for mine in given),
             60,
-            "the doomed server's clients to be given their events, half the publishes",
+            "the doomed server's clients to be given their events",
+        )
+        publishing = background.start(publish(keys[SEED:]))
+        await ledger.wait_until(
+            lambda: len(ledger.acked) >= GRPC_TOTAL // 2, 60, "half the publishes"
         )
         given_before_kill: dict[int, int] = {}
         for mine in given:

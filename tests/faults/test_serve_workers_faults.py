@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from tests._faults import Ledger
+from tests._util import Background
 from tests.grpc_fixtures import (
     EventsClient,
     StartServe,
@@ -38,6 +39,7 @@ TOTAL = 2_000
 HOLDERS = 2  # Events clients of the worker that dies; each holds what it is given
 HELD_EACH = 8  # their max_processing_events
 TAKERS = 2  # Events clients of the worker that lives; they settle everything
+SEED = TOTAL // 10  # published before the wait for the holders' events
 PUBLISHERS = 16  # half on a connection to each worker
 # Codes after which a publish may or may not have been stored: retried, with
 # the same idempotency key, on the same channel (which connects again, to a
@@ -80,7 +82,7 @@ async def take_events(
 
 
 async def test_a_worker_killed_under_load_loses_nothing_and_its_clients_events_come_back(
-    start_serve: StartServe, nats_server: EmbeddedNats, name: str
+    start_serve: StartServe, nats_server: EmbeddedNats, name: str, background: Background
 ) -> None:
     """A worker SIGKILLed while its Events clients hold unsettled events, in the
     middle of publishes through both workers: every acknowledged publish is on
@@ -88,7 +90,7 @@ async def test_a_worker_killed_under_load_loses_nothing_and_its_clients_events_c
     other worker's clients as a redelivery; the worker comes back."""
     server = await start_serve(workers=2)
     ledger = Ledger("grpc/worker-killed")
-    keys = iter(f"k{i}" for i in range(TOTAL))
+    keys = [f"k{i}" for i in range(TOTAL)]
     given: list[dict[int, int]] = [{} for _ in range(HOLDERS)]  # id -> highest attempt
     taken: dict[int, int] = {}  # the same, for the surviving worker's clients together
     channels = await channels_on_every_worker(server, 2, name)
@@ -102,27 +104,34 @@ async def test_a_worker_killed_under_load_loses_nothing_and_its_clients_events_c
             await call.subscribe(name, "shared", max_processing_events=HELD_EACH)
         consuming = [
             *(
-                asyncio.create_task(take_events(c, ledger, mine, settle=False))
+                background.start(take_events(c, ledger, mine, settle=False))
                 for c, mine in zip(holders, given, strict=True)
             ),
-            *(asyncio.create_task(take_events(c, ledger, taken, settle=True)) for c in takers),
+            *(background.start(take_events(c, ledger, taken, settle=True)) for c in takers),
         ]
 
-        async def publisher(stub: Stub) -> None:
-            for key in keys:
-                await publish_until_acknowledged(stub, ledger, f"{name}.created", key)
+        async def publish(part: list[str]) -> None:
+            pending = iter(part)
 
-        publishing = asyncio.gather(
-            *(publisher(doomed if i % 2 else survivor) for i in range(PUBLISHERS))
-        )
-        # As in tests/faults/test_grpc_resilience.py: wait on what only grows.
+            async def publisher(stub: Stub) -> None:
+                for key in pending:
+                    await publish_until_acknowledged(stub, ledger, f"{name}.created", key)
+
+            await asyncio.gather(
+                *(publisher(doomed if i % 2 else survivor) for i in range(PUBLISHERS))
+            )
+
+        # A first SEED publishes, then the doomed worker's clients must hold
+        # their events; the kill comes at half the publishes, with the rest
+        # in flight through both workers (as in tests/faults/test_grpc_resilience.py).
+        await asyncio.wait_for(publish(keys[:SEED]), 60)
         await ledger.wait_until(
-            lambda: (
-                all(len(mine) >= HELD_EACH for mine in given) and len(ledger.acked) >= TOTAL // 2
-            ),
+            lambda: all(len(mine) >= HELD_EACH for mine in given),
             60,
-            "the doomed worker's clients to be given their events, half the publishes",
+            "the doomed worker's clients to be given their events",
         )
+        publishing = background.start(publish(keys[SEED:]))
+        await ledger.wait_until(lambda: len(ledger.acked) >= TOTAL // 2, 60, "half the publishes")
         given_before_kill: dict[int, int] = {}
         for mine in given:
             for event_id, attempt in mine.items():
