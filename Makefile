@@ -47,12 +47,20 @@ browser:
 		echo "no chromium, and not root: the console's browser tests will skip"; \
 	fi
 
-test: lint browser
-	$(BIN)/pytest -q
+# The suite in two parts: the tests that are not marked slow, spread over one
+# pytest-xdist worker per core (most of their time is spent waiting on servers
+# and subprocesses), then the fault scenarios (tests/faults, marked slow) in
+# one process, alone on the machine, as their timings are part of what they
+# assert.
+TEST_WORKERS ?= auto
 
-# The quick loop: everything but the fault scenarios (marked slow).
+test: lint browser
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
+	$(BIN)/pytest -q -m slow
+
+# The quick loop: everything but the fault scenarios.
 test-quick: $(BIN)/.installed browser
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lock: $(UV)
 	$(UV) lock
