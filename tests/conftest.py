@@ -24,8 +24,8 @@ import windshift
 from tests._util import Background
 from windshift import EmbeddedNats
 
-# pytest-xdist's workers (`make test` runs the quick tests on two) set COLUMNS
-# and LINES to 80x24; the CLI tests expect what a pipe gets, as without xdist.
+# pytest-xdist's workers (`make test` runs the quick tests on one per core) set
+# COLUMNS and LINES to 80x24; the CLI tests expect what a pipe gets, as without xdist.
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 

@@ -134,7 +134,7 @@ async def test_killed_serve_loses_nothing_its_clients_held(
         # holder was given, held at the kill or forgotten before it, must
         # come back to the other server's clients as a redelivery.
         # That wait comes after a first SEED publishes; the rest go on while
-        # the test waits for half of them all, so publishes are certainly in
+        # the test waits for half of them all, so publishes are still in
         # flight through the doomed server when it dies (waiting on the
         # holders and half the publishes at once let all the publishes end
         # first, now and then). The kill still comes well within the
